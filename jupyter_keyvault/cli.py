@@ -1,0 +1,369 @@
+"""`jupyter keyvault …`: manage the vault from a terminal.
+
+Values are read without echo from a terminal, or from stdin when piped; never from
+argv. Success exits 0; anything else prints one clear line on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from jupyter_core.application import JupyterApp
+from traitlets import Bool, Int, List, Unicode
+
+from . import __version__, dotenv, providers
+from .settings import KeyVault
+from .store import InvalidInput, NotFound, VaultError
+from .store.backup import export_backup, import_backup
+from .store.masterkey import write_private_file
+
+
+class CommandError(Exception):
+    """A clear, one-line failure of a command."""
+
+
+def _fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+class _Command(JupyterApp, KeyVault):
+    """Base of every subcommand: reads `c.KeyVault` from jupyter_server_config like the server."""
+
+    version = __version__
+    config_file_name = Unicode("jupyter_server_config")
+    json_output = Bool(False, help="Print JSON instead of text.").tag(config=True)
+    flags = {"json": ({"_Command": {"json_output": True}}, "Print JSON instead of text.")}
+    aliases = {"owner": "KeyVault.owner", "vault-path": "KeyVault.vault_path"}
+    min_args = max_args = 0
+    usage = ""
+
+    def start(self):
+        try:
+            if not self.min_args <= len(self.extra_args) <= self.max_args:
+                raise CommandError(f"usage: jupyter keyvault {self.name.split()[-1]} {self.usage}".rstrip())
+            code = self.run() or 0
+        except (CommandError, VaultError, dotenv.DotenvError, ValueError) as exc:
+            print(f"jupyter keyvault: error: {exc}", file=sys.stderr)
+            self.exit(1)
+        except KeyboardInterrupt:
+            print("jupyter keyvault: interrupted; nothing changed", file=sys.stderr)
+            self.exit(130)
+        self.exit(code)
+
+    def run(self) -> int | None:
+        raise NotImplementedError
+
+    def vault(self):
+        if not hasattr(self, "_vault"):
+            self._vault = self.open_vault()
+        return self._vault
+
+    def out(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"jupyter keyvault: warning: {text}", file=sys.stderr, flush=True)
+
+
+def read_secret(prompt: str, *, max_bytes: int) -> str:
+    """From a terminal: no echo. From a pipe: all of stdin, one trailing newline dropped."""
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        raise CommandError("no value given: pipe it on stdin or run in a terminal")
+    if stdin.isatty():
+        value = getpass.getpass(prompt)
+    else:
+        raw = stdin.buffer.read(max_bytes + 3)
+        if len(raw) > max_bytes + 2:
+            raise CommandError(f"value on stdin is larger than {max_bytes} bytes")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandError("value on stdin is not valid UTF-8 text") from None
+        if value.endswith("\r\n"):
+            value = value[:-2]
+        elif value.endswith("\n"):
+            value = value[:-1]
+    if not value:
+        raise CommandError("no value given (stdin was empty)")
+    return value
+
+
+def read_passphrase(confirm: bool) -> str:
+    env = os.environ.get("KEYVAULT_BACKUP_PASSPHRASE")
+    if env:
+        return env
+    if sys.stdin is not None and sys.stdin.isatty():
+        first = getpass.getpass("Backup passphrase: ")
+        if confirm and getpass.getpass("Repeat passphrase: ") != first:
+            raise CommandError("passphrases do not match; nothing written")
+        return first
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line.strip():
+        raise CommandError("no backup passphrase: set KEYVAULT_BACKUP_PASSPHRASE or pipe it on stdin")
+    return line.rstrip("\r\n")
+
+
+class ListCommand(_Command):
+    name = "jupyter keyvault list"
+    description = "List credentials (names, providers, timestamps; never values)."
+
+    def run(self):
+        items = self.vault().list(self.owner)
+        if self.json_output:
+            self.out(json.dumps([i.to_json() for i in items], indent=1))
+            return
+        if not items:
+            self.out("No credentials yet. Add one with: jupyter keyvault set OPENAI_API_KEY")
+            return
+        rows = [("NAME", "PROVIDER", "TYPE", "SOURCE", "UPDATED", "LAST USED")]
+        rows += [(i.name, i.provider or "-", i.type, i.source, _fmt_time(i.updated_at if i.source == "vault" else None),
+                  _fmt_time(i.last_used_at)) for i in items]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        for r in rows:
+            self.out("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+class SetCommand(_Command):
+    name = "jupyter keyvault set"
+    description = "Store a credential. The value is read without echo, or from stdin when piped."
+    usage = "NAME [--provider P] [--type api_key|oauth2|custom]"
+    min_args = max_args = 1
+    provider = Unicode(None, allow_none=True, help="Provider id (openai, anthropic, …).").tag(config=True)
+    credential_type = Unicode("api_key", help="Credential type.").tag(config=True)
+    aliases = {**_Command.aliases, "provider": "SetCommand.provider", "type": "SetCommand.credential_type"}
+
+    def run(self):
+        from .store.model import validate_name
+
+        name = validate_name(self.extra_args[0])
+        provider = self.provider
+        if provider is not None:
+            providers.get_provider(provider)
+        vault = self.vault()  # fail on a locked vault before asking for the value
+        value = read_secret(f"Value for {name} (input hidden): ", max_bytes=self.max_value_bytes)
+        if provider is None:
+            guess = providers.provider_for_env_var(name)
+            provider = guess.id if guess else providers.detect_provider(value.strip())
+        if self.credential_type == "api_key":
+            for warning in providers.check_key_format(provider, value):
+                self.warn(warning)
+        _, created = vault.set(self.owner, name, value, provider=provider, type=self.credential_type)
+        self.out(f"{'Stored' if created else 'Replaced'} {name}" + (f" ({provider})" if provider else ""))
+
+
+class DeleteCommand(_Command):
+    name = "jupyter keyvault delete"
+    description = "Delete a credential."
+    usage = "NAME"
+    min_args = max_args = 1
+
+    def run(self):
+        self.vault().delete(self.owner, self.extra_args[0])
+        self.out(f"Deleted {self.extra_args[0].strip()}")
+
+
+class TestCommand(_Command):
+    name = "jupyter keyvault test"
+    description = "Check a credential with the provider's cheap test request."
+    usage = "NAME"
+    min_args = max_args = 1
+
+    def run(self):
+        from .store.model import validate_name
+
+        name = validate_name(self.extra_args[0])
+        vault = self.vault()
+        try:
+            resolved = vault.resolve(self.owner, name)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
+        pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
+        if pid is None:
+            raise CommandError(f"{name} has no provider; set it again with --provider to test it")
+        provider = providers.get_provider(pid)
+        result = providers.run_key_test(provider, resolved.value, self.base_url_for(provider), timeout=self.test_timeout)
+        vault.audit(self.owner, "test", name, "ok" if result.ok else "failed")
+        if self.json_output:
+            self.out(json.dumps(result.to_json()))
+        elif result.ok:
+            self.out(f"ok: {result.detail}")
+        else:
+            print(f"jupyter keyvault: test failed: {result.error}", file=sys.stderr)
+        return 0 if result.ok else 1
+
+
+class StatusCommand(_Command):
+    name = "jupyter keyvault status"
+    description = "Show how the vault is protected (never the key)."
+
+    def run(self):
+        status = {**self.vault().status(), "owner": self.owner, "version": __version__}
+        if self.json_output:
+            self.out(json.dumps(status, indent=1))
+            return
+        prot = status["protection"]
+        self.out(f"Vault:       {status['location']} ({status['backend']})")
+        self.out(f"Protection:  master key from {prot['source']}" + ("" if prot["strong"] else " (WEAK)"))
+        self.out(f"Credentials: {status['credentials']}")
+        for w in status["warnings"]:
+            self.out(f"Warning:     {w}")
+
+
+class RotateCommand(_Command):
+    name = "jupyter keyvault rotate-master-key"
+    description = "Re-wrap every data key under a new master key (KEYVAULT_NEW_MASTER_KEY for env-keyed vaults)."
+
+    def run(self):
+        vault = self.vault()
+        count = vault.rotate_master_key(actor=self.owner)
+        self.out(f"Rotated the master key: {count} data keys re-wrapped.")
+        if vault.master.source == "env":
+            self.out("Now set KEYVAULT_MASTER_KEY to the new key (the old one no longer opens the vault).")
+
+
+class ImportEnvCommand(_Command):
+    name = "jupyter keyvault import-env"
+    description = "Import secrets from a .env file; --remove deletes the imported plaintext lines."
+    usage = "FILE [--remove] [--all]"
+    min_args = max_args = 1
+    remove = Bool(False, help="Remove imported lines from the file.").tag(config=True)
+    import_all = Bool(False, help="Import every entry, not only secret-looking ones.").tag(config=True)
+    flags = {
+        **_Command.flags,
+        "remove": ({"ImportEnvCommand": {"remove": True}}, "Remove imported lines from the file."),
+        "all": ({"ImportEnvCommand": {"import_all": True}}, "Import every entry."),
+    }
+
+    def run(self):
+        from .store.model import validate_name, validate_value
+
+        path = Path(self.extra_args[0])
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            raise CommandError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+        entries = dotenv.parse(text)
+        chosen = []
+        for entry in entries:
+            provider = providers.provider_for_env_var(entry.name)
+            pid = provider.id if provider else providers.detect_provider(entry.value)
+            if not (self.import_all or pid or dotenv.SECRET_NAME.search(entry.name)):
+                self.out(f"skipped {entry.name}: does not look like a secret (use --all)")
+                continue
+            validate_name(entry.name)
+            validate_value(entry.value, max_bytes=self.max_value_bytes)
+            chosen.append((entry, pid))
+        if not chosen:
+            self.out("Nothing to import.")
+            return
+        vault = self.vault()
+        for entry, pid in chosen:
+            vault.set(self.owner, entry.name, entry.value, provider=pid, action="import")
+            self.out(f"imported {entry.name}" + (f" ({pid})" if pid else ""))
+        if self.remove:
+            mode = path.stat().st_mode & 0o777
+            write_private_file(path, dotenv.remove_lines(text, {e.line_index for e, _ in chosen}).encode("utf-8"))
+            os.chmod(path, mode)
+            self.out(f"removed {len(chosen)} plaintext line(s) from {path}")
+        else:
+            self.out(f"The values are still in plaintext in {path}: re-run with --remove, or delete them.")
+
+
+class ExportCommand(_Command):
+    name = "jupyter keyvault export"
+    description = "Write an encrypted backup (passphrase from KEYVAULT_BACKUP_PASSPHRASE, prompt, or stdin)."
+    usage = "FILE"
+    min_args = max_args = 1
+    force = Bool(False, help="Overwrite an existing file.").tag(config=True)
+    flags = {**_Command.flags, "force": ({"ExportCommand": {"force": True}}, "Overwrite an existing file.")}
+
+    def run(self):
+        path = Path(self.extra_args[0])
+        if path.exists() and not self.force:
+            raise CommandError(f"{path} exists; use --force to overwrite")
+        vault = self.vault()
+        data = export_backup(vault, self.owner, read_passphrase(confirm=True))
+        try:
+            write_private_file(path.absolute(), data)
+        except OSError as exc:
+            raise CommandError(f"{path}: cannot write ({exc.strerror})") from None
+        self.out(f"Wrote an encrypted backup of {json.loads(data)['count']} credential(s) to {path}")
+
+
+class ImportCommand(_Command):
+    name = "jupyter keyvault import"
+    description = "Restore an encrypted backup; existing names are kept unless --overwrite."
+    usage = "FILE [--overwrite]"
+    min_args = max_args = 1
+    overwrite = Bool(False, help="Replace credentials that already exist.").tag(config=True)
+    flags = {**_Command.flags, "overwrite": ({"ImportCommand": {"overwrite": True}}, "Replace existing credentials.")}
+
+    def run(self):
+        path = Path(self.extra_args[0])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CommandError(f"{path}: cannot read ({exc.strerror})") from None
+        imported, skipped = import_backup(self.vault(), self.owner, data, read_passphrase(confirm=False),
+                                          overwrite=self.overwrite)
+        for name in imported:
+            self.out(f"imported {name}")
+        for name in skipped:
+            self.out(f"skipped {name}: already exists (use --overwrite)")
+
+
+class AuditCommand(_Command):
+    name = "jupyter keyvault audit"
+    description = "Show the audit log (newest first; never values)."
+    limit = Int(50, help="How many events.").tag(config=True)
+    aliases = {**_Command.aliases, "limit": "AuditCommand.limit"}
+
+    def run(self):
+        events = self.vault().audit_events(self.owner, self.limit)
+        if self.json_output:
+            self.out(json.dumps([e.to_json() for e in events], indent=1))
+            return
+        for e in events:
+            self.out(f"{_fmt_time(e.at)}  {e.actor:<12} {e.action:<8} {e.target or '-':<24} {e.outcome}"
+                     + (f"  {e.detail}" if e.detail else ""))
+
+
+SUBCOMMANDS = {
+    "list": ListCommand,
+    "set": SetCommand,
+    "delete": DeleteCommand,
+    "test": TestCommand,
+    "status": StatusCommand,
+    "rotate-master-key": RotateCommand,
+    "import-env": ImportEnvCommand,
+    "export": ExportCommand,
+    "import": ImportCommand,
+    "audit": AuditCommand,
+}
+
+
+class KeyVaultCLI(JupyterApp):
+    name = "jupyter keyvault"
+    version = __version__
+    description = "Manage jupyter-keyvault: encrypted API keys for Jupyter."
+    subcommands = {name: (cls, cls.description) for name, cls in SUBCOMMANDS.items()}
+
+    def start(self):
+        if self.subapp is None:
+            print("usage: jupyter keyvault {" + "|".join(SUBCOMMANDS) + "} …  (--help for details)", file=sys.stderr)
+            self.exit(2)
+        return super().start()
+
+
+main = launch_new_instance = KeyVaultCLI.launch_instance
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""`c.KeyVault.*`: the configuration shared by the server extension and the CLI."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from pathlib import Path
+
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets.config import Configurable
+
+from . import providers
+from .scrub import Scrubber, default_scrubber, install_log_filter
+from .store import SQLiteBackend, Vault
+from .store.masterkey import SOURCES
+
+# Env vars that must never reach kernels or terminals, besides every credential name.
+DEFAULT_SECRET_ENV_PATTERNS = [
+    "KEYVAULT_*",
+    "*_API_KEY",
+    "*_API_TOKEN",
+    "*_SECRET",
+    "*_SECRET_KEY",
+    "*_ACCESS_KEY",
+    "*_PASSWORD",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "AWS_SESSION_TOKEN",
+]
+# What kernels must keep to find the vault (matches the KEYVAULT_* pattern above).
+KERNEL_ENV_ALLOWLIST = ["KEYVAULT_SERVER_URL", "KEYVAULT_KERNEL_MODE"]
+
+
+def default_owner() -> str:
+    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+
+class KeyVault(Configurable):
+    """Settings of jupyter-keyvault (`c.KeyVault.<trait>` in jupyter_server_config.py)."""
+
+    owner = Unicode(
+        help="Owner of the credentials this server manages. Defaults to the JupyterHub user, "
+        "else the operating-system user; all credentials of one vault are stored per owner."
+    ).tag(config=True)
+
+    @default("owner")
+    def _default_owner(self):
+        return default_owner()
+
+    vault_path = Unicode(
+        help="Path of the SQLite vault file. Defaults to <Jupyter data dir>/keyvault/vault.db "
+        "(honours JUPYTER_DATA_DIR)."
+    ).tag(config=True)
+
+    @default("vault_path")
+    def _default_vault_path(self):
+        from jupyter_core.paths import jupyter_data_dir
+
+        return str(Path(jupyter_data_dir()) / "keyvault" / "vault.db")
+
+    @validate("vault_path")
+    def _validate_vault_path(self, proposal):
+        value = proposal["value"]
+        if not value or not value.strip():
+            raise TraitError("KeyVault.vault_path must not be empty")
+        return str(Path(value).expanduser().absolute())
+
+    backend = Enum(
+        ["sqlite"], default_value="sqlite", help="Storage backend: 'sqlite' (embedded, the default)."
+    ).tag(config=True)
+
+    master_key_source = Enum(
+        list(SOURCES),
+        default_value=None,
+        allow_none=True,
+        help="Force where a NEW vault's master key comes from ('env', 'keyring', 'passphrase', 'file'). "
+        "Default: the first available of KEYVAULT_MASTER_KEY, an OS keyring, KEYVAULT_PASSPHRASE, "
+        "then a generated key file (reported as weaker protection). Existing vaults keep their source.",
+    ).tag(config=True)
+
+    use_keyring = Bool(True, help="Use the OS keyring (via `keyring`) when a real backend exists.").tag(config=True)
+
+    max_value_bytes = Int(
+        16 * 1024, help="Largest credential value accepted, in bytes (UTF-8)."
+    ).tag(config=True)
+
+    @validate("max_value_bytes")
+    def _validate_max_value_bytes(self, proposal):
+        if not 1 <= proposal["value"] <= 1024 * 1024:
+            raise TraitError("KeyVault.max_value_bytes must be between 1 and 1048576")
+        return proposal["value"]
+
+    provider_base_urls = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="Base URL per provider id, e.g. {'openai': 'https://my-gateway.example/v1'}. Overrides the "
+        "provider SDK's env var (OPENAI_BASE_URL, …) and the built-in default. Plain http:// is refused "
+        "except for loopback hosts.",
+    ).tag(config=True)
+
+    @validate("provider_base_urls")
+    def _validate_provider_base_urls(self, proposal):
+        cleaned = {}
+        for pid, url in proposal["value"].items():
+            if pid not in providers.PROVIDERS:
+                raise TraitError(f"KeyVault.provider_base_urls: unknown provider {pid!r}")
+            try:
+                cleaned[pid] = providers.validate_base_url(url)
+            except ValueError as exc:
+                raise TraitError(f"KeyVault.provider_base_urls[{pid!r}]: {exc}") from None
+        return cleaned
+
+    env_credentials = List(
+        Unicode(),
+        help="Extra env-var names that, when set in the server's environment, are used as credentials "
+        "(before stored values). Provider names such as OPENAI_API_KEY are always included.",
+    ).tag(config=True)
+
+    secret_env_patterns = List(
+        Unicode(),
+        default_value=DEFAULT_SECRET_ENV_PATTERNS,
+        help="Glob patterns of env-var names removed from the environment kernels and terminals inherit "
+        "(the master key, passphrases and API keys). Credential names are always removed too.",
+    ).tag(config=True)
+
+    extra_secret_patterns = List(
+        Unicode(), help="Extra regular expressions the scrubber redacts, besides the built-in provider patterns."
+    ).tag(config=True)
+
+    @validate("extra_secret_patterns")
+    def _validate_extra_patterns(self, proposal):
+        for pattern in proposal["value"]:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise TraitError(f"KeyVault.extra_secret_patterns: {pattern!r} is not a valid regex: {exc}") from None
+        return proposal["value"]
+
+    test_timeout = Float(10.0, help="Seconds to wait for a provider's test request.").tag(config=True)
+
+    def credential_env_names(self) -> set[str]:
+        return providers.credential_env_names() | set(self.env_credentials)
+
+    def make_scrubber(self) -> Scrubber:
+        if self.extra_secret_patterns:
+            return Scrubber(extra_patterns=self.extra_secret_patterns)
+        return default_scrubber
+
+    def open_vault(self, env=None, scrubber: Scrubber | None = None) -> Vault:
+        """Open (creating if needed) the configured vault; known values feed the scrubber."""
+        scrubber = scrubber or self.make_scrubber()
+        install_log_filter(scrubber, ["jupyter_keyvault"])
+        return Vault(
+            SQLiteBackend(self.vault_path),
+            env=os.environ if env is None else env,
+            preferred_source=self.master_key_source,
+            use_keyring=self.use_keyring,
+            env_credential_names=self.credential_env_names(),
+            max_value_bytes=self.max_value_bytes,
+            on_value=lambda name, value: scrubber.add_known(value, name),
+        )
+
+    def base_url_for(self, provider: providers.Provider, env=None) -> str:
+        return providers.effective_base_url(provider, self.provider_base_urls, os.environ if env is None else env)

@@ -1,0 +1,39 @@
+"""The store layer: credentials, envelope encryption, master keys, persistence, audit.
+
+Pure Python + `cryptography`: nothing here imports tornado or Jupyter.
+"""
+
+from .backend import StorageBackend
+from .errors import (
+    DecryptionError,
+    InvalidInput,
+    MasterKeyError,
+    NoCredential,
+    NotFound,
+    VaultError,
+    VaultLocked,
+    WrongMasterKey,
+)
+from .model import CREDENTIAL_TYPES, AuditEvent, CredentialInfo, CredentialRecord, validate_name
+from .sqlite import SQLiteBackend
+from .vault import ResolvedCredential, Vault
+
+__all__ = [
+    "CREDENTIAL_TYPES",
+    "AuditEvent",
+    "CredentialInfo",
+    "CredentialRecord",
+    "DecryptionError",
+    "InvalidInput",
+    "MasterKeyError",
+    "NoCredential",
+    "NotFound",
+    "ResolvedCredential",
+    "SQLiteBackend",
+    "StorageBackend",
+    "Vault",
+    "VaultError",
+    "VaultLocked",
+    "WrongMasterKey",
+    "validate_name",
+]

@@ -1,0 +1,81 @@
+"""The storage interface. Backends store opaque blobs and plaintext metadata only:
+they never see a key or a value, so every backend is equally safe to swap in."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Iterable
+
+from .model import AuditEvent, CredentialRecord
+
+
+class StorageBackend(ABC):
+    """Persistence for one vault. Implementations must be thread-safe and process-safe."""
+
+    name: str = "abstract"
+    location: str = ""
+
+    # -- vault metadata (schema version, vault id, recorded key source, KDF salt, KEK check)
+    @abstractmethod
+    def meta_get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def meta_init(self, key: str, value: str) -> str:
+        """Set `key` only if it is absent; return the value now stored (race-safe)."""
+
+    @abstractmethod
+    def meta_set(self, key: str, value: str) -> None: ...
+
+    # -- per-owner wrapped data keys
+    @abstractmethod
+    def get_owner_key(self, owner: str) -> tuple[bytes, str] | None:
+        """(wrapped data key, id of the KEK that wrapped it), or None."""
+
+    @abstractmethod
+    def init_owner_key(self, owner: str, wrapped: bytes, kek_id: str) -> bytes:
+        """Store a wrapped data key unless one exists; return the stored one (race-safe)."""
+
+    @abstractmethod
+    def rewrap_owner_keys(self, rewrap: Callable[[str, bytes], bytes], new_kek_id: str, meta: dict[str, str]) -> int:
+        """Replace every wrapped key with rewrap(owner, blob) and set `meta`, in ONE transaction."""
+
+    @abstractmethod
+    def count_owners(self) -> int: ...
+
+    # -- credentials
+    @abstractmethod
+    def upsert_credential(self, rec: CredentialRecord) -> tuple[CredentialRecord, bool]:
+        """Insert or replace by (owner, name); keeps id and created_at on replace.
+        Returns the stored record and whether it was created."""
+
+    @abstractmethod
+    def get_credential(self, owner: str, name: str) -> CredentialRecord | None: ...
+
+    @abstractmethod
+    def list_credentials(self, owner: str) -> list[CredentialRecord]: ...
+
+    @abstractmethod
+    def delete_credential(self, owner: str, name: str) -> bool: ...
+
+    @abstractmethod
+    def touch_credential(self, owner: str, name: str, at: float) -> None: ...
+
+    @abstractmethod
+    def iter_all_credentials(self) -> Iterable[CredentialRecord]:
+        """Every row of every owner (used for migrations and integrity checks)."""
+
+    @abstractmethod
+    def replace_payload(self, rec_id: str, payload: bytes) -> None: ...
+
+    @abstractmethod
+    def count_credentials(self, owner: str | None = None) -> int: ...
+
+    # -- audit (append-only: there is deliberately no update or delete)
+    @abstractmethod
+    def append_audit(self, event: AuditEvent) -> None: ...
+
+    @abstractmethod
+    def list_audit(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]: ...
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,101 @@
+"""Encrypted backups: every credential of one owner, sealed under a passphrase.
+
+The file is JSON with a plaintext header (format, KDF parameters, count) bound to
+the ciphertext as associated data, so a tampered header fails to open.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .errors import DecryptionError, InvalidInput, NotFound
+from .vault import Vault
+
+FORMAT = "jupyter-keyvault-backup"
+VERSION = 1
+MIN_PASSPHRASE = 8
+
+
+def _derive(passphrase: str, kdf: dict[str, Any]) -> bytes:
+    return Scrypt(salt=base64.b64decode(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
+        passphrase.encode("utf-8")
+    )
+
+
+def _aad(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def export_backup(vault: Vault, owner: str, passphrase: str, *, actor: str | None = None) -> bytes:
+    if not isinstance(passphrase, str) or len(passphrase) < MIN_PASSPHRASE:
+        raise InvalidInput(f"backup passphrase must be at least {MIN_PASSPHRASE} characters")
+    items = []
+    for info in vault.list(owner, include_env=False):
+        items.append({
+            "name": info.name,
+            "type": info.type,
+            "provider": info.provider,
+            "metadata": info.metadata,
+            "created_at": info.created_at,
+            "value": vault.get_value(owner, info.name, purpose="export", actor=actor, touch=False),
+        })
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created_at": time.time(),
+        "count": len(items),
+        "kdf": {"alg": "scrypt", "n": 2**15, "r": 8, "p": 1, "salt": base64.b64encode(os.urandom(16)).decode()},
+    }
+    nonce = os.urandom(12)
+    sealed = AESGCM(_derive(passphrase, header["kdf"])).encrypt(nonce, json.dumps(items).encode(), _aad(header))
+    vault.audit(owner, "export", None, "ok", actor=actor, detail=f"{len(items)} credentials")
+    return json.dumps({**header, "nonce": base64.b64encode(nonce).decode(),
+                       "ciphertext": base64.b64encode(sealed).decode()}, indent=1).encode()
+
+
+def read_backup(data: bytes, passphrase: str) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(data)
+        header = {k: doc[k] for k in ("format", "version", "created_at", "count", "kdf")}
+        nonce, sealed = base64.b64decode(doc["nonce"]), base64.b64decode(doc["ciphertext"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput("not a jupyter-keyvault backup file") from None
+    if header["format"] != FORMAT or header["version"] != VERSION or header["kdf"].get("alg") != "scrypt":
+        raise InvalidInput("not a jupyter-keyvault backup file (unknown format or version)")
+    try:
+        plain = AESGCM(_derive(passphrase, header["kdf"])).decrypt(nonce, sealed, _aad(header))
+    except (InvalidTag, ValueError):
+        raise DecryptionError("backup could not be opened: wrong passphrase or damaged file") from None
+    return json.loads(plain)
+
+
+def import_backup(vault: Vault, owner: str, data: bytes, passphrase: str, *, overwrite: bool = False,
+                  actor: str | None = None) -> tuple[list[str], list[str]]:
+    """Returns (imported names, skipped names). Validates everything before writing anything."""
+    items = read_backup(data, passphrase)
+    from .model import validate_name, validate_type, validate_value
+
+    for item in items:
+        validate_name(item["name"]), validate_type(item["type"]), validate_value(item["value"])
+    imported, skipped = [], []
+    for item in items:
+        exists = True
+        try:
+            vault.info(owner, item["name"])
+        except NotFound:
+            exists = False
+        if exists and not overwrite:
+            skipped.append(item["name"])
+            continue
+        vault.set(owner, item["name"], item["value"], provider=item.get("provider"), type=item["type"],
+                  metadata=item.get("metadata") or {}, actor=actor, action="import")
+        imported.append(item["name"])
+    return imported, skipped

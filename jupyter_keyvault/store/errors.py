@@ -1,0 +1,36 @@
+"""Errors raised by the store. Messages are safe to show: they never contain a value."""
+
+
+class VaultError(Exception):
+    """Base class for every error the vault raises on purpose."""
+
+
+class InvalidInput(VaultError, ValueError):
+    """A name, value, provider or option was rejected; nothing was changed."""
+
+
+class NotFound(VaultError, KeyError):
+    """No credential (or token) with that name exists for this owner."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class MasterKeyError(VaultError):
+    """The master key is missing, malformed, or is not the one that sealed the vault."""
+
+
+class WrongMasterKey(MasterKeyError):
+    """The vault was sealed with a different master key."""
+
+
+class DecryptionError(VaultError):
+    """One opaque error for any ciphertext that fails to open (no oracle)."""
+
+
+class VaultLocked(VaultError):
+    """The vault files cannot be read or written (permissions, missing directory)."""
+
+
+class NoCredential(VaultError, LookupError):
+    """Neither the environment nor the vault holds the requested credential."""

@@ -1,0 +1,163 @@
+"""The credential model and input validation shared by every backend."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidInput
+
+CREDENTIAL_TYPES = ("api_key", "oauth2", "custom")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_VALUE_BYTES = 16 * 1024
+OWNER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+
+
+def validate_name(name: object) -> str:
+    """Trim and check a credential name: it must be usable as an env-var name."""
+    if not isinstance(name, str):
+        raise InvalidInput("credential name must be a string")
+    name = name.strip()
+    if not name:
+        raise InvalidInput("credential name is empty")
+    if len(name) > 64:
+        raise InvalidInput("credential name is longer than 64 characters")
+    if not NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            "credential name must be usable as an environment variable: letters, digits "
+            "and '_', not starting with a digit (e.g. OPENAI_API_KEY)"
+        )
+    return name
+
+
+def validate_owner(owner: object) -> str:
+    if not isinstance(owner, str) or not OWNER_RE.fullmatch(owner):
+        raise InvalidInput("owner must be 1-256 printable characters")
+    return owner
+
+
+def validate_type(kind: object) -> str:
+    if kind not in CREDENTIAL_TYPES:
+        raise InvalidInput(f"credential type must be one of {', '.join(CREDENTIAL_TYPES)}")
+    return kind  # type: ignore[return-value]
+
+
+def validate_value(value: object, *, max_bytes: int = MAX_VALUE_BYTES) -> str:
+    """Check a secret value. Error messages describe the problem, never the value."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput("value is not valid UTF-8 text") from None
+    if not isinstance(value, str):
+        raise InvalidInput("value must be a string")
+    if not value:
+        raise InvalidInput("value is empty")
+    if not value.strip():
+        raise InvalidInput("value is only whitespace")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidInput(f"value is {size} bytes; the limit is {max_bytes} bytes")
+    if "\x00" in value:
+        raise InvalidInput("value contains a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("value is not valid UTF-8 text") from None
+    return value
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class CredentialRecord:
+    """One row as the backend stores it: everything but the value is plaintext metadata."""
+
+    id: str
+    owner: str
+    name: str
+    type: str
+    provider: str | None
+    payload: bytes
+    created_at: float
+    updated_at: float
+    last_used_at: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """What may be shown anywhere: presence and metadata, never the value."""
+
+    id: str
+    owner: str
+    name: str
+    type: str
+    provider: str | None
+    created_at: float
+    updated_at: float
+    last_used_at: float | None
+    metadata: dict[str, Any]
+    source: str = "vault"
+
+    @classmethod
+    def from_record(cls, rec: CredentialRecord) -> "CredentialInfo":
+        return cls(
+            id=rec.id,
+            owner=rec.owner,
+            name=rec.name,
+            type=rec.type,
+            provider=rec.provider,
+            created_at=rec.created_at,
+            updated_at=rec.updated_at,
+            last_used_at=rec.last_used_at,
+            metadata=dict(rec.metadata),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "provider": self.provider,
+            "type": self.type,
+            "present": True,
+            "source": self.source,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "last_used_at": _iso(self.last_used_at),
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int | None
+    at: float
+    owner: str
+    actor: str
+    action: str
+    target: str | None
+    outcome: str
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": _iso(self.at),
+            "owner": self.owner,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"

@@ -1,0 +1,303 @@
+"""Embedded SQLite backend: one file, WAL, 0600 files in a 0700 directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .backend import StorageBackend
+from .errors import VaultLocked
+from .model import AuditEvent, CredentialRecord
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema from version i to i+1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS owner_keys (
+        owner TEXT PRIMARY KEY,
+        wrapped BLOB NOT NULL,
+        kek_id TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS credentials (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        provider TEXT,
+        payload BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_used_at REAL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        owner TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX IF NOT EXISTS audit_owner ON audit (owner, id);
+    CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+    CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+    """,
+]
+
+_CRED_COLS = "id, owner, name, type, provider, payload, created_at, updated_at, last_used_at, metadata"
+
+
+def _record(row: tuple) -> CredentialRecord:
+    return CredentialRecord(
+        id=row[0],
+        owner=row[1],
+        name=row[2],
+        type=row[3],
+        provider=row[4],
+        payload=bytes(row[5]),
+        created_at=row[6],
+        updated_at=row[7],
+        last_used_at=row[8],
+        metadata=json.loads(row[9] or "{}"),
+    )
+
+
+def _event(row: tuple) -> AuditEvent:
+    return AuditEvent(*row)
+
+
+class SQLiteBackend(StorageBackend):
+    name = "sqlite"
+
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "FULL", busy_timeout_ms: int = 30_000):
+        self.path = Path(path).expanduser().absolute()
+        self.location = str(self.path)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._prepare_files()
+        with self._tx() as db:
+            self._migrate(db)
+        self._tighten_sidecars()
+
+    # -- files and connections
+    def _prepare_files(self) -> None:
+        directory = self.path.parent
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+                raise VaultLocked(f"vault directory {directory} is not readable and writable by this user")
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
+            if not os.access(self.path, os.R_OK | os.W_OK):
+                raise VaultLocked(f"vault file {self.path} is not readable and writable by this user")
+        except PermissionError:
+            raise VaultLocked(f"vault directory {directory} is not readable and writable by this user") from None
+        except OSError as exc:
+            raise VaultLocked(f"cannot open vault at {self.path}: {exc.strerror or exc}") from None
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if mode & 0o077 and directory.name == "keyvault":
+            os.chmod(directory, 0o700)  # our own directory: keep it private
+
+    def _tighten_sidecars(self) -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
+                db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute(f"PRAGMA synchronous = {self._synchronous}")
+                # Overwrite freed cells: a migrated plaintext row must not linger on disk.
+                db.execute("PRAGMA secure_delete = ON")
+            except sqlite3.Error as exc:
+                raise VaultLocked(f"cannot open vault at {self.path}: {exc}") from None
+            self._local.db = db
+            with self._all_lock:
+                self._all.append(db)
+        return db
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise VaultLocked(f"vault is busy or unreadable: {exc}") from None
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise VaultLocked(
+                f"vault schema version {version} is newer than this jupyter-keyvault supports ({SCHEMA_VERSION}); upgrade"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _split_sql(MIGRATIONS[step]):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+
+    def close(self) -> None:
+        with self._all_lock:
+            for db in self._all:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- meta
+    def meta_get(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def meta_init(self, key: str, value: str) -> str:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- owner keys
+    def get_owner_key(self, owner: str) -> tuple[bytes, str] | None:
+        row = self._conn().execute("SELECT wrapped, kek_id FROM owner_keys WHERE owner = ?", (owner,)).fetchone()
+        return (bytes(row[0]), row[1]) if row else None
+
+    def init_owner_key(self, owner: str, wrapped: bytes, kek_id: str) -> bytes:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO owner_keys (owner, wrapped, kek_id) VALUES (?, ?, ?)", (owner, wrapped, kek_id))
+            return bytes(db.execute("SELECT wrapped FROM owner_keys WHERE owner = ?", (owner,)).fetchone()[0])
+
+    def rewrap_owner_keys(self, rewrap: Callable[[str, bytes], bytes], new_kek_id: str, meta: dict[str, str]) -> int:
+        with self._tx() as db:
+            rows = db.execute("SELECT owner, wrapped FROM owner_keys").fetchall()
+            for owner, wrapped in rows:
+                db.execute(
+                    "UPDATE owner_keys SET wrapped = ?, kek_id = ? WHERE owner = ?",
+                    (rewrap(owner, bytes(wrapped)), new_kek_id, owner),
+                )
+            for key, value in meta.items():
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return len(rows)
+
+    def count_owners(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM owner_keys").fetchone()[0]
+
+    # -- credentials
+    def upsert_credential(self, rec: CredentialRecord) -> tuple[CredentialRecord, bool]:
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_CRED_COLS} FROM credentials WHERE owner = ? AND name = ?", (rec.owner, rec.name)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.id, rec.owner, rec.name, rec.type, rec.provider, rec.payload, rec.created_at,
+                     rec.updated_at, rec.last_used_at, json.dumps(rec.metadata)),
+                )
+                return rec, True
+            old = _record(row)
+            db.execute(
+                "UPDATE credentials SET type = ?, provider = ?, payload = ?, updated_at = ?, metadata = ? WHERE id = ?",
+                (rec.type, rec.provider, rec.payload, rec.updated_at, json.dumps(rec.metadata), old.id),
+            )
+            rec.id, rec.created_at, rec.last_used_at = old.id, old.created_at, old.last_used_at
+            return rec, False
+
+    def get_credential(self, owner: str, name: str) -> CredentialRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_CRED_COLS} FROM credentials WHERE owner = ? AND name = ?", (owner, name)
+        ).fetchone()
+        return _record(row) if row else None
+
+    def list_credentials(self, owner: str) -> list[CredentialRecord]:
+        rows = self._conn().execute(
+            f"SELECT {_CRED_COLS} FROM credentials WHERE owner = ? ORDER BY name", (owner,)
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def delete_credential(self, owner: str, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM credentials WHERE owner = ? AND name = ?", (owner, name)).rowcount > 0
+
+    def touch_credential(self, owner: str, name: str, at: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE credentials SET last_used_at = ? WHERE owner = ? AND name = ?", (at, owner, name))
+
+    def iter_all_credentials(self):
+        rows = self._conn().execute(f"SELECT {_CRED_COLS} FROM credentials ORDER BY owner, name").fetchall()
+        return [_record(r) for r in rows]
+
+    def replace_payload(self, rec_id: str, payload: bytes) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE credentials SET payload = ? WHERE id = ?", (payload, rec_id))
+
+    def count_credentials(self, owner: str | None = None) -> int:
+        if owner is None:
+            return self._conn().execute("SELECT COUNT(*) FROM credentials").fetchone()[0]
+        return self._conn().execute("SELECT COUNT(*) FROM credentials WHERE owner = ?", (owner,)).fetchone()[0]
+
+    # -- audit
+    def append_audit(self, event: AuditEvent) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO audit (at, owner, actor, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event.at, event.owner, event.actor, event.action, event.target, event.outcome, event.detail),
+            )
+
+    def list_audit(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
+        sql = "SELECT id, at, owner, actor, action, target, outcome, detail FROM audit WHERE 1 = 1"
+        args: list = []
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
+        if before_id is not None:
+            sql += " AND id < ?"
+            args.append(before_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(int(limit))
+        return [_event(r) for r in self._conn().execute(sql, args).fetchall()]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    statements, current = [], []
+    for line in script.strip().splitlines():
+        current.append(line)
+        joined = "\n".join(current).strip()
+        if joined.endswith(";") and (not joined.upper().startswith("CREATE TRIGGER") or joined.upper().endswith("END;")):
+            statements.append(joined)
+            current = []
+    if "\n".join(current).strip():
+        statements.append("\n".join(current).strip())
+    return statements

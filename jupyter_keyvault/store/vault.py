@@ -1,0 +1,360 @@
+"""The vault: validation, envelope encryption and audit over a storage backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from . import masterkey as mk
+from .backend import StorageBackend
+from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, open_value, seal_value, new_data_key
+from .errors import DecryptionError, InvalidInput, MasterKeyError, NoCredential, NotFound, WrongMasterKey
+from .model import (
+    MAX_VALUE_BYTES,
+    AuditEvent,
+    CredentialInfo,
+    CredentialRecord,
+    new_id,
+    validate_name,
+    validate_owner,
+    validate_type,
+    validate_value,
+)
+
+log = logging.getLogger("jupyter_keyvault.store")
+VERSION_KEY = "vault_id"
+
+
+def wrong_key_message(source: str) -> str:
+    hint = ""
+    if source == "env":
+        hint = f" (after rotate-master-key, set {mk.ENV_MASTER_KEY} to the key that was in {mk.ENV_NEW_MASTER_KEY})"
+    return f"vault was sealed with a different master key{hint}; nothing was changed"
+
+
+@dataclass(frozen=True)
+class ResolvedCredential:
+    """A value resolved for use. Its repr never shows the value."""
+
+    name: str
+    value: str
+    source: str  # "env" or "vault"
+    provider: str | None
+    type: str
+    metadata: Mapping[str, Any]
+
+    def __repr__(self) -> str:
+        return f"ResolvedCredential(name={self.name!r}, source={self.source!r}, value=***)"
+
+
+class Vault:
+    """Credentials of many owners, sealed with per-owner data keys under one master key."""
+
+    def __init__(
+        self,
+        backend: StorageBackend,
+        *,
+        key_file: str | os.PathLike | None = None,
+        env: Mapping[str, str] | None = None,
+        preferred_source: str | None = None,
+        use_keyring: bool = True,
+        env_credential_names: Iterable[str] = (),
+        max_value_bytes: int = MAX_VALUE_BYTES,
+        on_value: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.backend = backend
+        self._env = dict(os.environ if env is None else env)
+        self._clock = clock
+        self._max_value_bytes = max_value_bytes
+        self._on_value = on_value
+        self.env_credential_names = set(env_credential_names)
+        default_key_file = Path(backend.location).with_name("master.key") if backend.location else Path("master.key")
+        self.key_file = Path(key_file) if key_file else default_key_file
+        self._resolver = mk.MasterKeyResolver(
+            key_file=self.key_file, env=self._env, preferred_source=preferred_source, use_keyring=use_keyring
+        )
+        self._deks: dict[str, bytes] = {}
+        self._lock = threading.RLock()
+        self.master: mk.MasterKey
+        self._kek: KeyEncryptionKey
+        self._unlock()
+        self.legacy_migrated = self._migrate_legacy_plaintext()
+
+    # -- unlocking
+    @property
+    def vault_id(self) -> str:
+        return self._vault_id
+
+    def _unlock(self) -> None:
+        b = self.backend
+        self._vault_id = b.meta_init(VERSION_KEY, uuid.uuid4().hex)
+        recorded = b.meta_get("kek_source")
+        master = self._resolver.resolve(self._vault_id, recorded, b.meta_get, b.meta_init)
+        kek = KeyEncryptionKey(master.key)
+        check = b.meta_get("kek_check")
+        if check is None:
+            check = b.meta_init("kek_check", kek.make_check(self._vault_id))
+            b.meta_init("kek_source", master.source)
+        if kek.verify_check(self._vault_id, check):
+            self._discard_pending_rotation(master.source)
+        else:
+            recovered = self._resume_rotation(master, check)
+            if recovered is None:
+                raise WrongMasterKey(wrong_key_message(master.source))
+            master, kek = recovered
+        self.master, self._kek = master, kek
+
+    def _discard_pending_rotation(self, source: str) -> None:
+        """The committed key works: any staged next key belongs to a rotation that never committed."""
+        if source == "file":
+            staged = self._staged_key_file()
+            if staged.exists():
+                staged.unlink()
+                log.warning("jupyter-keyvault: discarded an unfinished master-key rotation (rolled back)")
+        elif source == "keyring" and mk.keyring_usable() and mk.keyring_get(self._vault_id, pending=True):
+            mk.keyring_delete(self._vault_id, pending=True)
+            log.warning("jupyter-keyvault: discarded an unfinished master-key rotation (rolled back)")
+
+    def _resume_rotation(self, master: mk.MasterKey, check: str):
+        """A rotation committed but crashed before its new key was promoted: finish it."""
+        staged: bytes | None = None
+        if master.source == "file" and self._staged_key_file().exists():
+            staged = mk.read_key_file(self._staged_key_file())
+        elif master.source == "keyring":
+            staged = mk.keyring_get(self._vault_id, pending=True)
+        if staged is None:
+            return None
+        kek = KeyEncryptionKey(staged)
+        if not kek.verify_check(self._vault_id, check):
+            return None
+        if master.source == "file":
+            os.replace(self._staged_key_file(), self.key_file)
+        else:
+            mk.keyring_set(self._vault_id, staged)
+            mk.keyring_delete(self._vault_id, pending=True)
+        log.warning("jupyter-keyvault: finished an interrupted master-key rotation")
+        return mk.MasterKey(staged, master.source, master.strong, master.detail, master.warnings), kek
+
+    def _staged_key_file(self) -> Path:
+        return self.key_file.with_name(self.key_file.name + ".next")
+
+    # -- data keys
+    def _dek(self, owner: str, create: bool) -> bytes | None:
+        with self._lock:
+            dek = self._deks.get(owner)
+            if dek is not None:
+                return dek
+            stored = self.backend.get_owner_key(owner)
+            if stored is None:
+                if not create:
+                    return None
+                wrapped = self.backend.init_owner_key(owner, self._kek.wrap(owner, new_data_key()), self._kek.kek_id)
+            else:
+                wrapped = stored[0]
+            try:
+                dek = self._kek.unwrap(owner, wrapped)
+            except DecryptionError:
+                raise DecryptionError(f"the data key of owner {owner!r} could not be decrypted (corrupted or tampered)") from None
+            self._deks[owner] = dek
+            return dek
+
+    def _migrate_legacy_plaintext(self) -> int:
+        """Rows written before encryption (no magic prefix) are sealed in place."""
+        count = 0
+        for rec in self.backend.iter_all_credentials():
+            if is_sealed_value(rec.payload) or not is_legacy_plaintext(rec.payload):
+                continue  # sealed, or a damaged blob that must keep failing to open
+            dek = self._dek(rec.owner, create=True)
+            self.backend.replace_payload(rec.id, seal_value(dek, rec.owner, rec.name, rec.type, rec.payload))
+            count += 1
+        if count:
+            log.warning("jupyter-keyvault: encrypted %d legacy plaintext credential(s) in place", count)
+        return count
+
+    # -- audit
+    def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *, actor: str | None = None, detail: str | None = None) -> None:
+        self.backend.append_audit(
+            AuditEvent(None, self._clock(), owner, actor or owner, action, target, outcome, detail)
+        )
+
+    def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
+        if not 1 <= int(limit) <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        return self.backend.list_audit(owner, limit, before_id)
+
+    # -- credentials
+    def set(
+        self,
+        owner: str,
+        name: str,
+        value: str | bytes,
+        *,
+        provider: str | None = None,
+        type: str = "api_key",
+        metadata: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+        action: str = "set",
+    ) -> tuple[CredentialInfo, bool]:
+        owner = validate_owner(owner)
+        name = validate_name(name)
+        kind = validate_type(type)
+        text = validate_value(value, max_bytes=self._max_value_bytes)
+        if provider is not None and (not isinstance(provider, str) or not 1 <= len(provider) <= 64):
+            raise InvalidInput("provider must be a short string")
+        dek = self._dek(owner, create=True)
+        now = self._clock()
+        rec = CredentialRecord(
+            id=new_id(),
+            owner=owner,
+            name=name,
+            type=kind,
+            provider=provider,
+            payload=seal_value(dek, owner, name, kind, text.encode("utf-8")),
+            created_at=now,
+            updated_at=now,
+            metadata=dict(metadata or {}),
+        )
+        stored, created = self.backend.upsert_credential(rec)
+        if self._on_value:
+            self._on_value(name, text)
+        self.audit(owner, action, name, "ok", actor=actor, detail="created" if created else "replaced")
+        return CredentialInfo.from_record(stored), created
+
+    def info(self, owner: str, name: str) -> CredentialInfo:
+        rec = self.backend.get_credential(validate_owner(owner), validate_name(name))
+        if rec is None:
+            raise NotFound(f"no credential named {name.strip()} in the vault")
+        return CredentialInfo.from_record(rec)
+
+    def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *, actor: str | None = None) -> CredentialInfo:
+        """Replace a credential's metadata without touching its value."""
+        owner, name = validate_owner(owner), validate_name(name)
+        rec = self.backend.get_credential(owner, name)
+        if rec is None:
+            raise NotFound(f"no credential named {name} in the vault")
+        rec.metadata = dict(metadata)
+        rec.updated_at = self._clock()
+        stored, _ = self.backend.upsert_credential(rec)
+        self.audit(owner, "update", name, "ok", actor=actor, detail="metadata")
+        return CredentialInfo.from_record(stored)
+
+    def get_value(self, owner: str, name: str, *, purpose: str = "use", actor: str | None = None, touch: bool = True) -> str:
+        """Decrypt one stored value. Every failure is one opaque error for that credential."""
+        owner, name = validate_owner(owner), validate_name(name)
+        rec = self.backend.get_credential(owner, name)
+        if rec is None:
+            raise NotFound(f"no credential named {name} in the vault")
+        dek = self._dek(owner, create=False)
+        if dek is None:
+            raise DecryptionError(f"credential {name} could not be decrypted (corrupted or tampered)")
+        try:
+            value = open_value(dek, owner, name, rec.type, rec.payload).decode("utf-8")
+        except (DecryptionError, UnicodeDecodeError):
+            self.audit(owner, purpose, name, "error", actor=actor, detail="decryption failed")
+            raise DecryptionError(f"credential {name} could not be decrypted (corrupted or tampered)") from None
+        if touch:
+            self.backend.touch_credential(owner, name, self._clock())
+        if self._on_value:
+            self._on_value(name, value)
+        return value
+
+    def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None) -> ResolvedCredential:
+        """The value to use: an explicitly set env var of that name first, then the vault."""
+        name = validate_name(name)
+        env_value = self._env.get(name)
+        if env_value and name in self.env_credential_names:
+            self.audit(owner, "use", name, "ok", actor=actor, detail="source=env")
+            return ResolvedCredential(name, env_value, "env", None, "api_key", {})
+        rec = self.backend.get_credential(validate_owner(owner), name)
+        if rec is None:
+            hint = how_to_add or f"add one with `jupyter keyvault set {name}` or the Key Vault panel"
+            raise NoCredential(f"No API key configured for {name}: {hint}")
+        value = self.get_value(owner, name, actor=actor)
+        self.audit(owner, "use", name, "ok", actor=actor, detail="source=vault")
+        return ResolvedCredential(name, value, "vault", rec.provider, rec.type, dict(rec.metadata))
+
+    def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]:
+        owner = validate_owner(owner)
+        items = [CredentialInfo.from_record(r) for r in self.backend.list_credentials(owner)]
+        if include_env:
+            stored = {i.name for i in items}
+            now = self._clock()
+            for name in sorted(self.env_credential_names):
+                if self._env.get(name) and name not in stored:
+                    items.append(CredentialInfo("env:" + name, owner, name, "api_key", None, now, now, None, {}, "env"))
+                elif self._env.get(name):
+                    # Env wins at use time; say so rather than hide it.
+                    items = [
+                        CredentialInfo(**{**i.__dict__, "source": "env"}) if i.name == name else i for i in items
+                    ]
+        return sorted(items, key=lambda i: i.name)
+
+    def delete(self, owner: str, name: str, *, actor: str | None = None) -> None:
+        owner, name = validate_owner(owner), validate_name(name)
+        if not self.backend.delete_credential(owner, name):
+            self.audit(owner, "delete", name, "not_found", actor=actor)
+            raise NotFound(f"no credential named {name} in the vault")
+        self.audit(owner, "delete", name, "ok", actor=actor)
+
+    def count(self, owner: str | None = None) -> int:
+        return self.backend.count_credentials(owner)
+
+    # -- master key
+    def rotate_master_key(self, *, actor: str = "admin") -> int:
+        """Re-wrap every data key under a new master key in one transaction.
+
+        The next key is staged where it will live before the commit, so a crash at
+        any point either rolls back (old key still opens) or resumes on next open.
+        """
+        source = self.master.source
+        with self._lock:
+            new_key, meta = self._resolver.new_key_for_rotation(source, self.backend.meta_get)
+            new_kek = KeyEncryptionKey(new_key)
+            if new_kek.kek_id == self._kek.kek_id:
+                raise MasterKeyError("the new master key is the same as the current one")
+            if source == "file":
+                mk.write_private_file(self._staged_key_file(), (mk.encode_master_key(new_key) + "\n").encode())
+            elif source == "keyring":
+                mk.keyring_set(self._vault_id, new_key, pending=True)
+            meta["kek_check"] = new_kek.make_check(self._vault_id)
+            old_kek = self._kek
+            count = self.backend.rewrap_owner_keys(
+                lambda owner, blob: new_kek.wrap(owner, old_kek.unwrap(owner, blob)), new_kek.kek_id, meta
+            )
+            if source == "file":
+                os.replace(self._staged_key_file(), self.key_file)
+                mk._fsync_dir(self.key_file.parent)
+            elif source == "keyring":
+                mk.keyring_set(self._vault_id, new_key)
+                mk.keyring_delete(self._vault_id, pending=True)
+            self._kek = new_kek
+            self.master = mk.MasterKey(new_key, source, self.master.strong, self.master.detail, self.master.warnings)
+            self._deks.clear()
+        self.audit(actor, "rotate", None, "ok", actor=actor, detail=f"{count} data keys re-wrapped")
+        return count
+
+    # -- status
+    def status(self) -> dict[str, Any]:
+        warnings = list(self.master.warnings)
+        return {
+            "protection": {
+                "source": self.master.source,
+                "strong": self.master.strong,
+                "detail": self.master.detail,
+            },
+            "backend": self.backend.name,
+            "location": self.backend.location,
+            "credentials": self.count(),
+            "warnings": warnings,
+        }
+
+    def close(self) -> None:
+        self._deks.clear()
+        self.backend.close()

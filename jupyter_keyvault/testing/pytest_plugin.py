@@ -1,0 +1,73 @@
+"""pytest fixtures for jupyter-keyvault and for projects that build on it."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from jupyter_keyvault.store import SQLiteBackend, Vault
+
+
+def new_master_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+class MemoryKeyring:
+    """An in-memory keyring backend (the machines running tests have no OS keyring)."""
+
+    def __new__(cls):
+        from keyring.backend import KeyringBackend
+
+        class _Backend(KeyringBackend):
+            priority = 1
+
+            def __init__(self):
+                super().__init__()
+                self.entries: dict[tuple[str, str], str] = {}
+
+            def get_password(self, service, username):
+                return self.entries.get((service, username))
+
+            def set_password(self, service, username, password):
+                self.entries[(service, username)] = password
+
+            def delete_password(self, service, username):
+                from keyring.errors import PasswordDeleteError
+
+                if (service, username) not in self.entries:
+                    raise PasswordDeleteError("not found")
+                del self.entries[(service, username)]
+
+        return _Backend()
+
+
+@pytest.fixture
+def memory_keyring():
+    """Install an in-memory keyring for the test, restore the previous one after."""
+    import keyring
+
+    previous = keyring.get_keyring()
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    yield backend
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def master_key() -> str:
+    return new_master_key()
+
+
+@pytest.fixture
+def vault_path(tmp_path):
+    return tmp_path / "keyvault" / "vault.db"
+
+
+@pytest.fixture
+def vault(vault_path, master_key):
+    """A vault on SQLite keyed by an env master key."""
+    v = Vault(SQLiteBackend(vault_path), env={"KEYVAULT_MASTER_KEY": master_key})
+    yield v
+    v.close()
