@@ -2,4 +2,11 @@
 
 from ._version import __version__
 
+
+def _jupyter_server_extension_points():
+    from .app import KeyVaultApp
+
+    return [{"module": "jupyter_keyvault", "app": KeyVaultApp}]
+
+
 __all__ = ["__version__"]

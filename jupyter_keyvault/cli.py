@@ -180,7 +180,7 @@ class TestCommand(_Command):
         name = validate_name(self.extra_args[0])
         vault = self.vault()
         try:
-            resolved = vault.resolve(self.owner, name)
+            resolved = vault.resolve(self.owner, name, purpose="test")
         except LookupError as exc:
             raise CommandError(str(exc)) from None
         pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)

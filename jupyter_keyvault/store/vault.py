@@ -265,19 +265,25 @@ class Vault:
             self._on_value(name, value)
         return value
 
-    def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None) -> ResolvedCredential:
-        """The value to use: an explicitly set env var of that name first, then the vault."""
+    def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None,
+                purpose: str = "use") -> ResolvedCredential:
+        """The value to use: an explicitly set env var of that name first, then the vault.
+
+        `purpose` names the audit action ("use", or "test" when the caller audits the test itself).
+        """
         name = validate_name(name)
         env_value = self._env.get(name)
         if env_value and name in self.env_credential_names:
-            self.audit(owner, "use", name, "ok", actor=actor, detail="source=env")
+            if purpose == "use":
+                self.audit(owner, "use", name, "ok", actor=actor, detail="source=env")
             return ResolvedCredential(name, env_value, "env", None, "api_key", {})
         rec = self.backend.get_credential(validate_owner(owner), name)
         if rec is None:
             hint = how_to_add or f"add one with `jupyter keyvault set {name}` or the Key Vault panel"
             raise NoCredential(f"No API key configured for {name}: {hint}")
-        value = self.get_value(owner, name, actor=actor)
-        self.audit(owner, "use", name, "ok", actor=actor, detail="source=vault")
+        value = self.get_value(owner, name, actor=actor, purpose=purpose)
+        if purpose == "use":
+            self.audit(owner, "use", name, "ok", actor=actor, detail="source=vault")
         return ResolvedCredential(name, value, "vault", rec.provider, rec.type, dict(rec.metadata))
 
     def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]:

@@ -1,0 +1,125 @@
+"""The jupyter_server extension: the only process that ever holds decrypted values."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from functools import partial
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, Unicode
+
+from . import __version__, envguard
+from .handlers import handlers as rest_handlers
+from .ratelimit import RateLimiter
+from .scrub import install_log_filter
+from .settings import KERNEL_ENV_ALLOWLIST, KeyVault
+from .store import Vault, VaultError
+
+
+class KeyVaultApp(ExtensionApp, KeyVault):
+    """Serves /keyvault/api/*; configured through `c.KeyVault.*`."""
+
+    name = "jupyter_keyvault"
+    extension_url = "/keyvault/api/status"
+    load_other_extensions = True
+
+    max_request_bytes = Int(
+        64 * 1024, help="Largest request body accepted by the REST API, in bytes (413 above it)."
+    ).tag(config=True)
+    write_rate_per_minute = Float(
+        60.0, help="Credential writes and deletes allowed per user per minute (429 with Retry-After above it)."
+    ).tag(config=True)
+    test_rate_per_minute = Float(
+        20.0, help="Credential tests allowed per user per minute (429 with Retry-After above it)."
+    ).tag(config=True)
+    show_masked_hint = Bool(
+        False, help="Show a masked hint (last 4 characters) of each stored value in listings. Off by default: "
+        "the browser then learns nothing about a value but its presence."
+    ).tag(config=True)
+    scrub_server_environ = Bool(
+        True, help="Remove the master key, passphrases and API keys from this server's own os.environ at start "
+        "(after reading them), so nothing it spawns (kernels, terminals, subprocesses) can inherit them.",
+    ).tag(config=True)
+    server_url = Unicode(
+        "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
+    ).tag(config=True)
+
+    def initialize_settings(self):
+        env_snapshot = dict(os.environ)
+        self.scrubber = self.make_scrubber()
+        self._install_log_filters()
+        self.vault: Vault = self.open_vault(env=env_snapshot, scrubber=self.scrubber)
+        if self.scrub_server_environ:
+            removed = envguard.remove_secret_env(
+                os.environ, self.secret_env_patterns, self.credential_env_names(), KERNEL_ENV_ALLOWLIST
+            )
+            if removed:
+                self.log.info("jupyter-keyvault: removed %d secret variable(s) from the server environment: %s",
+                              len(removed), ", ".join(removed))
+        status = self.vault.status()
+        for warning in status["warnings"]:
+            self.log.warning("jupyter-keyvault: %s", warning)
+        self.log.info("jupyter-keyvault %s: vault at %s, master key from %s", __version__, status["location"],
+                      status["protection"]["source"])
+        self.write_limiter = RateLimiter(self.write_rate_per_minute, burst=max(1, int(self.write_rate_per_minute)))
+        self.test_limiter = RateLimiter(self.test_rate_per_minute, burst=max(1, int(self.test_rate_per_minute)))
+        self.settings.update({"keyvault": self})
+        self._guard_kernel_env()
+        # Learn every stored value so the log filter can redact it even if never used here.
+        self.serverapp.io_loop.call_later(0, partial(asyncio.ensure_future, self._learn_values()))
+
+    def initialize_handlers(self):
+        self.handlers.extend(rest_handlers)
+
+    def _install_log_filters(self):
+        """Redact on every handler of every logger that exists now (the access log included)."""
+        loggers: list[logging.Logger] = [logging.getLogger(), self.log, self.serverapp.log]
+        loggers += [logging.getLogger(n) for n in ("tornado.access", "tornado.application", "tornado.general",
+                                                   "jupyter_keyvault")]
+        loggers += [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+        install_log_filter(self.scrubber, loggers)
+
+    async def _learn_values(self):
+        def learn():
+            for info in self.vault.list(self.owner, include_env=False):
+                try:
+                    self.vault.get_value(self.owner, info.name, purpose="scrub", touch=False)
+                except VaultError:  # a damaged row is reported when used; keep learning the rest
+                    continue
+
+        await asyncio.to_thread(learn)
+
+    # -- kernels
+    def kernel_env_additions(self) -> dict[str, str]:
+        return {"KEYVAULT_SERVER_URL": self.server_url or self.serverapp.connection_url}
+
+    def filter_kernel_env(self, env: dict | None) -> dict[str, str]:
+        base = dict(os.environ if env is None else env)
+        clean = envguard.filtered_env(base, self.secret_env_patterns, self.credential_env_names(),
+                                      KERNEL_ENV_ALLOWLIST)
+        clean.update(self.kernel_env_additions())
+        return clean
+
+    def _guard_kernel_env(self):
+        """Every kernel start (and env update) goes through filter_kernel_env."""
+        km = self.serverapp.kernel_manager
+        start, update = km.start_kernel, getattr(km, "update_env", None)
+
+        async def start_kernel(*args, **kwargs):
+            kwargs["env"] = self.filter_kernel_env(kwargs.get("env"))
+            return await start(*args, **kwargs)
+
+        km.start_kernel = start_kernel
+        if update is not None:
+            def update_env(*, kernel_id, env):
+                return update(kernel_id=kernel_id, env=self.filter_kernel_env(env))
+
+            km.update_env = update_env
+
+    async def stop_extension(self):
+        self.vault.close()
+
+
+main = launch_new_instance = KeyVaultApp.launch_instance

@@ -1,0 +1,255 @@
+"""REST handlers under /keyvault/api. Values go in; only presence comes out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from . import __version__, providers
+from .store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
+from .store.model import validate_name
+
+if TYPE_CHECKING:
+    from .app import KeyVaultApp
+
+AUTH_RESOURCE = "keyvault"
+
+
+class KeyVaultHandler(APIHandler):
+    """Base: every method is @web.authenticated then @authorized(resource='keyvault')."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def kv(self) -> "KeyVaultApp":
+        return self.settings["keyvault"]
+
+    @property
+    def owner(self) -> str:
+        return self.kv.owner
+
+    @property
+    def actor(self) -> str:
+        user = self.current_user
+        return getattr(user, "username", None) or self.owner
+
+    def prepare(self):
+        # Size check before any body parsing, so an oversized body changes nothing.
+        if len(self.request.body or b"") > self.kv.max_request_bytes:
+            raise web.HTTPError(413, f"request body is larger than {self.kv.max_request_bytes} bytes")
+        return super().prepare()
+
+    def json_body(self) -> dict[str, Any]:
+        if not self.request.body:
+            raise web.HTTPError(400, "request body is empty; send a JSON object")
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise web.HTTPError(400, "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "request body must be a JSON object")
+        return body
+
+    def name_from_path(self, raw: str) -> str:
+        try:
+            return validate_name(raw)
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+
+    def limit(self, limiter, action: str) -> None:
+        wait = limiter.take((self.actor, action))
+        if wait:
+            self.set_header("Retry-After", limiter.retry_after_header(wait))
+            raise web.HTTPError(429, f"too many {action} requests; retry in {limiter.retry_after_header(wait)} s")
+
+    async def off_loop(self, fn, *args, **kwargs):
+        """Store and crypto work is blocking: run it in a thread, map errors to HTTP."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (NotFound, NoCredential) as exc:
+            raise web.HTTPError(404, str(exc)) from None
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+        except DecryptionError as exc:
+            raise web.HTTPError(409, str(exc)) from None
+        except VaultError as exc:
+            raise web.HTTPError(503, str(exc)) from None
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+
+class CredentialsHandler(KeyVaultHandler):
+    @web.authenticated
+    @authorized(action="read")
+    async def get(self):
+        items = await self.off_loop(self.kv.vault.list, self.owner)
+        out = []
+        for info in items:
+            item = info.to_json()
+            if not self.kv.show_masked_hint:
+                item["metadata"] = {k: v for k, v in item["metadata"].items() if k != "hint"}
+            out.append(item)
+        self.write_json({"credentials": out})
+
+
+class CredentialHandler(KeyVaultHandler):
+    @web.authenticated
+    @authorized(action="read")
+    async def get(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        for info in await self.off_loop(self.kv.vault.list, self.owner):
+            if info.name == name:
+                item = info.to_json()
+                item["metadata"] = {k: v for k, v in item["metadata"].items()
+                                    if k != "hint" or self.kv.show_masked_hint}
+                return self.write_json(item)
+        raise web.HTTPError(404, f"no credential named {name}")
+
+    @web.authenticated
+    @authorized(action="write")
+    async def put(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        body = self.json_body()
+        unknown = set(body) - {"value", "provider", "type", "metadata"}
+        if unknown:
+            raise web.HTTPError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
+        value = body.get("value")
+        if not isinstance(value, str):
+            raise web.HTTPError(422, "field 'value' is required and must be a string")
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > self.kv.max_value_bytes:
+            raise web.HTTPError(413, f"value is {size} bytes; the limit is {self.kv.max_value_bytes} bytes")
+        kind = body.get("type", "api_key")
+        provider = body.get("provider")
+        if provider is None:
+            guess = providers.provider_for_env_var(name)
+            provider = guess.id if guess else providers.detect_provider(value.strip())
+        elif not isinstance(provider, str) or provider not in providers.PROVIDERS:
+            raise web.HTTPError(422, f"unknown provider; known: {', '.join(providers.PROVIDERS)}")
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict) or len(json.dumps(metadata)) > 4096:
+            raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
+        metadata = {k: v for k, v in metadata.items() if k != "hint"}
+        try:
+            warnings = providers.check_key_format(provider, value) if kind == "api_key" else []
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+        if self.kv.show_masked_hint and len(value) >= 12:
+            metadata["hint"] = "…" + value[-4:]
+        self.limit(self.kv.write_limiter, "write")
+        info, created = await self.off_loop(
+            self.kv.vault.set, self.owner, name, value, provider=provider, type=kind, metadata=metadata,
+            actor=self.actor,
+        )
+        for warning in warnings:
+            self.add_header("X-KeyVault-Warning", warning)
+        if created:
+            self.set_header("Location", url_path_join(self.base_url, "keyvault/api/credentials", name))
+            item = info.to_json()
+            item["metadata"] = {k: v for k, v in item["metadata"].items() if k != "hint" or self.kv.show_masked_hint}
+            return self.write_json({**item, "warnings": warnings}, status=201)
+        self.set_status(204)
+        self.finish()
+
+    @web.authenticated
+    @authorized(action="write")
+    async def delete(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        self.limit(self.kv.write_limiter, "write")
+        await self.off_loop(self.kv.vault.delete, self.owner, name, actor=self.actor)
+        self.set_status(204)
+        self.finish()
+
+
+class CredentialTestHandler(KeyVaultHandler):
+    @web.authenticated
+    @authorized(action="execute")
+    async def post(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        self.limit(self.kv.test_limiter, "test")
+        vault = self.kv.vault
+        resolved = await self.off_loop(vault.resolve, self.owner, name, actor=self.actor, purpose="test")
+        pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
+        if pid is None:
+            raise web.HTTPError(422, f"{name} has no provider; set it again with a provider to test it")
+        provider = providers.get_provider(pid)
+        try:
+            base_url = self.kv.base_url_for(provider)
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+        timeout = self.kv.test_timeout
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(providers.run_key_test, provider, resolved.value, base_url, timeout=timeout),
+                timeout + 1,
+            )
+        except asyncio.TimeoutError:
+            result = providers.TestResult(False, error=f"no answer from {provider.label} within {timeout:g} s (timeout)")
+        # Belt and braces: the result must never carry the key, whatever upstream said.
+        payload = json.loads(self.kv.scrubber.scrub(json.dumps(result.to_json())))
+        await self.off_loop(vault.audit, self.owner, "test", name, "ok" if result.ok else "failed", actor=self.actor)
+        self.write_json(payload)
+
+
+
+
+class StatusHandler(KeyVaultHandler):
+    @web.authenticated
+    @authorized(action="read")
+    async def get(self):
+        status = await self.off_loop(self.kv.vault.status)
+        status.pop("location", None)  # the browser needs no server paths
+        self.write_json({
+            **status,
+            "version": __version__,
+            "owner": self.owner,
+            "providers": [p.to_json() for p in providers.PROVIDERS.values()],
+        })
+
+
+class AuditHandler(KeyVaultHandler):
+    @web.authenticated
+    @authorized(action="read")
+    async def get(self):
+        try:
+            limit = int(self.get_argument("limit", "50"))
+            before = self.get_argument("before", None)
+            before_id = int(before) if before is not None else None
+        except ValueError:
+            raise web.HTTPError(400, "limit and before must be integers") from None
+        if not 1 <= limit <= 1000:
+            raise web.HTTPError(400, "limit must be between 1 and 1000")
+        events = await self.off_loop(self.kv.vault.audit_events, self.owner, limit, before_id)
+        next_before = events[-1].id if len(events) == limit else None
+        self.write_json({"events": [e.to_json() for e in events], "next_before": next_before})
+
+
+class OpenAPIHandler(KeyVaultHandler):
+    @web.authenticated
+    @authorized(action="read")
+    async def get(self):
+        from importlib.resources import files
+
+        self.set_header("Content-Type", "application/json")
+        self.finish(files("jupyter_keyvault").joinpath("openapi.json").read_text("utf-8"))
+
+
+_NAME = r"(?P<raw_name>[^/]+)"
+handlers = [
+    (r"/keyvault/api/credentials/?", CredentialsHandler),
+    (rf"/keyvault/api/credentials/{_NAME}/test/?", CredentialTestHandler),
+    (rf"/keyvault/api/credentials/{_NAME}/?", CredentialHandler),
+    (r"/keyvault/api/status/?", StatusHandler),
+    (r"/keyvault/api/audit/?", AuditHandler),
+    (r"/keyvault/api/openapi.json", OpenAPIHandler),
+]
