@@ -44,8 +44,9 @@ class StorageBackend(ABC):
 
     # -- credentials
     @abstractmethod
-    def upsert_credential(self, rec: CredentialRecord) -> tuple[CredentialRecord, bool]:
+    def upsert_credential(self, rec: CredentialRecord, audit: AuditEvent | None = None) -> tuple[CredentialRecord, bool]:
         """Insert or replace by (owner, name); keeps id and created_at on replace.
+        `audit` (its detail set to "created"/"replaced") is appended in the same transaction.
         Returns the stored record and whether it was created."""
 
     @abstractmethod
@@ -55,7 +56,8 @@ class StorageBackend(ABC):
     def list_credentials(self, owner: str) -> list[CredentialRecord]: ...
 
     @abstractmethod
-    def delete_credential(self, owner: str, name: str) -> bool: ...
+    def delete_credential(self, owner: str, name: str, audit: AuditEvent | None = None) -> bool:
+        """Delete one credential; `audit` is appended in the same transaction if a row was deleted."""
 
     @abstractmethod
     def touch_credential(self, owner: str, name: str, at: float) -> None: ...

@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -57,7 +58,30 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_CRED_COLS = "id, owner, name, type, provider, payload, created_at, updated_at, last_used_at, metadata"
+# Whole statements as literals: no SQL is ever assembled from strings at run time.
+_SELECT_CRED = (
+    "SELECT id, owner, name, type, provider, payload, created_at, updated_at, last_used_at, metadata "
+    "FROM credentials"
+)
+_SELECT_ONE = _SELECT_CRED + " WHERE owner = ? AND name = ?"
+_SELECT_OWNER = _SELECT_CRED + " WHERE owner = ? ORDER BY name"
+_SELECT_ALL = _SELECT_CRED + " ORDER BY owner, name"
+_INSERT_CRED = (
+    "INSERT INTO credentials (id, owner, name, type, provider, payload, created_at, updated_at, last_used_at, "
+    "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_AUDIT_COLS = "SELECT id, at, owner, actor, action, target, outcome, detail FROM audit"
+_AUDIT_QUERIES = {
+    (False, False): _AUDIT_COLS + " ORDER BY id DESC LIMIT ?",
+    (True, False): _AUDIT_COLS + " WHERE owner = ? ORDER BY id DESC LIMIT ?",
+    (False, True): _AUDIT_COLS + " WHERE id < ? ORDER BY id DESC LIMIT ?",
+    (True, True): _AUDIT_COLS + " WHERE owner = ? AND id < ? ORDER BY id DESC LIMIT ?",
+}
+
+
+def _blob(value: bytes | str) -> bytes:
+    """A payload as bytes; legacy rows written by hand (sqlite3 shell) may hold TEXT."""
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
 
 
 def _record(row: tuple) -> CredentialRecord:
@@ -67,7 +91,7 @@ def _record(row: tuple) -> CredentialRecord:
         name=row[2],
         type=row[3],
         provider=row[4],
-        payload=bytes(row[5]),
+        payload=_blob(row[5]),
         created_at=row[6],
         updated_at=row[7],
         last_used_at=row[8],
@@ -214,48 +238,53 @@ class SQLiteBackend(StorageBackend):
         return self._conn().execute("SELECT COUNT(*) FROM owner_keys").fetchone()[0]
 
     # -- credentials
-    def upsert_credential(self, rec: CredentialRecord) -> tuple[CredentialRecord, bool]:
+    def upsert_credential(self, rec: CredentialRecord, audit: AuditEvent | None = None) -> tuple[CredentialRecord, bool]:
         with self._tx() as db:
-            row = db.execute(
-                f"SELECT {_CRED_COLS} FROM credentials WHERE owner = ? AND name = ?", (rec.owner, rec.name)
-            ).fetchone()
+            row = db.execute(_SELECT_ONE, (rec.owner, rec.name)).fetchone()
             if row is None:
                 db.execute(
-                    f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INSERT_CRED,
                     (rec.id, rec.owner, rec.name, rec.type, rec.provider, rec.payload, rec.created_at,
                      rec.updated_at, rec.last_used_at, json.dumps(rec.metadata)),
                 )
-                return rec, True
-            old = _record(row)
-            db.execute(
-                "UPDATE credentials SET type = ?, provider = ?, payload = ?, updated_at = ?, metadata = ? WHERE id = ?",
-                (rec.type, rec.provider, rec.payload, rec.updated_at, json.dumps(rec.metadata), old.id),
-            )
-            rec.id, rec.created_at, rec.last_used_at = old.id, old.created_at, old.last_used_at
-            return rec, False
+                created = True
+            else:
+                old = _record(row)
+                db.execute(
+                    "UPDATE credentials SET type = ?, provider = ?, payload = ?, updated_at = ?, metadata = ? WHERE id = ?",
+                    (rec.type, rec.provider, rec.payload, rec.updated_at, json.dumps(rec.metadata), old.id),
+                )
+                rec.id, rec.created_at, rec.last_used_at = old.id, old.created_at, old.last_used_at
+                created = False
+            if audit is not None:
+                self._insert_audit(db, replace(audit, detail="created" if created else "replaced"))
+            return rec, created
 
     def get_credential(self, owner: str, name: str) -> CredentialRecord | None:
         row = self._conn().execute(
-            f"SELECT {_CRED_COLS} FROM credentials WHERE owner = ? AND name = ?", (owner, name)
+            _SELECT_ONE, (owner, name)
         ).fetchone()
         return _record(row) if row else None
 
     def list_credentials(self, owner: str) -> list[CredentialRecord]:
         rows = self._conn().execute(
-            f"SELECT {_CRED_COLS} FROM credentials WHERE owner = ? ORDER BY name", (owner,)
+            _SELECT_OWNER, (owner,)
         ).fetchall()
         return [_record(r) for r in rows]
 
-    def delete_credential(self, owner: str, name: str) -> bool:
+    def delete_credential(self, owner: str, name: str, audit: AuditEvent | None = None) -> bool:
         with self._tx() as db:
-            return db.execute("DELETE FROM credentials WHERE owner = ? AND name = ?", (owner, name)).rowcount > 0
+            deleted = db.execute("DELETE FROM credentials WHERE owner = ? AND name = ?", (owner, name)).rowcount > 0
+            if deleted and audit is not None:
+                self._insert_audit(db, audit)
+            return deleted
 
     def touch_credential(self, owner: str, name: str, at: float) -> None:
         with self._tx() as db:
             db.execute("UPDATE credentials SET last_used_at = ? WHERE owner = ? AND name = ?", (at, owner, name))
 
     def iter_all_credentials(self):
-        rows = self._conn().execute(f"SELECT {_CRED_COLS} FROM credentials ORDER BY owner, name").fetchall()
+        rows = self._conn().execute(_SELECT_ALL).fetchall()
         return [_record(r) for r in rows]
 
     def replace_payload(self, rec_id: str, payload: bytes) -> None:
@@ -270,22 +299,18 @@ class SQLiteBackend(StorageBackend):
     # -- audit
     def append_audit(self, event: AuditEvent) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO audit (at, owner, actor, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event.at, event.owner, event.actor, event.action, event.target, event.outcome, event.detail),
-            )
+            self._insert_audit(db, event)
+
+    @staticmethod
+    def _insert_audit(db: sqlite3.Connection, event: AuditEvent) -> None:
+        db.execute(
+            "INSERT INTO audit (at, owner, actor, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event.at, event.owner, event.actor, event.action, event.target, event.outcome, event.detail),
+        )
 
     def list_audit(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
-        sql = "SELECT id, at, owner, actor, action, target, outcome, detail FROM audit WHERE 1 = 1"
-        args: list = []
-        if owner is not None:
-            sql += " AND owner = ?"
-            args.append(owner)
-        if before_id is not None:
-            sql += " AND id < ?"
-            args.append(before_id)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(int(limit))
+        args: list = [a for a in (owner, before_id) if a is not None] + [int(limit)]
+        sql = _AUDIT_QUERIES[(owner is not None, before_id is not None)]
         return [_event(r) for r in self._conn().execute(sql, args).fetchall()]
 
 

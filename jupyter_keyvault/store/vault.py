@@ -81,6 +81,7 @@ class Vault:
             key_file=self.key_file, env=self._env, preferred_source=preferred_source, use_keyring=use_keyring
         )
         self._deks: dict[str, bytes] = {}
+        self._touched: dict[tuple[str, str], float] = {}
         self._lock = threading.RLock()
         self.master: mk.MasterKey
         self._kek: KeyEncryptionKey
@@ -221,10 +222,10 @@ class Vault:
             updated_at=now,
             metadata=dict(metadata or {}),
         )
-        stored, created = self.backend.upsert_credential(rec)
+        event = AuditEvent(None, now, owner, actor or owner, action, name, "ok")
+        stored, created = self.backend.upsert_credential(rec, audit=event)
         if self._on_value:
             self._on_value(name, text)
-        self.audit(owner, action, name, "ok", actor=actor, detail="created" if created else "replaced")
         return CredentialInfo.from_record(stored), created
 
     def info(self, owner: str, name: str) -> CredentialInfo:
@@ -260,10 +261,18 @@ class Vault:
             self.audit(owner, purpose, name, "error", actor=actor, detail="decryption failed")
             raise DecryptionError(f"credential {name} could not be decrypted (corrupted or tampered)") from None
         if touch:
-            self.backend.touch_credential(owner, name, self._clock())
+            self._touch(owner, name)
         if self._on_value:
             self._on_value(name, value)
         return value
+
+    TOUCH_INTERVAL = 60.0  # last_used_at is coarse: at most one write per credential a minute
+
+    def _touch(self, owner: str, name: str) -> None:
+        now = self._clock()
+        if now - self._touched.get((owner, name), float("-inf")) >= self.TOUCH_INTERVAL:
+            self._touched[(owner, name)] = now
+            self.backend.touch_credential(owner, name, now)
 
     def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None,
                 purpose: str = "use") -> ResolvedCredential:
@@ -304,10 +313,10 @@ class Vault:
 
     def delete(self, owner: str, name: str, *, actor: str | None = None) -> None:
         owner, name = validate_owner(owner), validate_name(name)
-        if not self.backend.delete_credential(owner, name):
+        event = AuditEvent(None, self._clock(), owner, actor or owner, "delete", name, "ok")
+        if not self.backend.delete_credential(owner, name, audit=event):
             self.audit(owner, "delete", name, "not_found", actor=actor)
             raise NotFound(f"no credential named {name} in the vault")
-        self.audit(owner, "delete", name, "ok", actor=actor)
 
     def count(self, owner: str | None = None) -> int:
         return self.backend.count_credentials(owner)

@@ -71,3 +71,49 @@ def vault(vault_path, master_key):
     v = Vault(SQLiteBackend(vault_path), env={"KEYVAULT_MASTER_KEY": master_key})
     yield v
     v.close()
+
+
+VALID_OPENAI_KEY = "sk-proj-" + "V4L1D" * 8  # what the fake upstream accepts
+
+
+@pytest.fixture
+def fake_upstream():
+    """A local OpenAI/Anthropic-compatible server on 127.0.0.1 that accepts VALID_OPENAI_KEY."""
+    from .fake_upstream import FakeUpstream
+
+    server = FakeUpstream(valid_keys=(VALID_OPENAI_KEY,)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def keyvault_config(tmp_path, fake_upstream):
+    """c.KeyVault settings for a test server: a private vault, providers pointed at the fake upstream."""
+    return {
+        "vault_path": str(tmp_path / "vault" / "vault.db"),
+        "provider_base_urls": {
+            "openai": fake_upstream.openai_base_url,
+            "anthropic": fake_upstream.url,
+            "groq": fake_upstream.openai_base_url,
+            "openai_compatible": fake_upstream.openai_base_url,
+        },
+        "test_timeout": 5.0,
+    }
+
+
+@pytest.fixture
+def jp_server_config(keyvault_config, master_key, monkeypatch):
+    """Enable the extension in pytest-jupyter's in-process server (keyed by an env master key)."""
+    from traitlets.config import Config
+
+    monkeypatch.setenv("KEYVAULT_MASTER_KEY", master_key)
+    return Config({
+        "ServerApp": {"jpserver_extensions": {"jupyter_keyvault": True}},
+        "KeyVault": keyvault_config,
+    })
+
+
+@pytest.fixture
+def keyvault_app(jp_serverapp):
+    """The running KeyVaultApp of the in-process server."""
+    return jp_serverapp.web_app.settings["keyvault"]

@@ -1,0 +1,1 @@
+"""Test helpers for jupyter-keyvault (fake upstream providers, etc.)."""

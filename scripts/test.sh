@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up and run every check: the test suite, bandit, and a dependency audit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== pytest"
+.venv/bin/python -m pytest -q "$@"
+echo "== bandit (fails on medium/high findings)"
+.venv/bin/bandit -q -r jupyter_keyvault keyvault -c pyproject.toml -ll
+echo "== pip-audit (fails on known vulnerabilities in direct dependencies)"
+.venv/bin/python scripts/audit_deps.py
