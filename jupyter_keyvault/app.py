@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from functools import partial
@@ -10,8 +11,13 @@ from functools import partial
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, Unicode
 
-from . import __version__, envguard
+import time
+
+from . import __version__, envguard, providers
 from .handlers import handlers as rest_handlers
+from .kernel_auth import KernelAuthenticator
+from .kernel_handlers import handlers as kernel_handlers
+from .proxy import handlers as proxy_handlers
 from .ratelimit import RateLimiter
 from .scrub import install_log_filter
 from .settings import KERNEL_ENV_ALLOWLIST, KeyVault
@@ -42,6 +48,20 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         True, help="Remove the master key, passphrases and API keys from this server's own os.environ at start "
         "(after reading them), so nothing it spawns (kernels, terminals, subprocesses) can inherit them.",
     ).tag(config=True)
+    allow_direct_access = Bool(
+        True, help="Let kernels fetch stored values (keyvault.get, keyvault.env, mode='direct'). When False only "
+        "proxy mode works, and the key never enters any kernel.",
+    ).tag(config=True)
+    proxy_read_timeout = Float(
+        600.0, help="Seconds the proxy waits for the next bytes from an upstream (long generations stream slowly)."
+    ).tag(config=True)
+    proxy_max_connections = Int(
+        0, help="Upper bound on concurrent upstream connections of the proxy (0 = no limit)."
+    ).tag(config=True)
+    resolve_cache_seconds = Float(
+        5.0, help="How long the proxy may reuse a decrypted key before reading the vault again. Writes through "
+        "this server invalidate it at once; writes by another process (the CLI) are seen after this delay.",
+    ).tag(config=True)
     server_url = Unicode(
         "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
     ).tag(config=True)
@@ -65,13 +85,69 @@ class KeyVaultApp(ExtensionApp, KeyVault):
                       status["protection"]["source"])
         self.write_limiter = RateLimiter(self.write_rate_per_minute, burst=max(1, int(self.write_rate_per_minute)))
         self.test_limiter = RateLimiter(self.test_rate_per_minute, burst=max(1, int(self.test_rate_per_minute)))
+        self.kernel_auth = KernelAuthenticator(self._session_key_for)
+        self._resolved: dict[str, tuple[float, object]] = {}
+        self._http = None
         self.settings.update({"keyvault": self})
         self._guard_kernel_env()
         # Learn every stored value so the log filter can redact it even if never used here.
         self.serverapp.io_loop.call_later(0, partial(asyncio.ensure_future, self._learn_values()))
 
     def initialize_handlers(self):
-        self.handlers.extend(rest_handlers)
+        self.handlers.extend(rest_handlers + kernel_handlers + proxy_handlers)
+
+    # -- shared by the REST, kernel and proxy handlers
+    def _session_key_for(self, kernel_id: str) -> bytes | None:
+        km = self.serverapp.kernel_manager
+        if kernel_id not in km:
+            return None
+        return km.get_kernel(kernel_id).session.key or None
+
+    async def resolve_for_proxy(self, name: str, *, actor: str):
+        """A decrypted credential, cached briefly so a burst of requests reads the vault once."""
+        hit = self._resolved.get(name)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        resolved = await asyncio.to_thread(self.vault.resolve, self.owner, name, actor=actor)
+        self._resolved[name] = (now + self.resolve_cache_seconds, resolved)
+        return resolved
+
+    def invalidate(self, name: str) -> None:
+        self._resolved.pop(name, None)
+
+    async def test_credential(self, name: str, *, actor: str) -> dict:
+        """Run the provider's test request; the result never carries the key."""
+        resolved = await asyncio.to_thread(self.vault.resolve, self.owner, name, actor=actor, purpose="test")
+        pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
+        if pid is None:
+            raise providers.InvalidInput(f"{name} has no provider; set it again with a provider to test it")
+        provider = providers.get_provider(pid)
+        base_url = self.base_url_for(provider)
+        timeout = self.test_timeout
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(providers.run_key_test, provider, resolved.value, base_url, timeout=timeout),
+                timeout + 1,
+            )
+        except asyncio.TimeoutError:
+            result = providers.TestResult(False, error=f"no answer from {provider.label} within {timeout:g} s (timeout)")
+        payload = json.loads(self.scrubber.scrub(json.dumps(result.to_json())))
+        await asyncio.to_thread(self.vault.audit, self.owner, "test", name, "ok" if result.ok else "failed", actor=actor)
+        return payload
+
+    async def http_session(self):
+        """One pooled keep-alive client for every upstream (created on the server's loop)."""
+        if self._http is None or self._http.closed:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.proxy_max_connections, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=self.proxy_read_timeout),
+                auto_decompress=False,
+                trust_env=False,
+            )
+        return self._http
 
     def _install_log_filters(self):
         """Redact on every handler of every logger that exists now (the access log included)."""
@@ -119,6 +195,8 @@ class KeyVaultApp(ExtensionApp, KeyVault):
             km.update_env = update_env
 
     async def stop_extension(self):
+        if self._http is not None:
+            await self._http.close()
         self.vault.close()
 
 

@@ -63,15 +63,40 @@ class KeyVaultHandler(APIHandler):
             raise web.HTTPError(422, str(exc)) from None
 
     def limit(self, limiter, action: str) -> None:
-        wait = limiter.take((self.actor, action))
+        # Keyed by the vault owner, not the actor: token requests without a cookie get a fresh
+        # anonymous user each time, which would give every request its own bucket.
+        wait = limiter.take((self.owner, action))
         if wait:
-            self.set_header("Retry-After", limiter.retry_after_header(wait))
+            # send_error() clears headers set before the raise; write_error() sets it again.
+            self._retry_after = limiter.retry_after_header(wait)
             raise web.HTTPError(429, f"too many {action} requests; retry in {limiter.retry_after_header(wait)} s")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:  # RFC 9110: a 405 lists the methods the resource supports
+            self.set_header("Allow", ", ".join(
+                m.upper() for m in ("get", "put", "post", "delete", "options")
+                if getattr(type(self), m) is not getattr(web.RequestHandler, m)))
+        if status_code == 429 and getattr(self, "_retry_after", None):
+            self.set_header("Retry-After", self._retry_after)
+        super().write_error(status_code, **kwargs)
 
     async def off_loop(self, fn, *args, **kwargs):
         """Store and crypto work is blocking: run it in a thread, map errors to HTTP."""
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
+        except (NotFound, NoCredential) as exc:
+            raise web.HTTPError(404, str(exc)) from None
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+        except DecryptionError as exc:
+            raise web.HTTPError(409, str(exc)) from None
+        except VaultError as exc:
+            raise web.HTTPError(503, str(exc)) from None
+
+    async def off_loop_async(self, awaitable):
+        """Await app-level work that offloads itself; map store errors to HTTP like off_loop."""
+        try:
+            return await awaitable
         except (NotFound, NoCredential) as exc:
             raise web.HTTPError(404, str(exc)) from None
         except InvalidInput as exc:
@@ -92,14 +117,19 @@ class CredentialsHandler(KeyVaultHandler):
     @web.authenticated
     @authorized(action="read")
     async def get(self):
-        items = await self.off_loop(self.kv.vault.list, self.owner)
-        out = []
-        for info in items:
-            item = info.to_json()
-            if not self.kv.show_masked_hint:
-                item["metadata"] = {k: v for k, v in item["metadata"].items() if k != "hint"}
-            out.append(item)
-        self.write_json({"credentials": out})
+        def listing() -> str:
+            out = []
+            for info in self.kv.vault.list(self.owner):
+                item = info.to_json()
+                if not self.kv.show_masked_hint and "hint" in item["metadata"]:
+                    item["metadata"] = {k: v for k, v in item["metadata"].items() if k != "hint"}
+                out.append(item)
+            return json.dumps({"credentials": out})
+
+        body = await self.off_loop(listing)  # serialising 1,000 items is work too: keep it off the loop
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(body)
 
 
 class CredentialHandler(KeyVaultHandler):
@@ -136,7 +166,9 @@ class CredentialHandler(KeyVaultHandler):
             provider = guess.id if guess else providers.detect_provider(value.strip())
         elif not isinstance(provider, str) or provider not in providers.PROVIDERS:
             raise web.HTTPError(422, f"unknown provider; known: {', '.join(providers.PROVIDERS)}")
-        metadata = body.get("metadata") or {}
+        metadata = body.get("metadata")
+        if metadata is None:  # absent or null: no metadata (`or {}` let [], "", 0 and false through)
+            metadata = {}
         if not isinstance(metadata, dict) or len(json.dumps(metadata)) > 4096:
             raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
         metadata = {k: v for k, v in metadata.items() if k != "hint"}
@@ -151,6 +183,7 @@ class CredentialHandler(KeyVaultHandler):
             self.kv.vault.set, self.owner, name, value, provider=provider, type=kind, metadata=metadata,
             actor=self.actor,
         )
+        self.kv.invalidate(name)
         for warning in warnings:
             self.add_header("X-KeyVault-Warning", warning)
         if created:
@@ -167,6 +200,7 @@ class CredentialHandler(KeyVaultHandler):
         name = self.name_from_path(raw_name)
         self.limit(self.kv.write_limiter, "write")
         await self.off_loop(self.kv.vault.delete, self.owner, name, actor=self.actor)
+        self.kv.invalidate(name)
         self.set_status(204)
         self.finish()
 
@@ -177,30 +211,8 @@ class CredentialTestHandler(KeyVaultHandler):
     async def post(self, raw_name: str):
         name = self.name_from_path(raw_name)
         self.limit(self.kv.test_limiter, "test")
-        vault = self.kv.vault
-        resolved = await self.off_loop(vault.resolve, self.owner, name, actor=self.actor, purpose="test")
-        pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
-        if pid is None:
-            raise web.HTTPError(422, f"{name} has no provider; set it again with a provider to test it")
-        provider = providers.get_provider(pid)
-        try:
-            base_url = self.kv.base_url_for(provider)
-        except InvalidInput as exc:
-            raise web.HTTPError(422, str(exc)) from None
-        timeout = self.kv.test_timeout
-        try:
-            result = await asyncio.wait_for(
-                asyncio.to_thread(providers.run_key_test, provider, resolved.value, base_url, timeout=timeout),
-                timeout + 1,
-            )
-        except asyncio.TimeoutError:
-            result = providers.TestResult(False, error=f"no answer from {provider.label} within {timeout:g} s (timeout)")
-        # Belt and braces: the result must never carry the key, whatever upstream said.
-        payload = json.loads(self.kv.scrubber.scrub(json.dumps(result.to_json())))
-        await self.off_loop(vault.audit, self.owner, "test", name, "ok" if result.ok else "failed", actor=self.actor)
+        payload = await self.off_loop_async(self.kv.test_credential(name, actor=self.actor))
         self.write_json(payload)
-
-
 
 
 class StatusHandler(KeyVaultHandler):

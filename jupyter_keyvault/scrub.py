@@ -57,6 +57,7 @@ class Scrubber:
         self._lock = threading.Lock()
         self._regex: re.Pattern[str] | None = None
         self._max_known = 0
+        self._dirty = False
         self._rebuild()
 
     # -- known values
@@ -67,12 +68,12 @@ class Scrubber:
             if self._known.get(value) == (name or ""):
                 return
             self._known[value] = name or ""
-            self._rebuild()
+            self._dirty = True  # compiled lazily: adding many values costs one compile
 
     def forget(self, value: str) -> None:
         with self._lock:
             if self._known.pop(value, None) is not None:
-                self._rebuild()
+                self._dirty = True
 
     @property
     def known_count(self) -> int:
@@ -81,7 +82,16 @@ class Scrubber:
     @property
     def window(self) -> int:
         """How many trailing characters a stream must hold back to never cut a secret."""
+        self._current()
         return max(256, self._max_known)
+
+    def _current(self) -> re.Pattern[str]:
+        if self._dirty:
+            with self._lock:
+                if self._dirty:
+                    self._rebuild()
+                    self._dirty = False
+        return self._regex
 
     def _rebuild(self) -> None:
         parts = []
@@ -94,10 +104,11 @@ class Scrubber:
         self._regex = re.compile("|".join(parts))
         self._max_known = max((len(v) for v in known), default=0)
         self._known_snapshot = dict(self._known)
+        self.known_has_whitespace = any(any(c.isspace() for c in v) for v in known)
 
     # -- scrubbing
     def _could_match(self, text: str) -> bool:
-        if self._known_snapshot or self._extra_prefixes:
+        if self._known or self._extra_prefixes:
             return True
         return any(prefix in text for prefix in _PATTERN_PREFIXES)
 
@@ -110,14 +121,14 @@ class Scrubber:
     def scrub(self, text: str) -> str:
         if not text or not self._could_match(text):
             return text
-        return self._regex.sub(self._replacement, text)
+        return self._current().sub(self._replacement, text)
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, label) of every secret in text; labels never include the value."""
         if not text or not self._could_match(text):
             return []
         found = []
-        for m in self._regex.finditer(text):
+        for m in self._current().finditer(text):
             if m.lastgroup == "known":
                 label = self._known_snapshot.get(m.group(0)) or "known value"
             else:
@@ -158,7 +169,7 @@ class StreamScrubber:
         window = self._scrubber.window
         tail_start = len(buffer) - window
         # Secrets we match are whitespace-free tokens, unless a known value has spaces.
-        if not any(" " in v or "\n" in v for v in self._scrubber._known_snapshot):
+        if not self._scrubber.known_has_whitespace:
             last_ws = max(buffer.rfind("\n"), buffer.rfind(" "), buffer.rfind("\t"))
             return max(last_ws + 1, tail_start)
         return tail_start

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -95,7 +96,7 @@ def _record(row: tuple) -> CredentialRecord:
         created_at=row[6],
         updated_at=row[7],
         last_used_at=row[8],
-        metadata=json.loads(row[9] or "{}"),
+        metadata=json.loads(row[9]) if row[9] and row[9] != "{}" else {},
     )
 
 
@@ -151,7 +152,7 @@ class SQLiteBackend(StorageBackend):
             try:
                 db = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
                 db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-                db.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal(db)
                 db.execute(f"PRAGMA synchronous = {self._synchronous}")
                 # Overwrite freed cells: a migrated plaintext row must not linger on disk.
                 db.execute("PRAGMA secure_delete = ON")
@@ -161,6 +162,21 @@ class SQLiteBackend(StorageBackend):
             with self._all_lock:
                 self._all.append(db)
         return db
+
+    def _enable_wal(self, db: sqlite3.Connection) -> None:
+        """Switch to WAL. The switch does not wait on the busy handler, so processes
+        opening a brand-new vault at the same moment get "database is locked": retry."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -26,6 +27,11 @@ from .model import (
     validate_type,
     validate_value,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; staged keys are then never discarded (harmless)
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("jupyter_keyvault.store")
 VERSION_KEY = "vault_id"
@@ -112,35 +118,74 @@ class Vault:
             master, kek = recovered
         self.master, self._kek = master, kek
 
+    @contextmanager
+    def _rotation_guard(self, wait: bool = True):
+        """An OS lock held from staging a next key until it is promoted, so that another
+        process opening the vault meanwhile never discards or races that staged key.
+        Yields False when `wait` is False and a rotation is in flight (or cannot be told)."""
+        if fcntl is None:
+            yield wait
+            return
+        try:
+            fd = os.open(self.key_file.with_name(self.key_file.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            yield wait
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
     def _discard_pending_rotation(self, source: str) -> None:
-        """The committed key works: any staged next key belongs to a rotation that never committed."""
+        """The committed key works: any staged next key belongs to a rotation that never
+        committed -- unless a rotation is in flight right now in another process."""
         if source == "file":
             staged = self._staged_key_file()
-            if staged.exists():
-                staged.unlink()
-                log.warning("jupyter-keyvault: discarded an unfinished master-key rotation (rolled back)")
+            if not staged.exists():
+                return
+            with self._rotation_guard(wait=False) as idle:
+                if idle and staged.exists():
+                    staged.unlink()
+                    log.warning("jupyter-keyvault: discarded an unfinished master-key rotation (rolled back)")
         elif source == "keyring" and mk.keyring_usable() and mk.keyring_get(self._vault_id, pending=True):
-            mk.keyring_delete(self._vault_id, pending=True)
-            log.warning("jupyter-keyvault: discarded an unfinished master-key rotation (rolled back)")
+            with self._rotation_guard(wait=False) as idle:
+                if idle:
+                    mk.keyring_delete(self._vault_id, pending=True)
+                    log.warning("jupyter-keyvault: discarded an unfinished master-key rotation (rolled back)")
 
     def _resume_rotation(self, master: mk.MasterKey, check: str):
         """A rotation committed but crashed before its new key was promoted: finish it."""
-        staged: bytes | None = None
-        if master.source == "file" and self._staged_key_file().exists():
-            staged = mk.read_key_file(self._staged_key_file())
-        elif master.source == "keyring":
-            staged = mk.keyring_get(self._vault_id, pending=True)
-        if staged is None:
+        if master.source not in ("file", "keyring"):
             return None
-        kek = KeyEncryptionKey(staged)
-        if not kek.verify_check(self._vault_id, check):
-            return None
-        if master.source == "file":
-            os.replace(self._staged_key_file(), self.key_file)
-        else:
-            mk.keyring_set(self._vault_id, staged)
-            mk.keyring_delete(self._vault_id, pending=True)
-        log.warning("jupyter-keyvault: finished an interrupted master-key rotation")
+        with self._rotation_guard():
+            promote = True
+            if master.source == "file":
+                if self._staged_key_file().exists():
+                    staged = mk.read_key_file(self._staged_key_file())
+                else:  # another process may have finished the rotation meanwhile
+                    staged, promote = mk.read_key_file(self.key_file), False
+            else:
+                staged = mk.keyring_get(self._vault_id, pending=True)
+                if staged is None:
+                    staged, promote = mk.keyring_get(self._vault_id), False
+            if staged is None:
+                return None
+            kek = KeyEncryptionKey(staged)
+            if not kek.verify_check(self._vault_id, check):
+                return None
+            if promote and master.source == "file":
+                os.replace(self._staged_key_file(), self.key_file)
+                mk._fsync_dir(self.key_file.parent)
+            elif promote:
+                mk.keyring_set(self._vault_id, staged)
+                mk.keyring_delete(self._vault_id, pending=True)
+            if promote:
+                log.warning("jupyter-keyvault: finished an interrupted master-key rotation")
         return mk.MasterKey(staged, master.source, master.strong, master.detail, master.warnings), kek
 
     def _staged_key_file(self) -> Path:
@@ -329,7 +374,7 @@ class Vault:
         any point either rolls back (old key still opens) or resumes on next open.
         """
         source = self.master.source
-        with self._lock:
+        with self._lock, self._rotation_guard():
             new_key, meta = self._resolver.new_key_for_rotation(source, self.backend.meta_get)
             new_kek = KeyEncryptionKey(new_key)
             if new_kek.kek_id == self._kek.kek_id:

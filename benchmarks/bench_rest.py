@@ -1,0 +1,89 @@
+"""REST API throughput and latency with 1,000 stored credentials, against a real jupyter server.
+
+Baseline in the same run: jupyter_server's own GET /api/status through the same client.
+
+    python benchmarks/bench_rest.py [--requests 1000] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _server import JupyterServer  # noqa: E402
+
+from jupyter_keyvault.store import SQLiteBackend, Vault  # noqa: E402
+
+
+async def measure(client: httpx.AsyncClient, make_request, n: int, concurrency: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(n))
+
+    async def worker():
+        nonlocal errors
+        for i in counter:
+            start = time.perf_counter()
+            resp = await make_request(client, i)
+            latencies.append(time.perf_counter() - start)
+            errors += resp.status_code >= 400
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "rps": n / wall,
+        "p50": statistics.median(latencies) * 1e3,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e3,
+        "errors": errors,
+    }
+
+
+async def run(server: JupyterServer, n: int, concurrency: int) -> None:
+    value = json.dumps({"value": "sk-proj-" + "b" * 48, "provider": "openai"})
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        cases = {
+            "GET /api/status (jupyter_server baseline)": lambda c, i: c.get("/api/status"),
+            "GET /keyvault/api/credentials (1,000 stored)": lambda c, i: c.get("/keyvault/api/credentials"),
+            "PUT /keyvault/api/credentials/{name} (replace)": lambda c, i: c.put(
+                f"/keyvault/api/credentials/KEY_{i % 1000}", content=value),
+        }
+        for make in cases.values():  # warm up connections and caches
+            await measure(client, make, 50, concurrency)
+        results = {label: await measure(client, make, n, concurrency) for label, make in cases.items()}
+    base = results["GET /api/status (jupyter_server baseline)"]
+    for label, r in results.items():
+        print(f"{label:48s} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
+              f"errors {r['errors']}  p50 vs baseline {r['p50'] / base['p50']:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+    server = JupyterServer("--KeyVault.write_rate_per_minute=100000000")
+    owner = "bench"
+    vault = Vault(SQLiteBackend(server.vault_path), env={"KEYVAULT_MASTER_KEY": server.master_key})
+    for i in range(1000):
+        vault.set(owner, f"KEY_{i}", "sk-proj-" + "a" * 48, provider="openai")
+    vault.close()
+    server.args.append(f"--KeyVault.owner={owner}")
+    with server:
+        print(f"jupyter server on 127.0.0.1, 1,000 stored credentials, {args.requests} requests per case, "
+              f"concurrency {args.concurrency}, 2-core machine shared by client and server")
+        asyncio.run(run(server, args.requests, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

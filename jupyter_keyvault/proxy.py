@@ -1,0 +1,168 @@
+"""The streaming proxy: kernels call /keyvault/proxy/{provider}/… with a kernel credential,
+the server injects the real key and relays the upstream response chunk by chunk.
+
+Only the provider's configured base URL is ever contacted; paths that could step
+outside it are refused, and only an allowlist of request headers is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aiohttp
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import JupyterHandler
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from . import providers
+from .kernel_handlers import KernelAuthenticatedMixin
+from .store import InvalidInput, NoCredential, NotFound, VaultError
+
+FORWARD_HEADERS = {"content-type", "accept", "user-agent", "idempotency-key"}
+FORWARD_PREFIXES = ("openai-", "anthropic-", "x-stainless-")
+DROP_RESPONSE_HEADERS = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "content-length", "content-encoding", "set-cookie", "server", "date",
+}
+DROP_QUERY = {"token", "_xsrf"}  # the Jupyter server's own credentials never go upstream
+_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|//|\\|%2e|%2f|%5c|%00|[\x00-\x20]|@", re.IGNORECASE)
+MAX_ERROR_BODY = 256 * 1024
+
+
+class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
+    auth_resource = "keyvault"
+
+    def compute_etag(self):
+        return None
+
+    def set_default_headers(self):
+        self.clear_header("Content-Type")
+
+    async def prepare(self):
+        await super().prepare()
+        self._relay: asyncio.Task | None = None
+        self._client_gone = False
+
+    def on_connection_close(self):
+        self._client_gone = True
+        if self._relay is not None:
+            self._relay.cancel()  # the client left: stop reading from upstream
+
+    def write_error(self, status_code: int, **kwargs):
+        self.set_header("Content-Type", "application/json")
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        # Provider-shaped error, so SDKs show the message as they would the provider's own.
+        self.finish(json.dumps({"error": {"message": message, "type": "keyvault_error", "code": status_code}}))
+
+    def upstream_url(self, provider: providers.Provider, base_url: str) -> str:
+        prefix = f"{self.base_url.rstrip('/')}/keyvault/proxy/{provider.id}/"
+        raw_path = self.request.path
+        if not raw_path.startswith(prefix):
+            raise web.HTTPError(404, "not a proxy path")
+        rest = raw_path[len(prefix):]
+        if provider.proxy_prefix:
+            if not (rest == provider.proxy_prefix or rest.startswith(provider.proxy_prefix + "/")):
+                raise web.HTTPError(404, f"proxy paths for {provider.id} start with /{provider.proxy_prefix}/")
+            rest = rest[len(provider.proxy_prefix):].lstrip("/")
+        if _UNSAFE_PATH.search(rest):
+            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
+        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k not in DROP_QUERY]
+        url = base_url.rstrip("/") + ("/" + rest if rest else "") + (("?" + urlencode(query)) if query else "")
+        base, target = urlsplit(base_url), urlsplit(url)
+        if (target.scheme, target.netloc) != (base.scheme, base.netloc) or not target.path.startswith(base.path):
+            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
+        return url
+
+    def upstream_headers(self, provider: providers.Provider, key: str | None) -> dict[str, str]:
+        headers = {k: v for k, v in self.request.headers.get_all()
+                   if k.lower() in FORWARD_HEADERS or k.lower().startswith(FORWARD_PREFIXES)}
+        headers["Accept-Encoding"] = "identity"  # relay bytes as they come; errors must be readable to redact
+        headers.update(provider.auth_headers(key))
+        return headers
+
+    async def _handle(self, provider_id: str):
+        self.authenticate_kernel()
+        try:
+            provider = providers.get_provider(provider_id)
+        except InvalidInput as exc:
+            raise web.HTTPError(404, str(exc)) from None
+        name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
+        key = None
+        if provider.needs_key:
+            try:
+                resolved = await self.kv.resolve_for_proxy(name, actor=f"kernel:{self.kernel_id}")
+            except (NoCredential, NotFound) as exc:
+                raise web.HTTPError(401, str(exc)) from None
+            except InvalidInput as exc:
+                raise web.HTTPError(422, str(exc)) from None
+            except VaultError as exc:
+                raise web.HTTPError(503, str(exc)) from None
+            await self.check_notebook_access(name, resolved.metadata)
+            key = resolved.value
+        try:
+            base_url = self.kv.base_url_for(provider)
+        except InvalidInput as exc:
+            raise web.HTTPError(502, str(exc)) from None
+        url = self.upstream_url(provider, base_url)
+        self._relay = asyncio.ensure_future(self._relay_upstream(url, self.upstream_headers(provider, key), key))
+        try:
+            await self._relay
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+
+    async def _relay_upstream(self, url: str, headers: dict[str, str], key: str | None):
+        session = await self.kv.http_session()
+        body = self.request.body if self.request.method not in ("GET", "HEAD") else None
+        try:
+            async with session.request(self.request.method, url, data=body, headers=headers,
+                                       allow_redirects=False) as upstream:
+                self.set_status(upstream.status, upstream.reason or None)
+                for name, value in upstream.headers.items():
+                    if name.lower() not in DROP_RESPONSE_HEADERS:
+                        self.add_header(name, value)
+                if upstream.status >= 400:
+                    # Error bodies are small: read, redact anything key-like (some providers echo it), send.
+                    data = await upstream.content.read(MAX_ERROR_BODY)
+                    text = data.decode("utf-8", "replace")
+                    scrubbed = self.kv.scrubber.scrub(text.replace(key, "[REDACTED]") if key else text)
+                    self.finish(scrubbed.encode("utf-8"))
+                    return
+                async for chunk in upstream.content.iter_any():
+                    self.write(chunk)
+                    await self.flush()
+                self.finish()
+        except StreamClosedError:
+            return
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            if self._headers_written:
+                return
+            raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
+
+    @allow_unauthenticated
+    async def get(self, provider_id: str, path: str = ""):
+        await self._handle(provider_id)
+
+    @allow_unauthenticated
+    async def post(self, provider_id: str, path: str = ""):
+        await self._handle(provider_id)
+
+    @allow_unauthenticated
+    async def put(self, provider_id: str, path: str = ""):
+        await self._handle(provider_id)
+
+    @allow_unauthenticated
+    async def delete(self, provider_id: str, path: str = ""):
+        await self._handle(provider_id)
+
+    @allow_unauthenticated
+    async def patch(self, provider_id: str, path: str = ""):
+        await self._handle(provider_id)
+
+
+handlers = [(r"/keyvault/proxy/(?P<provider_id>[a-z_]+)(?P<path>/.*)?", ProxyHandler)]
