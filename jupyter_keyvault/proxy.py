@@ -133,6 +133,8 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
                     scrubbed = self.kv.scrubber.scrub(text.replace(key, "[REDACTED]") if key else text)
                     self.finish(scrubbed.encode("utf-8"))
                     return
+                # Small SSE writes must leave at once, not wait for Nagle's algorithm.
+                self.request.connection.stream.set_nodelay(True)
                 async for chunk in upstream.content.iter_any():
                     self.write(chunk)
                     await self.flush()

@@ -33,7 +33,8 @@ class StorageBackend(ABC):
 
     @abstractmethod
     def init_owner_key(self, owner: str, wrapped: bytes, kek_id: str) -> bytes:
-        """Store a wrapped data key unless one exists; return the stored one (race-safe)."""
+        """Store a wrapped data key unless one exists; return the stored one (race-safe).
+        Raises StaleMasterKey if meta 'kek_id' names another KEK (checked in the same transaction)."""
 
     @abstractmethod
     def rewrap_owner_keys(self, rewrap: Callable[[str, bytes], bytes], new_kek_id: str, meta: dict[str, str]) -> int:
@@ -67,7 +68,8 @@ class StorageBackend(ABC):
         """Every row of every owner (used for migrations and integrity checks)."""
 
     @abstractmethod
-    def replace_payload(self, rec_id: str, payload: bytes) -> None: ...
+    def replace_payload(self, rec_id: str, payload: bytes, expected: bytes) -> bool:
+        """Replace a payload only if it still equals `expected` (no lost concurrent write)."""
 
     @abstractmethod
     def count_credentials(self, owner: str | None = None) -> int: ...

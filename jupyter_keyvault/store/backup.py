@@ -24,6 +24,27 @@ VERSION = 1
 MIN_PASSPHRASE = 8
 
 
+# A backup may come from anywhere: cap the scrypt cost it can ask for (128·n·r bytes of memory).
+MAX_SCRYPT_N, MAX_SCRYPT_R, MAX_SCRYPT_P, MAX_SCRYPT_MEMORY = 2**20, 16, 4, 256 * 2**20
+
+
+def _check_kdf(kdf: Any) -> None:
+    """Reject malformed or absurdly expensive KDF parameters before deriving anything."""
+    bad = InvalidInput("not a jupyter-keyvault backup file (bad key-derivation parameters)")
+    if not isinstance(kdf, dict) or kdf.get("alg") != "scrypt":
+        raise bad
+    n, r, p, salt = kdf.get("n"), kdf.get("r"), kdf.get("p"), kdf.get("salt")
+    if not all(type(x) is int for x in (n, r, p)) or not isinstance(salt, str):
+        raise bad
+    if not (2 <= n <= MAX_SCRYPT_N and n & (n - 1) == 0 and 1 <= r <= MAX_SCRYPT_R and 1 <= p <= MAX_SCRYPT_P
+            and 128 * n * r <= MAX_SCRYPT_MEMORY):
+        raise bad
+    try:
+        base64.b64decode(salt, validate=True)
+    except ValueError:
+        raise bad from None
+
+
 def _derive(passphrase: str, kdf: dict[str, Any]) -> bytes:
     return Scrypt(salt=base64.b64decode(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
         passphrase.encode("utf-8")
@@ -68,13 +89,19 @@ def read_backup(data: bytes, passphrase: str) -> list[dict[str, Any]]:
         nonce, sealed = base64.b64decode(doc["nonce"]), base64.b64decode(doc["ciphertext"])
     except (ValueError, KeyError, TypeError):
         raise InvalidInput("not a jupyter-keyvault backup file") from None
-    if header["format"] != FORMAT or header["version"] != VERSION or header["kdf"].get("alg") != "scrypt":
+    if header["format"] != FORMAT or header["version"] != VERSION:
         raise InvalidInput("not a jupyter-keyvault backup file (unknown format or version)")
+    _check_kdf(header["kdf"])
     try:
         plain = AESGCM(_derive(passphrase, header["kdf"])).decrypt(nonce, sealed, _aad(header))
     except (InvalidTag, ValueError):
         raise DecryptionError("backup could not be opened: wrong passphrase or damaged file") from None
-    return json.loads(plain)
+    items = json.loads(plain)
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) and "value" in i and "type" in i for i in items
+    ):
+        raise InvalidInput("backup content is damaged (unexpected structure)")
+    return items
 
 
 def import_backup(vault: Vault, owner: str, data: bytes, passphrase: str, *, overwrite: bool = False,

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -93,6 +94,8 @@ def new_data_key() -> bytes:
 def decode_master_key(text: str, *, origin: str) -> bytes:
     """Parse a urlsafe-base64 master key of exactly 32 bytes; the message never echoes it."""
     cleaned = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", cleaned or "="):
+        raise MasterKeyError(f"{origin} is not urlsafe base64")
     try:
         raw = base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
     except (ValueError, TypeError):

@@ -34,3 +34,7 @@ class VaultLocked(VaultError):
 
 class NoCredential(VaultError, LookupError):
     """Neither the environment nor the vault holds the requested credential."""
+
+
+class StaleMasterKey(VaultError):
+    """Another process rotated the master key since this one opened the vault."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .backend import StorageBackend
-from .errors import VaultLocked
+from .errors import StaleMasterKey, VaultLocked
 from .model import AuditEvent, CredentialRecord
 
 SCHEMA_VERSION = 1
@@ -187,11 +187,11 @@ class SQLiteBackend(StorageBackend):
             raise VaultLocked(f"vault is busy or unreadable: {exc}") from None
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
             db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")  # also after a failed COMMIT, so the connection stays usable
+            raise
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -235,6 +235,9 @@ class SQLiteBackend(StorageBackend):
 
     def init_owner_key(self, owner: str, wrapped: bytes, kek_id: str) -> bytes:
         with self._tx() as db:
+            current = db.execute("SELECT value FROM meta WHERE key = 'kek_id'").fetchone()
+            if current is not None and current[0] != kek_id:
+                raise StaleMasterKey("the master key was rotated by another process")
             db.execute("INSERT OR IGNORE INTO owner_keys (owner, wrapped, kek_id) VALUES (?, ?, ?)", (owner, wrapped, kek_id))
             return bytes(db.execute("SELECT wrapped FROM owner_keys WHERE owner = ?", (owner,)).fetchone()[0])
 
@@ -303,9 +306,11 @@ class SQLiteBackend(StorageBackend):
         rows = self._conn().execute(_SELECT_ALL).fetchall()
         return [_record(r) for r in rows]
 
-    def replace_payload(self, rec_id: str, payload: bytes) -> None:
+    def replace_payload(self, rec_id: str, payload: bytes, expected: bytes) -> bool:
         with self._tx() as db:
-            db.execute("UPDATE credentials SET payload = ? WHERE id = ?", (payload, rec_id))
+            return db.execute(
+                "UPDATE credentials SET payload = ? WHERE id = ? AND CAST(payload AS BLOB) = ?", (payload, rec_id, expected)
+            ).rowcount > 0
 
     def count_credentials(self, owner: str | None = None) -> int:
         if owner is None:

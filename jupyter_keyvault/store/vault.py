@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 from . import masterkey as mk
 from .backend import StorageBackend
 from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, open_value, seal_value, new_data_key
-from .errors import DecryptionError, InvalidInput, MasterKeyError, NoCredential, NotFound, WrongMasterKey
+from .errors import DecryptionError, InvalidInput, MasterKeyError, NoCredential, NotFound, StaleMasterKey, WrongMasterKey
 from .model import (
     MAX_VALUE_BYTES,
     AuditEvent,
@@ -109,6 +109,7 @@ class Vault:
         if check is None:
             check = b.meta_init("kek_check", kek.make_check(self._vault_id))
             b.meta_init("kek_source", master.source)
+        b.meta_init("kek_id", kek.kek_id)  # vaults made before kek_id was recorded get it here
         if kek.verify_check(self._vault_id, check):
             self._discard_pending_rotation(master.source)
         else:
@@ -201,7 +202,13 @@ class Vault:
             if stored is None:
                 if not create:
                     return None
-                wrapped = self.backend.init_owner_key(owner, self._kek.wrap(owner, new_data_key()), self._kek.kek_id)
+                try:
+                    wrapped = self.backend.init_owner_key(owner, self._kek.wrap(owner, new_data_key()), self._kek.kek_id)
+                except StaleMasterKey:
+                    # Another process rotated: reload the current key, then wrap under it.
+                    self._deks.clear()
+                    self._unlock()
+                    wrapped = self.backend.init_owner_key(owner, self._kek.wrap(owner, new_data_key()), self._kek.kek_id)
             else:
                 wrapped = stored[0]
             try:
@@ -218,7 +225,7 @@ class Vault:
             if is_sealed_value(rec.payload) or not is_legacy_plaintext(rec.payload):
                 continue  # sealed, or a damaged blob that must keep failing to open
             dek = self._dek(rec.owner, create=True)
-            self.backend.replace_payload(rec.id, seal_value(dek, rec.owner, rec.name, rec.type, rec.payload))
+            self.backend.replace_payload(rec.id, seal_value(dek, rec.owner, rec.name, rec.type, rec.payload), rec.payload)
             count += 1
         if count:
             log.warning("jupyter-keyvault: encrypted %d legacy plaintext credential(s) in place", count)
@@ -384,6 +391,7 @@ class Vault:
             elif source == "keyring":
                 mk.keyring_set(self._vault_id, new_key, pending=True)
             meta["kek_check"] = new_kek.make_check(self._vault_id)
+            meta["kek_id"] = new_kek.kek_id
             old_kek = self._kek
             count = self.backend.rewrap_owner_keys(
                 lambda owner, blob: new_kek.wrap(owner, old_kek.unwrap(owner, blob)), new_kek.kek_id, meta

@@ -466,6 +466,18 @@ class _EchoHeadersHandler(_BaseHandler):
     get = post = put = patch = delete = _echo  # type: ignore[assignment]
 
 
+class _StatsHandler(tornado.web.RequestHandler):
+    """Counters for benchmarks that run the fake in another process (not recorded as a request)."""
+
+    def initialize(self, upstream: "FakeUpstream") -> None:
+        self.upstream = upstream
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"connections_opened": self.upstream.connections_opened,
+                                "requests": len(self.upstream.requests)}))
+
+
 class _NotFoundHandler(_BaseHandler):
     async def prepare(self) -> None:
         await super().prepare()
@@ -593,6 +605,7 @@ class FakeUpstream:
                 (r"/v1/embeddings", _EmbeddingsHandler, kwargs),
                 (r"/v1/messages", _MessagesHandler, kwargs),
                 (r"/echo-headers", _EchoHeadersHandler, kwargs),
+                (r"/_stats", _StatsHandler, kwargs),
             ],
             default_handler_class=_NotFoundHandler,
             default_handler_args=kwargs,

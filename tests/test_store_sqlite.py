@@ -1,0 +1,227 @@
+"""SQLiteBackend: the shared StorageBackend contract plus what only SQLite has
+(file permissions, schema versioning, append-only triggers, on-disk hygiene)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from jupyter_keyvault.store import SQLiteBackend, VaultLocked
+from jupyter_keyvault.store.sqlite import SCHEMA_VERSION
+
+from store_suite import StorageBackendSuite, make_event, make_record
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+class _umask:
+    def __init__(self, mask: int):
+        self.mask = mask
+
+    def __enter__(self):
+        self.old = os.umask(self.mask)
+
+    def __exit__(self, *exc):
+        os.umask(self.old)
+
+
+class TestSQLiteBackend(StorageBackendSuite):
+    @pytest.fixture
+    def db_path(self, tmp_path) -> Path:
+        return tmp_path / "keyvault" / "vault.db"
+
+    @pytest.fixture
+    def backend(self, db_path):
+        b = SQLiteBackend(db_path)
+        yield b
+        b.close()
+
+    # ------------------------------------------------------------------ permissions
+    @pytest.mark.parametrize("umask", [0o000, 0o022, 0o002])
+    def test_given_any_umask_when_a_new_vault_is_written_then_dir_is_0700_and_db_wal_shm_are_0600(self, db_path, umask):
+        with _umask(umask):
+            b = SQLiteBackend(db_path)
+            try:
+                b.upsert_credential(make_record())
+                b.append_audit(make_event())
+                assert mode(db_path.parent) == 0o700
+                assert mode(db_path) == 0o600
+                for suffix in ("-wal", "-shm"):
+                    assert sidecar(db_path, suffix).exists(), f"WAL mode should keep {suffix} while open"
+                    assert mode(sidecar(db_path, suffix)) == 0o600
+            finally:
+                b.close()
+
+    def test_given_a_world_readable_keyvault_dir_and_db_when_opened_then_both_are_made_private(self, db_path):
+        db_path.parent.mkdir(mode=0o755)
+        os.chmod(db_path.parent, 0o755)
+        db_path.write_bytes(b"")
+        os.chmod(db_path, 0o644)
+        b = SQLiteBackend(db_path)
+        b.close()
+        assert mode(db_path.parent) == 0o700
+        assert mode(db_path) == 0o600
+
+    def test_given_a_world_readable_wal_left_behind_when_opened_then_it_is_made_private(self, db_path):
+        SQLiteBackend(db_path).close()
+        wal = sidecar(db_path, "-wal")
+        db = sqlite3.connect(db_path)  # a foreign connection leaves a WAL behind while open
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+        db.commit()
+        try:
+            os.chmod(wal, 0o644)
+            b = SQLiteBackend(db_path)
+            try:
+                assert mode(wal) == 0o600
+                assert b.meta_get("x") == "y"
+            finally:
+                b.close()
+        finally:
+            db.close()
+
+    # ------------------------------------------------------------------ schema
+    def test_given_a_new_vault_when_opened_then_the_schema_version_is_recorded(self, backend, db_path):
+        db = sqlite3.connect(db_path)
+        try:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert {"meta", "owner_keys", "credentials", "audit"} <= tables
+        finally:
+            db.close()
+
+    def test_given_an_existing_vault_when_reopened_then_its_data_and_schema_version_are_kept(self, backend, db_path):
+        backend.upsert_credential(make_record(payload=b"kept"))
+        backend.meta_init("vault_id", "abc")
+        other = SQLiteBackend(db_path)
+        try:
+            assert other.get_credential("alice", "OPENAI_API_KEY").payload == b"kept"
+            assert other.meta_get("vault_id") == "abc"
+            assert other._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        finally:
+            other.close()
+
+    def test_given_a_vault_from_a_newer_version_when_opened_then_it_is_refused_with_a_clear_error_and_left_alone(self, db_path):
+        b = SQLiteBackend(db_path)
+        b.upsert_credential(make_record(payload=b"from the future"))
+        b.close()
+        db = sqlite3.connect(db_path)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.commit()
+        db.close()
+        before = db_path.read_bytes()
+
+        with pytest.raises(VaultLocked) as info:
+            SQLiteBackend(db_path)
+
+        message = str(info.value)
+        assert f"schema version {SCHEMA_VERSION + 1}" in message
+        assert "newer" in message and "upgrade" in message
+        db = sqlite3.connect(db_path)
+        try:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+            assert db.execute("SELECT payload FROM credentials").fetchone()[0] == b"from the future"
+        finally:
+            db.close()
+        assert db_path.read_bytes() == before
+
+    def test_given_a_vault_when_opened_then_it_uses_wal_and_secure_delete(self, backend, db_path):
+        conn = backend._conn()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+
+    def test_given_a_replaced_payload_when_the_vault_is_closed_then_the_old_bytes_are_gone_from_disk(self, db_path):
+        old = b"legacy-plaintext-" + os.urandom(8).hex().encode()
+        b = SQLiteBackend(db_path)
+        rec = make_record(payload=old)
+        b.upsert_credential(rec)
+        b.replace_payload(rec.id, b"\x00KV1" + os.urandom(64), rec.payload)
+        b.upsert_credential(make_record(name="DELETED", payload=old + b"-deleted"))
+        b.delete_credential("alice", "DELETED")
+        b.close()  # last connection: checkpoints the WAL into the db file
+        for path in db_path.parent.iterdir():
+            assert old not in path.read_bytes(), path.name
+
+    # ------------------------------------------------------------------ append-only audit
+    def test_given_audit_rows_when_updated_through_raw_sqlite_then_the_trigger_refuses(self, backend, db_path):
+        backend.append_audit(make_event(outcome="ok"))
+        db = sqlite3.connect(db_path)
+        try:
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                db.execute("UPDATE audit SET outcome = 'forged'")
+            db.rollback()
+            assert db.execute("SELECT outcome FROM audit").fetchall() == [("ok",)]
+        finally:
+            db.close()
+        assert backend.list_audit(None)[0].outcome == "ok"
+
+    def test_given_audit_rows_when_deleted_through_raw_sqlite_then_the_trigger_refuses(self, backend, db_path):
+        backend.append_audit(make_event())
+        backend.append_audit(make_event(action="delete"))
+        db = sqlite3.connect(db_path)
+        try:
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                db.execute("DELETE FROM audit")
+            db.rollback()
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                db.execute("DELETE FROM audit WHERE action = 'set'")
+            db.rollback()
+            assert db.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 2
+        finally:
+            db.close()
+        assert len(backend.list_audit(None)) == 2
+
+    def test_given_the_audit_insert_fails_when_a_credential_is_written_then_the_write_is_rolled_back(self, backend, db_path):
+        backend.upsert_credential(make_record(name="EXISTING", payload=b"old"))
+        db = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            db.execute(
+                "CREATE TRIGGER audit_refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
+            )
+        finally:
+            db.close()
+        with pytest.raises(sqlite3.DatabaseError, match="audit disk full"):
+            backend.upsert_credential(make_record(name="NEW"), audit=make_event())
+        with pytest.raises(sqlite3.DatabaseError, match="audit disk full"):
+            backend.upsert_credential(make_record(name="EXISTING", payload=b"new"), audit=make_event())
+        with pytest.raises(sqlite3.DatabaseError, match="audit disk full"):
+            backend.delete_credential("alice", "EXISTING", audit=make_event(action="delete"))
+        assert backend.get_credential("alice", "NEW") is None
+        assert backend.get_credential("alice", "EXISTING").payload == b"old"
+
+    # ------------------------------------------------------------------ locations
+    def test_given_a_path_whose_parent_is_a_file_when_opened_then_a_clear_vault_locked_error_is_raised(self, tmp_path):
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("x")
+        with pytest.raises(VaultLocked, match="cannot open vault|not readable"):
+            SQLiteBackend(blocker / "vault.db")
+
+    def test_given_a_relative_path_when_opened_then_the_location_is_absolute(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        b = SQLiteBackend(Path("rel") / "vault.db")
+        try:
+            assert b.location == str(tmp_path / "rel" / "vault.db")
+            assert Path(b.location).is_absolute()
+        finally:
+            b.close()
+
+    def test_given_two_backends_on_one_file_when_both_write_then_each_sees_the_others_rows(self, backend, db_path):
+        other = SQLiteBackend(db_path)
+        try:
+            backend.upsert_credential(make_record("alice", "A"))
+            other.upsert_credential(make_record("bob", "B"))
+            assert backend.get_credential("bob", "B") is not None
+            assert other.get_credential("alice", "A") is not None
+            assert other.meta_init("vault_id", "one") == backend.meta_init("vault_id", "two") == "one"
+        finally:
+            other.close()
