@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jupyter_core.application import JupyterApp
 from traitlets import Bool, Int, List, Unicode
+from traitlets.config.loader import KVArgParseConfigLoader
 
 from . import __version__, dotenv, providers
 from .settings import KeyVault
@@ -31,7 +32,25 @@ def _fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
-class _Command(JupyterApp, KeyVault):
+class _ArgLoader(KVArgParseConfigLoader):
+    """Command-line mistakes are one line on stderr and exit 1, like every other error
+    (argparse would print a usage block and exit 2; traitlets would ignore unknown options)."""
+
+    class parser_class(KVArgParseConfigLoader.parser_class):  # type: ignore[name-defined,misc]
+        def error(self, message):
+            print(f"jupyter keyvault: error: {message}", file=sys.stderr)
+            sys.exit(1)
+
+    def _handle_unrecognized_alias(self, arg):
+        self.parser.error(f"unknown option --{arg}")
+
+
+class _OneLineErrors:
+    def _create_loader(self, argv, aliases, flags, classes):
+        return _ArgLoader(argv, aliases, flags, classes=classes, log=self.log, subcommands=self.subcommands)
+
+
+class _Command(_OneLineErrors, JupyterApp, KeyVault):
     """Base of every subcommand: reads `c.KeyVault` from jupyter_server_config like the server."""
 
     version = __version__
@@ -258,8 +277,11 @@ class ImportEnvCommand(_Command):
             if not (self.import_all or pid or dotenv.SECRET_NAME.search(entry.name)):
                 self.out(f"skipped {entry.name}: does not look like a secret (use --all)")
                 continue
-            validate_name(entry.name)
-            validate_value(entry.value, max_bytes=self.max_value_bytes)
+            try:
+                validate_name(entry.name)
+                validate_value(entry.value, max_bytes=self.max_value_bytes)
+            except InvalidInput as exc:  # say which entry; import nothing
+                raise CommandError(f"line {entry.line_index + 1} ({entry.name}): {exc}; nothing imported") from None
             chosen.append((entry, pid))
         if not chosen:
             self.out("Nothing to import.")
@@ -269,9 +291,10 @@ class ImportEnvCommand(_Command):
             vault.set(self.owner, entry.name, entry.value, provider=pid, action="import")
             self.out(f"imported {entry.name}" + (f" ({pid})" if pid else ""))
         if self.remove:
-            mode = path.stat().st_mode & 0o777
-            write_private_file(path, dotenv.remove_lines(text, {e.line_index for e, _ in chosen}).encode("utf-8"))
-            os.chmod(path, mode)
+            target = path.resolve()  # rewrite the file a symlink points to, not replace the link
+            mode = target.stat().st_mode & 0o777
+            write_private_file(target, dotenv.remove_lines(text, {e.line_index for e, _ in chosen}).encode("utf-8"))
+            os.chmod(target, mode)
             self.out(f"removed {len(chosen)} plaintext line(s) from {path}")
         else:
             self.out(f"The values are still in plaintext in {path}: re-run with --remove, or delete them.")
@@ -350,13 +373,17 @@ SUBCOMMANDS = {
 }
 
 
-class KeyVaultCLI(JupyterApp):
+class KeyVaultCLI(_OneLineErrors, JupyterApp):
     name = "jupyter keyvault"
     version = __version__
     description = "Manage jupyter-keyvault: encrypted API keys for Jupyter."
     subcommands = {name: (cls, cls.description) for name, cls in SUBCOMMANDS.items()}
 
     def start(self):
+        if self.subapp is None and self.extra_args:
+            print(f"jupyter keyvault: error: unknown command {self.extra_args[0]!r}; choose one of: "
+                  + ", ".join(SUBCOMMANDS), file=sys.stderr)
+            self.exit(1)
         if self.subapp is None:
             print("usage: jupyter keyvault {" + "|".join(SUBCOMMANDS) + "} …  (--help for details)", file=sys.stderr)
             self.exit(2)

@@ -183,6 +183,8 @@ class _BaseHandler(tornado.web.RequestHandler):
 
     def on_connection_close(self) -> None:
         self._client_gone = True
+        if not self._finished:  # the client (or a proxy) hung up mid-response
+            self.upstream.client_disconnects += 1
 
     def send_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -524,6 +526,7 @@ class FakeUpstream:
         self.n_chunks = n_chunks
         self.delay = delay
         self.connections_opened = 0
+        self.client_disconnects = 0  # responses cut off by the client
         self._requested_port = port
         self._port: Optional[int] = None
         self._lock = threading.Lock()
@@ -646,6 +649,7 @@ class FakeUpstream:
         with self._lock:
             self._requests.clear()
             self.connections_opened = 0
+            self.client_disconnects = 0
 
     def _record(self, request: Any) -> None:
         record = RecordedRequest(

@@ -117,3 +117,21 @@ def jp_server_config(keyvault_config, master_key, monkeypatch):
 def keyvault_app(jp_serverapp):
     """The running KeyVaultApp of the in-process server."""
     return jp_serverapp.web_app.settings["keyvault"]
+
+
+@pytest.fixture
+def server_url(jp_serverapp, http_server_client, jp_http_port, jp_base_url):
+    """The in-process server's base URL, listening (http_server_client starts the listener)."""
+    return f"http://localhost:{jp_http_port}{jp_base_url}"
+
+
+@pytest.fixture
+def server_kernel(server_url, jp_serverapp):
+    """Factory: start a notebook session through the server's REST API and drive it over its websocket.
+    The server shuts its kernels down at teardown."""
+    from .kernel_client import ServerKernel
+
+    async def start(path: str = "notebook.ipynb") -> ServerKernel:
+        return await ServerKernel(server_url, jp_serverapp.identity_provider.token, path=path).start()
+
+    return start
