@@ -212,7 +212,7 @@ class TestCommand(_Command):
             self.out(json.dumps(result.to_json()))
         elif result.ok:
             self.out(f"ok: {result.detail}")
-        else:
+        if not result.ok:
             print(f"jupyter keyvault: test failed: {result.error}", file=sys.stderr)
         return 0 if result.ok else 1
 
@@ -264,7 +264,7 @@ class ImportEnvCommand(_Command):
 
         path = Path(self.extra_args[0])
         try:
-            text = path.read_text("utf-8")
+            text = path.read_text("utf-8-sig")  # editors on Windows may add a byte-order mark
         except FileNotFoundError:
             raise CommandError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -277,9 +277,14 @@ class ImportEnvCommand(_Command):
             if not (self.import_all or pid or dotenv.SECRET_NAME.search(entry.name)):
                 self.out(f"skipped {entry.name}: does not look like a secret (use --all)")
                 continue
+            if not entry.value.strip():
+                self.out(f"skipped {entry.name}: empty placeholder")
+                continue
             try:
                 validate_name(entry.name)
                 validate_value(entry.value, max_bytes=self.max_value_bytes)
+                for warning in providers.check_key_format(pid, entry.value):
+                    self.warn(f"{entry.name}: {warning}")
             except InvalidInput as exc:  # say which entry; import nothing
                 raise CommandError(f"line {entry.line_index + 1} ({entry.name}): {exc}; nothing imported") from None
             chosen.append((entry, pid))

@@ -138,7 +138,15 @@ class KernelCredentialHandler(KernelAPIHandler):
         await self.check_notebook_access(name, resolved.metadata)
         await self.off_loop(self.kv.vault.audit, self.kv.owner, "reveal", name, "ok",
                             actor=f"kernel:{self.kernel_id}", detail=f"source={resolved.source}")
-        self.write_json({"name": name, "provider": resolved.provider, "type": resolved.type, "value": resolved.value})
+        pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
+        base_url = None
+        if pid in providers.PROVIDERS:
+            try:
+                base_url = self.kv.base_url_for(providers.PROVIDERS[pid])
+            except InvalidInput:
+                base_url = None  # no usable base URL configured: the client falls back to the SDK default
+        self.write_json({"name": name, "provider": pid, "type": resolved.type, "value": resolved.value,
+                         "base_url": base_url})
 
     @allow_unauthenticated
     async def put(self, raw_name: str):

@@ -1,0 +1,92 @@
+"""`keyvault.get`, `env`, `list`, `status`, `set`, `delete`, `test`."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import getpass
+import os
+from typing import Iterator
+
+from .errors import InvalidRequest
+from .mode import current_backend, valid_name
+from .secret import Secret
+
+
+def get(name: str) -> Secret:
+    """The value of credential `name` as a masked `Secret` (direct mode; `.reveal()` gives the value)."""
+    name = valid_name(name)
+    found = current_backend().reveal(name)
+    return Secret(name, found["value"])
+
+
+@contextlib.contextmanager
+def env(*names: str) -> Iterator[dict[str, Secret]]:
+    """Export credentials as environment variables inside the block; restore the old ones after.
+
+    For libraries that only read keys from the environment. Direct mode: the values enter
+    the kernel. All values are fetched before any is exported, so a missing one changes nothing.
+    """
+    if not names:
+        raise TypeError("keyvault.env() needs the names to export, e.g. keyvault.env('OPENAI_API_KEY')")
+    names = tuple(dict.fromkeys(valid_name(n) for n in names))
+    backend = current_backend()
+    values = {name: backend.reveal(name)["value"] for name in names}
+    previous = {name: os.environ.get(name) for name in names}
+    try:
+        for name, value in values.items():
+            os.environ[name] = value
+        yield {name: Secret(name, value) for name, value in values.items()}
+    finally:
+        for name, old in previous.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def list_credentials() -> builtins.list[dict]:
+    """Name, provider, type, presence and source of every credential; never a value."""
+    return current_backend().list()
+
+
+def status() -> dict:
+    """Where credentials come from: `mode` is "server" (the Jupyter server that started this
+    kernel) or "local" (this user's vault on disk; `reason` says why), plus protection details."""
+    return current_backend().status()
+
+
+def read_value(name: str) -> str:
+    """Prompt for a value without echo (in Jupyter: the frontend's password prompt)."""
+    try:
+        from IPython.core.error import StdinNotImplementedError
+    except ImportError:  # pragma: no cover - IPython is always there in a kernel
+        StdinNotImplementedError = NotImplementedError  # noqa: N806
+    try:
+        value = getpass.getpass(f"Value for {name} (input hidden): ")
+    except StdinNotImplementedError:
+        raise InvalidRequest(
+            "this frontend cannot prompt for input; use the Key Vault panel, or "
+            f"`jupyter keyvault set {name}` in a terminal"
+        ) from None
+    value = (value or "").strip()
+    if not value:
+        raise InvalidRequest("no value given; nothing was stored")
+    return value
+
+
+def set_credential(name: str, *, provider: str | None = None) -> dict:
+    """Prompt for the value of `name` (never echoed, never in cell source) and store it."""
+    name = valid_name(name)
+    backend = current_backend()
+    value = read_value(name)
+    return backend.put(name, value, provider) or {"name": name}
+
+
+def delete_credential(name: str) -> None:
+    current_backend().delete(valid_name(name))
+
+
+def test_credential(name: str) -> dict:
+    """Run the provider's cheap test request with the stored key: {"ok": …, "detail"|"error": …}."""
+    return current_backend().test(valid_name(name))

@@ -1,0 +1,145 @@
+"""`%load_ext keyvault`: puts `keyvault` in the namespace and adds the `%keyvault` line magic.
+
+    %keyvault list
+    %keyvault set NAME [--provider P]     (prompts for the value, hidden)
+    %keyvault test NAME
+    %keyvault delete NAME
+    %keyvault status
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from .. import providers
+from . import api
+from .errors import KeyVaultError
+
+USAGE = "usage: %keyvault list | set NAME [--provider P] | test NAME | delete NAME | status"
+
+
+class _Usage(Exception):
+    pass
+
+
+def _err(message: str) -> None:
+    print(f"keyvault: {message}", file=sys.stderr)
+
+
+def keyvault_magic(line: str = "") -> None:
+    """%keyvault list | set NAME [--provider P] | test NAME | delete NAME | status"""
+    try:
+        args = shlex.split(line or "")
+    except ValueError as exc:
+        return _err(f"{exc}\n{USAGE}")
+    if not args or args[0] in ("help", "-h", "--help"):
+        print(USAGE)
+        return None
+    command, rest = args[0], args[1:]
+    try:
+        if command == "list":
+            _expect(rest, 0)
+            _print_list(api.list_credentials())
+        elif command == "set":
+            name, provider = _parse_set(rest)
+            result = api.set_credential(name, provider=provider)
+            for warning in result.get("warnings") or ():
+                _err(f"warning: {warning}")
+            print(f"Stored {name}" + (f" ({result['provider']})" if result.get("provider") else "") + ".")
+        elif command == "test":
+            _expect(rest, 1)
+            result = api.test_credential(rest[0])
+            if result.get("ok"):
+                print(f"{rest[0]} works: {result.get('detail') or 'accepted'}")
+            else:
+                _err(f"{rest[0]} failed: {result.get('error') or 'rejected'}")
+        elif command == "delete":
+            _expect(rest, 1)
+            api.delete_credential(rest[0])
+            print(f"Deleted {rest[0]}.")
+        elif command == "status":
+            _expect(rest, 0)
+            _print_status(api.status())
+        else:
+            raise _Usage(f"unknown command {command!r}")
+    except _Usage as exc:
+        _err(f"{exc}\n{USAGE}")
+    except (KeyVaultError, ValueError, TypeError) as exc:
+        _err(f"error: {exc}")
+    return None
+
+
+def _expect(rest: list[str], count: int) -> None:
+    if len(rest) != count:
+        raise _Usage("wrong number of arguments")
+
+
+def _parse_set(rest: list[str]) -> tuple[str, str | None]:
+    name = provider = None
+    items = iter(rest)
+    for item in items:
+        if item == "--provider":
+            provider = next(items, None)
+            if provider is None:
+                raise _Usage("--provider needs a value")
+        elif item.startswith("--provider="):
+            provider = item.split("=", 1)[1]
+        elif item.startswith("-"):
+            raise _Usage(f"unknown option {item}; the value is prompted for, never given on the line")
+        elif name is None:
+            name = item
+        else:
+            raise _Usage("set takes one NAME; the value is prompted for, never given on the line")
+    if name is None:
+        raise _Usage("set needs a NAME")
+    if provider is not None and provider not in providers.PROVIDERS:
+        raise _Usage(f"unknown provider {provider!r}; known: {', '.join(providers.PROVIDERS)}")
+    return name, provider
+
+
+def _print_list(items: list[dict]) -> None:
+    if not items:
+        print("No credentials stored. Add one with %keyvault set NAME")
+        return
+    rows = [("NAME", "PROVIDER", "SOURCE", "UPDATED")]
+    for item in items:
+        rows.append((str(item.get("name", "")), str(item.get("provider") or "-"), str(item.get("source") or "-"),
+                     str(item.get("updated_at") or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _print_status(st: dict) -> None:
+    if st.get("mode") == "server":
+        print(f"mode: server ({st.get('server_url')}, kernel {st.get('kernel_id')})")
+    else:
+        print(f"mode: local ({st.get('reason') or 'no Jupyter server'})")
+        print(f"vault: {st.get('vault_path')}")
+    if not st.get("ok", True):
+        print(f"error: {st.get('error')}")
+    protection = st.get("protection") or {}
+    if protection:
+        strength = "strong" if protection.get("strong") else "WEAK"
+        print(f"protection: {protection.get('source')} ({strength}) {protection.get('detail') or ''}".rstrip())
+    if "allow_direct_access" in st:
+        print(f"direct access: {'allowed' if st['allow_direct_access'] else 'disabled'}")
+    if st.get("notebook_path"):
+        print(f"notebook: {st['notebook_path']}")
+    for warning in st.get("warnings") or ():
+        print(f"warning: {warning}")
+
+
+def load_ipython_extension(ip) -> None:
+    import importlib
+
+    module = sys.modules.get("keyvault") or importlib.import_module("keyvault")
+    ip.push({"keyvault": module})
+    ip.register_magic_function(keyvault_magic, magic_kind="line", magic_name="keyvault")
+
+
+def unload_ipython_extension(ip) -> None:
+    ip.magics_manager.magics["line"].pop("keyvault", None)
+    if ip.user_ns.get("keyvault") is sys.modules.get("keyvault"):
+        ip.user_ns.pop("keyvault", None)
