@@ -208,3 +208,59 @@ async def test_given_an_example_notebook_when_run_through_a_real_server_and_kern
         outputs.append(result.text)
     assert VALID_OPENAI_KEY not in "\n".join(outputs)
     assert fake_upstream.requests, "the notebook never reached the upstream"
+
+
+async def test_given_anthropic_and_groq_keys_when_their_clients_are_used_from_the_kernel_then_each_goes_through_the_proxy(
+    jp_fetch, server_kernel, fake_upstream
+):
+    anthropic_key = "sk-ant-api03-" + "A" * 40
+    groq_key = "gsk_" + "G" * 48
+    fake_upstream.valid_keys.update({anthropic_key, groq_key})
+    await put_key(jp_fetch, "ANTHROPIC_API_KEY", anthropic_key)
+    await put_key(jp_fetch, "GROQ_API_KEY", groq_key)
+    kernel = await server_kernel("providers.ipynb")
+    result = await kernel.execute(
+        "import keyvault\n"
+        "a = keyvault.anthropic()\n"
+        "m = a.messages.create(model='claude-haiku-4-5', max_tokens=20, messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print('ANTHROPIC', m.content[0].text)\n"
+        "with a.messages.stream(model='claude-haiku-4-5', max_tokens=20, messages=[{'role': 'user', 'content': 'hi'}]) as s:\n"
+        "    print('ANTHROPIC_STREAM', ''.join(s.text_stream))\n"
+        "g = keyvault.client('groq')\n"
+        "print('GROQ', g.chat.completions.create(model='llama', messages=[{'role': 'user', 'content': 'hi'}]).choices[0].message.content)\n"
+    )
+    assert result.error is None, result.text
+    assert f"ANTHROPIC {REPLY_TEXT}" in result.stdout
+    assert f"ANTHROPIC_STREAM {REPLY_TEXT}" in result.stdout
+    assert f"GROQ {REPLY_TEXT}" in result.stdout
+    assert {anthropic_key, groq_key} <= set(fake_upstream.received_keys())
+    assert anthropic_key not in result.text and groq_key not in result.text
+
+
+def test_given_no_server_when_plain_python_uses_keyvault_then_the_local_vault_is_used(tmp_path, fake_upstream, master_key):
+    import os
+    import subprocess
+    import sys
+
+    from jupyter_keyvault.testing.pytest_plugin import VALID_OPENAI_KEY
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")}
+    env.update({"KEYVAULT_MASTER_KEY": master_key, "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+                "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "HOME": str(tmp_path)})
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "jupyter_server_config.py").write_text(
+        f"c.KeyVault.provider_base_urls = {{'openai': {fake_upstream.openai_base_url!r}}}\n")
+    subprocess.run([sys.executable, "-m", "jupyter_keyvault.cli", "set", "OPENAI_API_KEY"], input=VALID_OPENAI_KEY,
+                   text=True, env=env, check=True, capture_output=True)
+    code = ("import keyvault\n"
+            "print(keyvault.status()['mode'])\n"
+            "c = keyvault.openai()\n"
+            "print(c.chat.completions.create(model='m', messages=[{'role': 'user', 'content': 'x'}]).choices[0].message.content)\n"
+            "print(repr(keyvault.get('OPENAI_API_KEY')))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "local"
+    assert REPLY_TEXT in out.stdout and VALID_OPENAI_KEY not in out.stdout
+    missing = subprocess.run([sys.executable, "-c", "import keyvault; keyvault.openai('NOT_THERE_KEY')"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "No API key configured for NOT_THERE_KEY" in missing.stderr
