@@ -125,13 +125,19 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         provider = providers.get_provider(pid)
         base_url = self.base_url_for(provider)
         timeout = self.test_timeout
-        try:
-            result = await asyncio.wait_for(
-                asyncio.to_thread(providers.run_key_test, provider, resolved.value, base_url, timeout=timeout),
-                timeout + 1,
-            )
-        except asyncio.TimeoutError:
-            result = providers.TestResult(False, error=f"no answer from {provider.label} within {timeout:g} s (timeout)")
+        if resolved.value and not (resolved.value.isascii() and resolved.value.isprintable()):
+            # http.client raises (a 500) on a header it cannot encode, with the value in the message.
+            result = providers.TestResult(False, error=f"{name} contains non-ASCII or control characters, which "
+                                          f"cannot be sent in an HTTP header; it is not a valid {provider.label} key")
+        else:
+            try:
+                result = await asyncio.wait_for(
+                    asyncio.to_thread(providers.run_key_test, provider, resolved.value, base_url, timeout=timeout),
+                    timeout + 1,
+                )
+            except asyncio.TimeoutError:
+                result = providers.TestResult(False, error=f"no answer from {provider.label} within {timeout:g} s "
+                                              "(timeout)")
         payload = json.loads(self.scrubber.scrub(json.dumps(result.to_json())))
         await asyncio.to_thread(self.vault.audit, self.owner, "test", name, "ok" if result.ok else "failed", actor=actor)
         return payload

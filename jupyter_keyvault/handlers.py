@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from .app import KeyVaultApp
 
 AUTH_RESOURCE = "keyvault"
+MAX_EVENT_ID = 2**63 - 1
+
+
+def ascii_header_value(text: str) -> str:
+    text = text.replace("…", "...")
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
 class KeyVaultHandler(APIHandler):
@@ -36,8 +42,13 @@ class KeyVaultHandler(APIHandler):
 
     @property
     def actor(self) -> str:
+        """Who acted, for the audit log. Token logins get a random anonymous user per request,
+        which would make the log meaningless: those are the server's owner."""
         user = self.current_user
-        return getattr(user, "username", None) or self.owner
+        username = getattr(user, "username", None)
+        if not username or str(getattr(user, "name", "")).startswith("Anonymous"):
+            return self.owner
+        return username
 
     def prepare(self):
         # Size check before any body parsing, so an oversized body changes nothing.
@@ -178,14 +189,16 @@ class CredentialHandler(KeyVaultHandler):
             raise web.HTTPError(422, str(exc)) from None
         if self.kv.show_masked_hint and len(value) >= 12:
             metadata["hint"] = "…" + value[-4:]
+        # Header values must be latin-1 without CR/LF (tornado raises otherwise): make them safe *before*
+        # the write, so a warning can never turn a stored value into a 500. The body carries them verbatim.
+        for warning in warnings:
+            self.add_header("X-KeyVault-Warning", ascii_header_value(warning))
         self.limit(self.kv.write_limiter, "write")
         info, created = await self.off_loop(
             self.kv.vault.set, self.owner, name, value, provider=provider, type=kind, metadata=metadata,
             actor=self.actor,
         )
         self.kv.invalidate(name)
-        for warning in warnings:
-            self.add_header("X-KeyVault-Warning", warning)
         if created:
             self.set_header("Location", url_path_join(self.base_url, "keyvault/api/credentials", name))
             item = info.to_json()
@@ -241,6 +254,8 @@ class AuditHandler(KeyVaultHandler):
             raise web.HTTPError(400, "limit and before must be integers") from None
         if not 1 <= limit <= 1000:
             raise web.HTTPError(400, "limit must be between 1 and 1000")
+        if before_id is not None and not 0 <= before_id <= MAX_EVENT_ID:  # SQLite ints are 64-bit (500 above)
+            raise web.HTTPError(400, f"before must be between 0 and {MAX_EVENT_ID}")
         events = await self.off_loop(self.kv.vault.audit_events, self.owner, limit, before_id)
         next_before = events[-1].id if len(events) == limit else None
         self.write_json({"events": [e.to_json() for e in events], "next_before": next_before})
