@@ -29,7 +29,7 @@ DROP_RESPONSE_HEADERS = {
     "transfer-encoding", "upgrade", "content-length", "content-encoding", "set-cookie", "server", "date",
 }
 DROP_QUERY = {"token", "_xsrf"}  # the Jupyter server's own credentials never go upstream
-_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|//|\\|%2e|%2f|%5c|%00|[\x00-\x20]|@", re.IGNORECASE)
+_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|^/|//|\\|%2e|%2f|%5c|%00|[\x00-\x20]|@", re.IGNORECASE)
 MAX_ERROR_BODY = 256 * 1024
 
 
@@ -65,6 +65,9 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
         if not raw_path.startswith(prefix):
             raise web.HTTPError(404, "not a proxy path")
         rest = raw_path[len(prefix):]
+        # Checked before the provider prefix is cut off: stripping it must not hide a `//`.
+        if _UNSAFE_PATH.search(rest):
+            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
         if provider.proxy_prefix:
             if not (rest == provider.proxy_prefix or rest.startswith(provider.proxy_prefix + "/")):
                 raise web.HTTPError(404, f"proxy paths for {provider.id} start with /{provider.proxy_prefix}/")
@@ -91,6 +94,11 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
             provider = providers.get_provider(provider_id)
         except InvalidInput as exc:
             raise web.HTTPError(404, str(exc)) from None
+        try:
+            base_url = self.kv.base_url_for(provider)
+        except InvalidInput as exc:
+            raise web.HTTPError(502, str(exc)) from None
+        url = self.upstream_url(provider, base_url)  # refuse a bad path before any key is decrypted
         name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
         key = None
         if provider.needs_key:
@@ -104,11 +112,6 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
                 raise web.HTTPError(503, str(exc)) from None
             await self.check_notebook_access(name, resolved.metadata)
             key = resolved.value
-        try:
-            base_url = self.kv.base_url_for(provider)
-        except InvalidInput as exc:
-            raise web.HTTPError(502, str(exc)) from None
-        url = self.upstream_url(provider, base_url)
         self._relay = asyncio.ensure_future(self._relay_upstream(url, self.upstream_headers(provider, key), key))
         try:
             await self._relay
