@@ -21,7 +21,7 @@ from .proxy import handlers as proxy_handlers
 from .ratelimit import RateLimiter
 from .scrub import install_log_filter
 from .settings import KERNEL_ENV_ALLOWLIST, KeyVault
-from .store import Vault, VaultError
+from .store import InvalidInput, NotFound, Vault, VaultError
 
 
 class KeyVaultApp(ExtensionApp, KeyVault):
@@ -112,6 +112,16 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         resolved = await asyncio.to_thread(self.vault.resolve, self.owner, name, actor=actor)
         self._resolved[name] = (now + self.resolve_cache_seconds, resolved)
         return resolved
+
+    async def credential_metadata(self, name: str) -> dict:
+        """A credential's metadata (e.g. its notebook globs) without decrypting it."""
+        hit = self._resolved.get(name)
+        if hit and hit[0] > time.monotonic():
+            return dict(hit[1].metadata)
+        try:
+            return (await asyncio.to_thread(self.vault.info, self.owner, name)).metadata
+        except (NotFound, InvalidInput):
+            return {}  # env-sourced or missing: resolution reports it
 
     def invalidate(self, name: str) -> None:
         self._resolved.pop(name, None)

@@ -58,6 +58,8 @@ class KernelAuthenticatedMixin:
             return
         path = await self.notebook_path()
         if path is None or not any(fnmatch.fnmatchcase(path, g) for g in globs):
+            await asyncio.to_thread(self.kv.vault.audit, self.kv.owner, "use", name, "denied",
+                                    actor=f"kernel:{self.kernel_id}", detail=f"notebook={path}")
             raise web.HTTPError(403, f"access to {name} is not allowed from this notebook "
                                      f"({path or 'no notebook'}); allowed: {', '.join(globs)}")
 
@@ -133,9 +135,9 @@ class KernelCredentialHandler(KernelAPIHandler):
         if not self.kv.allow_direct_access:
             raise web.HTTPError(403, "direct access is disabled on this server "
                                      "(c.KeyVault.allow_direct_access = False); use proxy mode")
+        await self.check_notebook_access(name, await self.kv.credential_metadata(name))
         resolved = await self.off_loop(self.kv.vault.resolve, self.kv.owner, name, actor=f"kernel:{self.kernel_id}",
                                        purpose="reveal")
-        await self.check_notebook_access(name, resolved.metadata)
         await self.off_loop(self.kv.vault.audit, self.kv.owner, "reveal", name, "ok",
                             actor=f"kernel:{self.kernel_id}", detail=f"source={resolved.source}")
         pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)

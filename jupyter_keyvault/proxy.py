@@ -102,6 +102,8 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
         name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
         key = None
         if provider.needs_key:
+            # Authorise on metadata first: a denied notebook never causes a decryption or a "use".
+            await self.check_notebook_access(name, await self.kv.credential_metadata(name))
             try:
                 resolved = await self.kv.resolve_for_proxy(name, actor=f"kernel:{self.kernel_id}")
             except (NoCredential, NotFound) as exc:
@@ -110,7 +112,6 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
                 raise web.HTTPError(422, str(exc)) from None
             except VaultError as exc:
                 raise web.HTTPError(503, str(exc)) from None
-            await self.check_notebook_access(name, resolved.metadata)
             key = resolved.value
         self._relay = asyncio.ensure_future(self._relay_upstream(url, self.upstream_headers(provider, key), key))
         try:
