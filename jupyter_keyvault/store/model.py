@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
@@ -157,8 +158,15 @@ class AuditEvent:
         }
 
 
+@functools.lru_cache(maxsize=8192)
+def _iso_second(second: int) -> str:
+    t = time.gmtime(second)
+    return "%04d-%02d-%02dT%02d:%02d:%02d" % (t[0], t[1], t[2], t[3], t[4], t[5])
+
+
 def _iso(ts: float | None) -> str | None:
+    # Listings format thousands of timestamps that share seconds: cache the slow part.
     if ts is None:
         return None
-    t = time.gmtime(ts)
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t[0], t[1], t[2], t[3], t[4], t[5], int(ts % 1 * 1000))
+    second = int(ts)
+    return f"{_iso_second(second)}.{int((ts - second) * 1000):03d}Z"
