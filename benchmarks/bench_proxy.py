@@ -18,7 +18,6 @@ import asyncio
 import http.client
 import json
 import secrets
-import statistics
 import subprocess
 import sys
 import time

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from jupyter_core.application import JupyterApp
-from traitlets import Bool, Int, List, Unicode
+from traitlets import Bool, Int, Unicode
 from traitlets.config.loader import KVArgParseConfigLoader
 
 from . import __version__, dotenv, providers
 from .settings import KeyVault
-from .store import InvalidInput, NotFound, VaultError
+from .store import InvalidInput, VaultError
 from .store.backup import export_backup, import_backup
 from .store.masterkey import write_private_file
 

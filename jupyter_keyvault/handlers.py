@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.auth.decorator import authorized
@@ -27,7 +28,46 @@ def ascii_header_value(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
-class KeyVaultHandler(APIHandler):
+@contextmanager
+def store_errors_as_http():
+    """Map the store's deliberate errors to HTTP statuses; their messages never hold a value."""
+    try:
+        yield
+    except (NotFound, NoCredential) as exc:
+        raise web.HTTPError(404, str(exc)) from None
+    except InvalidInput as exc:
+        raise web.HTTPError(422, str(exc)) from None
+    except DecryptionError as exc:
+        raise web.HTTPError(409, str(exc)) from None
+    except VaultError as exc:
+        raise web.HTTPError(503, str(exc)) from None
+
+
+class VaultCallsMixin:
+    """Shared by the REST and kernel handlers: blocking vault work off the loop, JSON out."""
+
+    async def off_loop(self, fn, *args, **kwargs):
+        with store_errors_as_http():
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def off_loop_async(self, awaitable):
+        with store_errors_as_http():
+            return await awaitable
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+    def name_from_path(self, raw: str) -> str:
+        try:
+            return validate_name(raw)
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+
+
+class KeyVaultHandler(VaultCallsMixin, APIHandler):
     """Base: every method is @web.authenticated then @authorized(resource='keyvault')."""
 
     auth_resource = AUTH_RESOURCE
@@ -67,12 +107,6 @@ class KeyVaultHandler(APIHandler):
             raise web.HTTPError(400, "request body must be a JSON object")
         return body
 
-    def name_from_path(self, raw: str) -> str:
-        try:
-            return validate_name(raw)
-        except InvalidInput as exc:
-            raise web.HTTPError(422, str(exc)) from None
-
     def limit(self, limiter, action: str) -> None:
         # Keyed by the vault owner, not the actor: token requests without a cookie get a fresh
         # anonymous user each time, which would give every request its own bucket.
@@ -90,39 +124,6 @@ class KeyVaultHandler(APIHandler):
         if status_code == 429 and getattr(self, "_retry_after", None):
             self.set_header("Retry-After", self._retry_after)
         super().write_error(status_code, **kwargs)
-
-    async def off_loop(self, fn, *args, **kwargs):
-        """Store and crypto work is blocking: run it in a thread, map errors to HTTP."""
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except (NotFound, NoCredential) as exc:
-            raise web.HTTPError(404, str(exc)) from None
-        except InvalidInput as exc:
-            raise web.HTTPError(422, str(exc)) from None
-        except DecryptionError as exc:
-            raise web.HTTPError(409, str(exc)) from None
-        except VaultError as exc:
-            raise web.HTTPError(503, str(exc)) from None
-
-    async def off_loop_async(self, awaitable):
-        """Await app-level work that offloads itself; map store errors to HTTP like off_loop."""
-        try:
-            return await awaitable
-        except (NotFound, NoCredential) as exc:
-            raise web.HTTPError(404, str(exc)) from None
-        except InvalidInput as exc:
-            raise web.HTTPError(422, str(exc)) from None
-        except DecryptionError as exc:
-            raise web.HTTPError(409, str(exc)) from None
-        except VaultError as exc:
-            raise web.HTTPError(503, str(exc)) from None
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(data))
-
 
 class CredentialsHandler(KeyVaultHandler):
     @web.authenticated

@@ -17,9 +17,9 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from . import __version__, providers
+from .handlers import VaultCallsMixin
 from .kernel_auth import KernelAuthError
-from .store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
-from .store.model import validate_name
+from .store import InvalidInput
 
 if TYPE_CHECKING:
     from .app import KeyVaultApp
@@ -64,7 +64,7 @@ class KernelAuthenticatedMixin:
                                      f"({path or 'no notebook'}); allowed: {', '.join(globs)}")
 
 
-class KernelAPIHandler(KernelAuthenticatedMixin, APIHandler):
+class KernelAPIHandler(KernelAuthenticatedMixin, VaultCallsMixin, APIHandler):
     auth_resource = "keyvault"
 
     async def prepare(self):
@@ -79,30 +79,6 @@ class KernelAPIHandler(KernelAuthenticatedMixin, APIHandler):
         if not isinstance(body, dict):
             raise web.HTTPError(400, "request body must be a JSON object")
         return body
-
-    async def off_loop(self, fn, *args, **kwargs):
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except (NotFound, NoCredential) as exc:
-            raise web.HTTPError(404, str(exc)) from None
-        except InvalidInput as exc:
-            raise web.HTTPError(422, str(exc)) from None
-        except DecryptionError as exc:
-            raise web.HTTPError(409, str(exc)) from None
-        except VaultError as exc:
-            raise web.HTTPError(503, str(exc)) from None
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(data))
-
-    def name_from_path(self, raw: str) -> str:
-        try:
-            return validate_name(raw)
-        except InvalidInput as exc:
-            raise web.HTTPError(422, str(exc)) from None
 
 
 class KernelStatusHandler(KernelAPIHandler):

@@ -72,7 +72,7 @@ async def test_given_a_stored_key_when_the_kernel_uses_keyvault_openai_then_the_
     assert result.error is None, result.text
     assert f"REPLY {REPLY_TEXT}" in result.stdout
     assert "gpt-4o-mini" in result.stdout
-    assert f"STREAM" in result.stdout and REPLY_TEXT in result.stdout.split("STREAM", 1)[1]
+    assert "STREAM" in result.stdout and REPLY_TEXT in result.stdout.split("STREAM", 1)[1]
     api_key = result.stdout.split("API_KEY ", 1)[1].split()[0]
     assert api_key != stored_canary and not api_key.startswith("sk-")
     assert set(fake_upstream.received_keys()) == {stored_canary}
