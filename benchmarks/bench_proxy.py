@@ -27,11 +27,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _server import JupyterServer  # noqa: E402
 
 from jupyter_keyvault.kernel_auth import make_credential  # noqa: E402
 from jupyter_keyvault.store import SQLiteBackend, Vault  # noqa: E402
+from jupyter_keyvault.testing.live_server import JupyterServer  # noqa: E402
 
 KEY = "sk-proj-" + "B3NCH" * 8
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()

@@ -11,16 +11,13 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _server import JupyterServer  # noqa: E402
 
 from jupyter_keyvault.store import SQLiteBackend, Vault  # noqa: E402
+from jupyter_keyvault.testing.live_server import JupyterServer  # noqa: E402
 
 
 async def measure(client: httpx.AsyncClient, make_request, n: int, concurrency: int) -> dict:
