@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
 from functools import partial
+from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, Enum, Float, Int, Unicode
 
 import time
 
 from . import __version__, envguard, providers
 from .handlers import handlers as rest_handlers
+from .iopub import scrubbing_connection_class
 from .kernel_auth import KernelAuthenticator
+from .nbscrub import scrub_notebook
 from .kernel_handlers import handlers as kernel_handlers
 from .proxy import handlers as proxy_handlers
 from .ratelimit import RateLimiter
@@ -62,6 +66,20 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         5.0, help="How long the proxy may reuse a decrypted key before reading the vault again. Writes through "
         "this server invalidate it at once; writes by another process (the CLI) are seen after this delay.",
     ).tag(config=True)
+    autoload = Bool(
+        True, help="Load the kernel helper and its output scrubber in every IPython kernel this server starts "
+        "(through PYTHONSTARTUP; a user's own PYTHONSTARTUP file still runs after it).",
+    ).tag(config=True)
+    scrub_iopub = Bool(
+        True, help="Scrub every output message on its way from a kernel to the browser, with the server's "
+        "knowledge of all stored values, so even a kernel without the helper cannot show one.",
+    ).tag(config=True)
+    scrub_sources = Enum(
+        ["warn", "redact", "off"], default_value="warn",
+        help="On notebook save, a secret found in a cell's source is reported ('warn', the default: server log, "
+        "notebook metadata and /keyvault/api/status), replaced ('redact'), or ignored ('off'). Outputs are "
+        "always scrubbed.",
+    ).tag(config=True)
     server_url = Unicode(
         "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
     ).tag(config=True)
@@ -88,8 +106,10 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         self.kernel_auth = KernelAuthenticator(self._session_key_for)
         self._resolved: dict[str, tuple[float, object]] = {}
         self._http = None
+        self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
         self.settings.update({"keyvault": self})
         self._guard_kernel_env()
+        self._install_output_filters()
         # Learn every stored value so the log filter can redact it even if never used here.
         self.serverapp.io_loop.call_later(0, partial(asyncio.ensure_future, self._learn_values()))
 
@@ -183,15 +203,55 @@ class KeyVaultApp(ExtensionApp, KeyVault):
 
         await asyncio.to_thread(learn)
 
+    # -- output scrubbing
+    def _install_output_filters(self):
+        if self.scrub_iopub:
+            settings = self.settings  # merged into the web app's settings after initialize_settings
+            base = settings.get("kernel_websocket_connection_class")
+            if base is not None and hasattr(base, "handle_outgoing_message"):
+                settings["kernel_websocket_connection_class"] = scrubbing_connection_class(base, lambda: self.scrubber)
+            else:
+                self.log.warning("jupyter-keyvault: this server's kernel connection cannot be filtered; "
+                                 "outputs are scrubbed in kernels and on save only")
+        self.serverapp.contents_manager.register_pre_save_hook(self._pre_save_hook)
+
+    def _pre_save_hook(self, model, path, **kwargs):
+        """Scrub every notebook on save, whichever kernel (or none) produced it."""
+        if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+            return
+        report = scrub_notebook(model["content"], self.scrubber, sources=self.scrub_sources)
+        if report.outputs_redacted or report.metadata_redacted:
+            self.log.info("jupyter-keyvault: redacted %d output(s) of %s before saving",
+                          report.outputs_redacted + report.metadata_redacted, path)
+        if report.sources_with_secrets:
+            cells = [w["cell"] + 1 for w in report.sources_with_secrets]
+            action = "redacted" if self.scrub_sources == "redact" else "left in place (scrub_sources = 'warn')"
+            self.log.warning("jupyter-keyvault: %s: cell(s) %s contain a secret in their source; %s. "
+                             "Store it with `jupyter keyvault set NAME` and use keyvault.get(NAME) instead.",
+                             path, ", ".join(map(str, cells)), action)
+            warning = {"path": path, "cells": cells, "action": self.scrub_sources, "at": time.time()}
+            self.notebook_warnings.append(warning)
+            meta = model["content"].setdefault("metadata", {})
+            meta["keyvault"] = {"source_warnings": report.sources_with_secrets}
+        elif isinstance(model["content"].get("metadata"), dict):
+            model["content"]["metadata"].pop("keyvault", None)
+
     # -- kernels
-    def kernel_env_additions(self) -> dict[str, str]:
-        return {"KEYVAULT_SERVER_URL": self.server_url or self.serverapp.connection_url}
+    def kernel_env_additions(self, base: dict) -> dict[str, str]:
+        extra = {"KEYVAULT_SERVER_URL": self.server_url or self.serverapp.connection_url}
+        if self.autoload:
+            autoload = str(Path(__file__).parent / "kernel" / "autoload.py")
+            previous = base.get("PYTHONSTARTUP")
+            if previous and previous != autoload:
+                extra["KEYVAULT_PREVIOUS_PYTHONSTARTUP"] = previous
+            extra["PYTHONSTARTUP"] = autoload
+        return extra
 
     def filter_kernel_env(self, env: dict | None) -> dict[str, str]:
         base = dict(os.environ if env is None else env)
         clean = envguard.filtered_env(base, self.secret_env_patterns, self.credential_env_names(),
                                       KERNEL_ENV_ALLOWLIST)
-        clean.update(self.kernel_env_additions())
+        clean.update(self.kernel_env_additions(base))
         return clean
 
     def _guard_kernel_env(self):

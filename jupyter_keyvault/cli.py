@@ -364,6 +364,116 @@ class AuditCommand(_Command):
                      + (f"  {e.detail}" if e.detail else ""))
 
 
+SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", ".tox"}
+MAX_SCAN_BYTES = 50 * 1024 * 1024
+
+
+class ScanCommand(_Command):
+    name = "jupyter keyvault scan"
+    description = "Find secrets in notebooks and files (outputs, sources, metadata); --fix redacts them in place."
+    usage = "PATH… [--fix] [--no-vault]"
+    min_args, max_args = 1, 10_000
+    fix = Bool(False, help="Redact what is found, in place (atomic, file mode kept).").tag(config=True)
+    use_vault = Bool(True, help="Also look for the exact values stored in your vault.").tag(config=True)
+    flags = {
+        **_Command.flags,
+        "fix": ({"ScanCommand": {"fix": True}}, "Redact what is found, in place."),
+        "no-vault": ({"ScanCommand": {"use_vault": False}}, "Patterns only; do not open the vault."),
+    }
+
+    def scrubber(self):
+        from .scrub import Scrubber
+
+        scrubber = Scrubber(extra_patterns=self.extra_secret_patterns)
+        if self.use_vault and Path(self.vault_path).exists():  # never create a vault just to scan
+            try:
+                vault = self.vault()
+                for info in vault.list(self.owner, include_env=False):
+                    scrubber.add_known(vault.get_value(self.owner, info.name, purpose="scan", touch=False), info.name)
+            except VaultError as exc:
+                self.warn(f"vault not used ({exc}); scanning for provider patterns only")
+        return scrubber
+
+    def files(self):
+        for arg in self.extra_args:
+            root = Path(arg)
+            if not root.exists():
+                raise CommandError(f"{root}: no such file or directory")
+            if root.is_file():
+                yield root
+                continue
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+                for filename in sorted(filenames):
+                    yield Path(dirpath) / filename
+
+    def run(self):
+        from .nbscrub import scrub_notebook
+
+        scrubber = self.scrubber()
+        found_total = fixed_files = 0
+        for path in self.files():
+            try:
+                if path.is_symlink() or path.stat().st_size > MAX_SCAN_BYTES:
+                    continue
+                raw = path.read_bytes()
+            except OSError as exc:
+                self.warn(f"{path}: cannot read ({exc.strerror})")
+                continue
+            if b"\0" in raw[:8192]:
+                continue  # binary
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if path.suffix == ".ipynb":
+                try:
+                    nb = json.loads(text)
+                except ValueError:
+                    nb = None
+                if isinstance(nb, dict) and "cells" in nb:
+                    report = scrub_notebook(nb, scrubber, sources="redact" if self.fix else "warn")
+                    hits = report.outputs_redacted + report.metadata_redacted + len(report.sources_with_secrets)
+                    if hits:
+                        found_total += hits
+                        for w in report.sources_with_secrets:
+                            self.out(f"{path}: cell {w['cell'] + 1} source: {', '.join(w['labels'])}")
+                        if report.outputs_redacted:
+                            self.out(f"{path}: {report.outputs_redacted} output(s) contain a secret")
+                        if report.metadata_redacted:
+                            self.out(f"{path}: notebook metadata (e.g. widget state) contains a secret")
+                        if self.fix:
+                            self._rewrite(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+                            fixed_files += 1
+                    continue
+            hits = 0
+            for lineno, line in enumerate(text.splitlines(), 1):
+                labels = sorted({label for *_, label in scrubber.find(line)})
+                if labels:
+                    hits += 1
+                    self.out(f"{path}:{lineno}: {', '.join(labels)}")
+            if hits:
+                found_total += hits
+                if self.fix:
+                    self._rewrite(path, scrubber.scrub(text))
+                    fixed_files += 1
+        if not found_total:
+            self.out("No secrets found.")
+            return 0
+        if self.fix:
+            self.out(f"Redacted secrets in {fixed_files} file(s). Rotate any key that was committed or shared.")
+            return 0
+        print(f"jupyter keyvault: error: found {found_total} secret(s); run with --fix to redact them",
+              file=sys.stderr)
+        return 1
+
+    def _rewrite(self, path: Path, text: str) -> None:
+        target = path.resolve()
+        mode = target.stat().st_mode & 0o777
+        write_private_file(target, text.encode("utf-8"))
+        os.chmod(target, mode)
+
+
 SUBCOMMANDS = {
     "list": ListCommand,
     "set": SetCommand,
@@ -375,6 +485,7 @@ SUBCOMMANDS = {
     "export": ExportCommand,
     "import": ImportCommand,
     "audit": AuditCommand,
+    "scan": ScanCommand,
 }
 
 

@@ -240,6 +240,7 @@ class StatusHandler(KeyVaultHandler):
             "version": __version__,
             "owner": self.owner,
             "providers": [p.to_json() for p in providers.PROVIDERS.values()],
+            "notebook_warnings": list(self.kv.notebook_warnings),
         })
 
 
