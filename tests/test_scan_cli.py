@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 
-GITHUB_TOKEN = "ghp_" + "Z9" * 18
+GITHUB_TOKEN = "ghp_u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8d"
 
 
 def run(args, env, input_text=None):

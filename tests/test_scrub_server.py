@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-GITHUB_TOKEN = "ghp_" + "Q7" * 18  # a pattern-shaped secret the server does not store
+GITHUB_TOKEN = "ghp_u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8d"  # pattern-shaped, random-looking, not stored
 
 
 @pytest.fixture
