@@ -137,9 +137,25 @@ def load_ipython_extension(ip) -> None:
     module = sys.modules.get("keyvault") or importlib.import_module("keyvault")
     ip.push({"keyvault": module})
     ip.register_magic_function(keyvault_magic, magic_kind="line", magic_name="keyvault")
+    # Scrub every message the kernel sends and what IPython's history keeps (outputs.py, history.py).
+    from . import history, outputs
+
+    for hooks in (outputs, history):
+        try:
+            hooks.install(ip)
+        except Exception as exc:  # noqa: BLE001 - the extension must still load; say so, loudly
+            _err(f"warning: output scrubbing ({hooks.__name__.rsplit('.', 1)[-1]}) is not active: "
+                 f"{type(exc).__name__}: {exc}")
 
 
 def unload_ipython_extension(ip) -> None:
+    from . import history, outputs
+
+    for hooks in (outputs, history):
+        try:
+            hooks.uninstall(ip)
+        except Exception as exc:  # noqa: BLE001
+            _err(f"warning: could not remove the {hooks.__name__.rsplit('.', 1)[-1]} hook: {type(exc).__name__}")
     ip.magics_manager.magics["line"].pop("keyvault", None)
     if ip.user_ns.get("keyvault") is sys.modules.get("keyvault"):
         ip.user_ns.pop("keyvault", None)
