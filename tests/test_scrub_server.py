@@ -28,8 +28,9 @@ async def store(jp_fetch, name, value):
 
 
 async def test_given_a_kernel_without_the_helper_when_it_prints_a_stored_value_then_the_browser_gets_it_redacted(
-    jp_fetch, server_kernel, keyvault_app, canary
+    jp_fetch, server_kernel, keyvault_app, canary, caplog
 ):
+    caplog.set_level(logging.DEBUG)
     await store(jp_fetch, "OPENAI_API_KEY", canary)
     kernel = await server_kernel("plain.ipynb")
     check = await kernel.execute("print('keyvault' in get_ipython().extension_manager.loaded)")
@@ -55,6 +56,7 @@ async def test_given_a_kernel_without_the_helper_when_it_prints_a_stored_value_t
     leaked = [m["msg_type"] for m in error.messages if canary in json.dumps(m)]
     assert leaked == []
     assert "[REDACTED:OPENAI_API_KEY]" in error.error["evalue"]
+    assert canary not in caplog.text  # the server log, at DEBUG, never saw it either
 
 
 async def test_given_a_pattern_shaped_token_when_printed_then_it_is_redacted_by_pattern(jp_fetch, server_kernel, keyvault_app):
