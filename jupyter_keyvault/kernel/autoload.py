@@ -16,6 +16,7 @@
 
 def _keyvault_autoload(this_globals):
     import os
+    import runpy
     import sys
 
     def warn(what, exc=None):
@@ -75,9 +76,8 @@ def _keyvault_autoload(this_globals):
         elif ip is not None:
             ip.safe_execfile(full, namespace, raise_exceptions=True)
         else:
-            with open(full, "rb") as handle:
-                code = compile(handle.read(), full, "exec")
-            exec(code, namespace)  # noqa: S102 - the user's own startup file, as Python would run it
+            # The user's own startup file, run as Python runs it; its names land in the namespace.
+            namespace.update(runpy.run_path(full, init_globals=namespace, run_name="__main__"))
     except SystemExit:
         pass
     except BaseException as exc:  # noqa: BLE001 - a broken startup file must not stop the kernel
