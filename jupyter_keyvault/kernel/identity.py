@@ -11,8 +11,6 @@ Outside such a kernel (no env var, no IPython kernel) the helper works in local 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -23,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import quote, urlsplit
 
-SCHEME = "kvk1"
+from .. import kernel_auth
+
+SCHEME = kernel_auth.SCHEME
 SERVER_URL_ENV = "KEYVAULT_SERVER_URL"
 CREDENTIAL_HEADER = "X-KeyVault-Credential"
 _KERNEL_FILE = re.compile(r"^kernel-(?P<id>[A-Za-z0-9_-]+)\.json$")
@@ -78,16 +78,12 @@ def join_url(base: str, path: str, *segments: str) -> str:
     return out
 
 
-def sign(kernel_id: str, session_key: bytes, ts: int, nonce: str) -> str:
-    msg = f"{SCHEME}|{kernel_id}|{ts}|{nonce}".encode()
-    return hmac.new(session_key, msg, hashlib.sha256).hexdigest()
-
-
 def make_credential(identity: KernelIdentity, *, clock: Callable[[], float] = time.time, nonce: str | None = None) -> str:
     """A fresh `kvk1.<kernel_id>.<ts>.<nonce>.<sig>`: new timestamp and nonce on every call."""
     ts = int(clock())
     nonce = nonce or secrets.token_hex(16)
-    return f"{SCHEME}.{identity.kernel_id}.{ts}.{nonce}.{sign(identity.kernel_id, identity.session_key, ts, nonce)}"
+    # One definition of the wire format, shared with the server's verifier.
+    return kernel_auth.make_credential(identity.kernel_id, identity.session_key, ts, nonce)
 
 
 def authorization_header(identity: KernelIdentity, credential_name: str | None = None) -> dict[str, str]:
