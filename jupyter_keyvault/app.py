@@ -148,6 +148,8 @@ class KeyVaultApp(ExtensionApp, KeyVault):
 
     async def test_credential(self, name: str, *, actor: str) -> dict:
         """Run the provider's test request; the result never carries the key."""
+        if self.backend == "hub":  # the service tests it: this server never decrypts
+            return json.loads(self.scrubber.scrub(json.dumps(await asyncio.to_thread(self.vault.test, name))))
         resolved = await asyncio.to_thread(self.vault.resolve, self.owner, name, actor=actor, purpose="test")
         pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
         if pid is None:
@@ -194,6 +196,9 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         install_log_filter(self.scrubber, loggers)
 
     async def _learn_values(self):
+        if self.backend == "hub":
+            return  # values stay in the hub service; patterns still scrub here
+
         def learn():
             for info in self.vault.list(self.owner, include_env=False):
                 try:

@@ -101,6 +101,8 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
         url = self.upstream_url(provider, base_url)  # refuse a bad path before any key is decrypted
         name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
         key = None
+        if self.kv.backend == "hub":
+            return await self._forward_to_hub_service(provider, name)
         if provider.needs_key:
             # Authorise on metadata first: a denied notebook never causes a decryption or a "use".
             await self.check_notebook_access(name, await self.kv.credential_metadata(name))
@@ -114,6 +116,25 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
                 raise web.HTTPError(503, str(exc)) from None
             key = resolved.value
         self._relay = asyncio.ensure_future(self._relay_upstream(url, self.upstream_headers(provider, key), key))
+        try:
+            await self._relay
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+
+    async def _forward_to_hub_service(self, provider: providers.Provider, name: str):
+        """backend = 'hub': the service's proxy injects the key (personal or shared); nothing is decrypted here."""
+        if provider.needs_key:
+            await self.check_notebook_access(name, await self.kv.credential_metadata(name))
+        service_base = self.kv.vault.proxy_base() + provider.id + ("/" + provider.proxy_prefix
+                                                                      if provider.proxy_prefix else "")
+        url = self.upstream_url(provider, service_base)
+        headers = {k: v for k, v in self.request.headers.get_all()
+                   if k.lower() in FORWARD_HEADERS or k.lower().startswith(FORWARD_PREFIXES)}
+        headers["Accept-Encoding"] = "identity"
+        headers["X-KeyVault-Credential"] = name
+        headers.update(self.kv.vault.auth_header())
+        self._relay = asyncio.ensure_future(self._relay_upstream(url, headers, None))
         try:
             await self._relay
         except asyncio.CancelledError:

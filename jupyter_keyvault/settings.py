@@ -69,8 +69,19 @@ class KeyVault(Configurable):
         return str(Path(value).expanduser().absolute())
 
     backend = Enum(
-        ["sqlite"], default_value="sqlite", help="Storage backend: 'sqlite' (embedded, the default)."
+        ["sqlite", "hub"], default_value="sqlite",
+        help="Storage backend: 'sqlite' (embedded, the default) or 'hub' (the JupyterHub keyvault service: "
+        "credentials live in the service, which alone decrypts; see docs/jupyterhub.md).",
     ).tag(config=True)
+
+    hub_url = Unicode(
+        help="URL of the keyvault hub service's prefix, e.g. http://127.0.0.1:10101/services/keyvault/ "
+        "(backend = 'hub'). Default: $KEYVAULT_HUB_URL, set by the hub's spawner config."
+    ).tag(config=True)
+
+    @default("hub_url")
+    def _default_hub_url(self):
+        return os.environ.get("KEYVAULT_HUB_URL", "")
 
     master_key_source = Enum(
         list(SOURCES),
@@ -153,6 +164,11 @@ class KeyVault(Configurable):
         """Open (creating if needed) the configured vault; known values feed the scrubber."""
         scrubber = scrubber or self.make_scrubber()
         install_log_filter(scrubber, ["jupyter_keyvault"])
+        if self.backend == "hub":
+            from .hub.client import HubVaultClient
+
+            env = os.environ if env is None else env
+            return HubVaultClient(self.hub_url, env.get("JUPYTERHUB_API_TOKEN", ""), self.owner)
         return Vault(
             SQLiteBackend(self.vault_path),
             env=os.environ if env is None else env,

@@ -81,7 +81,7 @@ def _proxy_client(backend, provider, name, sdk, cls, asynchronous: bool, kw: dic
     kw.pop("base_url", None)
     credential = name or provider.env_var
     if credential and (provider.needs_key or name):
-        _ensure_present(backend, credential)
+        _ensure_present(backend, credential, provider)
     auth = backend.auth(name)  # X-KeyVault-Credential only when a name was chosen
     http_client = kw.pop("http_client", None)
     if http_client is None:
@@ -91,10 +91,14 @@ def _proxy_client(backend, provider, name, sdk, cls, asynchronous: bool, kw: dic
     return cls(api_key=PLACEHOLDER_KEY, base_url=backend.proxy_url(provider), http_client=http_client, **kw)
 
 
-def _ensure_present(backend, credential: str) -> None:
+def _ensure_present(backend, credential: str, provider=None) -> None:
     """Fail now, clearly, rather than with an HTTP error on the first API call."""
     for item in backend.list():
         if item.get("name") == credential and item.get("present", True):
+            return
+        # On a JupyterHub, a shared key granted to the user serves the provider's default name.
+        if (item.get("source") == "shared" and provider is not None and credential == provider.env_var
+                and item.get("provider") == provider.id):
             return
     raise NoCredentialError(
         f"No API key configured for {credential}: add it in the Key Vault panel, with "

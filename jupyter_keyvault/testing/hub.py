@@ -62,10 +62,14 @@ class HubError(RuntimeError):
 
 
 class Response:
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]):
+    def __init__(self, status: int, body: bytes, headers):
+        from tornado.httputil import HTTPHeaders
+
         self.status = status
         self.body = body
-        self.headers = headers
+        self.headers = HTTPHeaders()  # case-insensitive (the proxy lowercases names)
+        for name, value in (headers.items() if hasattr(headers, "items") else headers):
+            self.headers.add(name, value)
 
     @property
     def text(self) -> str:
@@ -88,9 +92,9 @@ def http(method: str, url: str, *, token: str | None = None, body: Any = None, h
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # nosec B310 - test-only, local URLs
-            return Response(resp.status, resp.read(), dict(resp.headers))
+            return Response(resp.status, resp.read(), resp.headers.items())
     except urllib.error.HTTPError as exc:
-        return Response(exc.code, exc.read(), dict(exc.headers or {}))
+        return Response(exc.code, exc.read(), exc.headers.items() if exc.headers else [])
 
 
 class JupyterHubHarness:
@@ -98,7 +102,8 @@ class JupyterHubHarness:
 
     def __init__(self, *, services: list[dict] | None = None, load_roles: list[dict] | None = None,
                  extra_config: str = "", singleuser_config: str = "", user_env: dict[str, str] | None = None,
-                 hub_env: dict[str, str] | None = None, root: str | Path | None = None):
+                 hub_env: dict[str, str] | None = None, root: str | Path | None = None,
+                 admin_users: list[str] = ()):
         self.root = Path(root or tempfile.mkdtemp(prefix="kv-hub-"))
         self.port = free_port()  # the public proxy port: browsers and servers' users come here
         self.hub_port = free_port()
@@ -111,6 +116,7 @@ class JupyterHubHarness:
         self.extra_config = extra_config
         self.singleuser_config = singleuser_config
         self.user_env = dict(user_env or {})
+        self.admin_users = set(admin_users)  # hub admins (the hub creates them at start)
         self.hub_env = dict(hub_env or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.root / "hub.log"
@@ -155,7 +161,7 @@ c.JupyterHub.cookie_secret_file = os.path.join(ROOT, "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = os.path.join(ROOT, "jupyterhub.pid")
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
-c.Authenticator.admin_users = set()
+c.Authenticator.admin_users = {self.admin_users!r}
 c.JupyterHub.spawner_class = "simple"
 c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = ["--allow-root"]
@@ -176,8 +182,8 @@ c.Spawner.environment = {{
     "JUPYTER_RUNTIME_DIR": _per_user(".local/share/jupyter/runtime"),
     "IPYTHONDIR": _per_user(".ipython"),
 }}
-c.JupyterHub.services = {json.dumps([admin_service] + self.services)}
-c.JupyterHub.load_roles = {json.dumps(roles)}
+c.JupyterHub.services = {[admin_service] + self.services!r}
+c.JupyterHub.load_roles = {roles!r}
 c.JupyterHub.cleanup_servers = True
 c.JupyterHub.cleanup_proxy = True
 c.JupyterHub.log_level = "INFO"
@@ -239,10 +245,9 @@ c.JupyterHub.log_level = "INFO"
                 raise HubError(resp.status, resp.text, path)
         return resp
 
-    def create_user(self, name: str, *, admin: bool = False) -> dict:
-        resp = self.api("POST", f"users/{name}", {"admin": admin} if admin else None, expect=(201, 409))
-        if admin and resp.status == 409:
-            self.api("PATCH", f"users/{name}", {"admin": True}, expect=200)
+    def create_user(self, name: str) -> dict:
+        """Create a user (hub admins are given as `admin_users` and exist from the start)."""
+        self.api("POST", f"users/{name}", expect=(201, 409))
         return self.api("GET", f"users/{name}", expect=200).json()
 
     def create_group(self, name: str, users: list[str] = ()) -> dict:

@@ -1,0 +1,165 @@
+"""The single-user server's side of `c.KeyVault.backend = "hub"`: a vault that lives in the service.
+
+`HubVaultClient` offers the methods of `store.Vault` the extension uses, each one a blocking
+HTTP call to the service (callers already run vault work off the event loop), authenticated
+with the server's own JupyterHub token. It holds no master key and decrypts nothing; the
+proxy forwards to the service's proxy instead (see `proxy_target`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Mapping
+from urllib.parse import quote
+
+from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
+from ..store.model import AuditEvent, CredentialInfo
+from ..store.vault import ResolvedCredential
+
+
+def _ts(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def info_from_json(owner: str, item: dict) -> CredentialInfo:
+    return CredentialInfo(
+        id=item.get("name", ""), owner=owner, name=item["name"], type=item.get("type", "api_key"),
+        provider=item.get("provider"), created_at=_ts(item.get("created_at")) or 0.0,
+        updated_at=_ts(item.get("updated_at")) or 0.0, last_used_at=_ts(item.get("last_used_at")),
+        metadata=dict(item.get("metadata") or {}), source=item.get("source", "vault"))
+
+
+class HubServiceError(VaultError):
+    pass
+
+
+class HubVaultClient:
+    """A `Vault`-shaped client of the keyvault hub service, for one hub user."""
+
+    def __init__(self, service_url: str, api_token: str, username: str, *, timeout: float = 30.0,
+                 list_cache_seconds: float = 2.0):
+        if not service_url:
+            raise VaultError("c.KeyVault.backend = 'hub' needs the service URL (c.KeyVault.hub_url or "
+                             "$KEYVAULT_HUB_URL), e.g. http://127.0.0.1:10101/services/keyvault/")
+        if not api_token:
+            raise VaultError("c.KeyVault.backend = 'hub' needs this server's JupyterHub token ($JUPYTERHUB_API_TOKEN)")
+        self.service_url = service_url.rstrip("/") + "/"
+        self._token = api_token
+        self.username = username
+        self.timeout = timeout
+        self.env_credential_names: set[str] = set()
+        self._list_cache: tuple[float, list] | None = None
+        self._list_cache_seconds = list_cache_seconds
+
+    # -- transport
+    def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.service_url + path, data=data, method=method, headers={
+            "Authorization": f"token {self._token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # nosec B310 - configured service URL
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = json.loads(raw).get("message") or exc.reason
+            except (ValueError, AttributeError):
+                message = str(exc.reason)
+            if exc.code == 404:
+                raise NotFound(message) from None
+            if exc.code in (400, 413, 422):
+                raise InvalidInput(message) from None
+            if exc.code == 409:
+                raise DecryptionError(message) from None
+            raise HubServiceError(f"keyvault service: {exc.code} {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise HubServiceError(f"keyvault service unreachable at {self.service_url}: "
+                                  f"{getattr(exc, 'reason', exc)}") from None
+
+    def _credential_path(self, name: str, suffix: str = "") -> str:
+        return f"api/credentials/{quote(name, safe='')}{suffix}"
+
+    # -- the Vault interface the extension uses
+    def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]:
+        _, body = self._call("GET", "api/credentials")
+        items = [info_from_json(owner, i) for i in body["credentials"]]
+        personal = {i.name for i in items}
+        # Shared keys granted to the user: presence only, usable through the proxy, never readable.
+        items += [info_from_json(owner, {**i, "source": "shared"}) for i in body.get("shared", [])
+                  if i["name"] not in personal]
+        return sorted(items, key=lambda i: (i.name, i.source))
+
+    def info(self, owner: str, name: str) -> CredentialInfo:
+        _, body = self._call("GET", self._credential_path(name))
+        return info_from_json(owner, body)
+
+    def set(self, owner: str, name: str, value: str, *, provider: str | None = None, type: str = "api_key",
+            metadata: Mapping[str, Any] | None = None, actor: str | None = None, action: str = "set"):
+        body = {"value": value, "type": type, "metadata": dict(metadata or {})}
+        if provider is not None:
+            body["provider"] = provider
+        status, _ = self._call("PUT", self._credential_path(name), body)
+        return self.info(owner, name), status == 201
+
+    def delete(self, owner: str, name: str, *, actor: str | None = None) -> None:
+        self._call("DELETE", self._credential_path(name))
+
+    def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None,
+                purpose: str = "use") -> ResolvedCredential:
+        """Direct mode only: the user's OWN personal value (the service never returns a shared one)."""
+        try:
+            _, body = self._call("GET", self._credential_path(name, "/value"))
+        except NotFound:
+            raise NoCredential(f"No personal API key configured for {name}: add one with the Key Vault panel "
+                               "(shared keys are usable through the proxy only)") from None
+        return ResolvedCredential(name, body["value"], "vault", body.get("provider"), body.get("type", "api_key"),
+                                  body.get("metadata") or {})
+
+    def get_value(self, owner: str, name: str, **_: Any) -> str:
+        return self.resolve(owner, name).value
+
+    def test(self, name: str) -> dict:
+        _, body = self._call("POST", self._credential_path(name, "/test"))
+        return body
+
+    def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", **_: Any) -> None:
+        """The service audits every use itself; local events (e.g. notebook denials) go to the server log."""
+
+    def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
+        _, body = self._call("GET", f"api/audit?limit={int(limit)}")
+        events = []
+        for e in body["events"]:
+            events.append(AuditEvent(e.get("id"), _ts(e.get("at")) or time.time(), owner or self.username,
+                                     e.get("actor") or "", e.get("action") or "", e.get("target"),
+                                     e.get("outcome") or "", e.get("detail")))
+        return events
+
+    def status(self) -> dict[str, Any]:
+        _, body = self._call("GET", "api/status")
+        return {"protection": body["protection"], "backend": "hub", "location": self.service_url,
+                "credentials": None, "warnings": body.get("warnings", []), "hub": {
+                    "service": body.get("service"), "user": body.get("user"),
+                    "allow_direct_access": body.get("allow_direct_access")}}
+
+    def usage(self) -> dict:
+        return self._call("GET", "api/usage")[1]
+
+    def proxy_base(self) -> str:
+        return self.service_url + "proxy/"
+
+    def auth_header(self) -> dict[str, str]:
+        return {"Authorization": f"token {self._token}"}
+
+    def count(self, owner: str | None = None) -> int:
+        return len(self.list(owner or self.username))
+
+    def close(self) -> None:
+        pass

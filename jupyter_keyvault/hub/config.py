@@ -1,0 +1,52 @@
+"""Helpers for jupyterhub_config.py: register the keyvault service, its roles, and point user servers at it.
+
+    from jupyter_keyvault.hub.config import keyvault_service_config
+    service, roles, user_env = keyvault_service_config(port=10101, master_key=os.environ["KEYVAULT_MASTER_KEY"])
+    c.JupyterHub.services.append(service)
+    c.JupyterHub.load_roles.extend(roles)
+    c.Spawner.environment.update(user_env)
+    # and in the single-user servers' config: c.KeyVault.backend = "hub"
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import SERVICE_NAME_DEFAULT
+
+# What the service itself must be able to read about users: their names, groups and admin flag.
+SERVICE_SCOPES = ["read:users", "read:users:groups", "read:groups", "list:users"]
+
+
+def keyvault_service_config(*, port: int, master_key: str, name: str = SERVICE_NAME_DEFAULT,
+                            host: str = "127.0.0.1", data_dir: str | None = None, db_url: str | None = None,
+                            extra_args: list[str] = (), python: str | None = None,
+                            environment: dict[str, str] | None = None,
+                            user_scopes: list[str] | None = None) -> tuple[dict, list[dict], dict]:
+    """(service entry, roles, user-server environment) for a hub-managed keyvault service."""
+    command = [python or sys.executable, "-m", "jupyter_keyvault.hub"]
+    if data_dir:
+        command.append(f"--data-dir={data_dir}")
+    if db_url:
+        command.append(f"--db-url={db_url}")
+    command += list(extra_args)
+    service = {
+        "name": name,
+        "url": f"http://{host}:{port}",
+        "command": command,
+        "environment": {"KEYVAULT_MASTER_KEY": master_key, **(environment or {})},
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+    if data_dir:
+        service["cwd"] = data_dir
+    access = f"access:services!service={name}"
+    roles = [
+        {"name": f"{name}-service", "description": "keyvault service: read users' names, groups and admin flag",
+         "scopes": SERVICE_SCOPES, "services": [name]},
+        # Users (their browser tokens) and their servers' tokens may call the service.
+        {"name": "user", "scopes": ["self", access] + list(user_scopes or [])},
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", access]},
+    ]
+    user_env = {"KEYVAULT_HUB_URL": f"http://{host}:{port}/services/{name}/"}
+    return service, roles, user_env

@@ -1,0 +1,305 @@
+"""`python -m jupyter_keyvault.hub`: the keyvault service JupyterHub runs (c.JupyterHub.services).
+
+It is the only process that holds the master key and decrypts. Single-user servers (with
+`c.KeyVault.backend = "hub"`) call its API with their own JupyterHub token; its proxy injects
+personal or shared keys upstream, counts usage and enforces limits. Shared key values never
+leave this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tornado import ioloop, web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets import Bool, Float, Int, List, Unicode, default
+from traitlets.config import Application
+
+from .. import __version__, envguard, providers
+from ..ratelimit import RateLimiter
+from ..scrub import Scrubber, install_log_filter
+from ..settings import DEFAULT_SECRET_ENV_PATTERNS
+from ..store import SQLiteBackend, Vault
+from . import SERVICE_NAME_DEFAULT
+from .db import HubStore, Limits
+
+SHARED_OWNER = "shared"  # personal owners are "user:<name>", so no hub user name can collide
+USER_OWNER_PREFIX = "user:"
+
+
+def personal_owner(username: str) -> str:
+    return USER_OWNER_PREFIX + username
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class KeyVaultHubService(Application):
+    """The keyvault JupyterHub service (configure with `c.KeyVaultHubService.*` or command-line flags)."""
+
+    name = "jupyter-keyvault-hub"
+    description = "The jupyter-keyvault JupyterHub service: personal and shared credentials, quotas, audit."
+    version = __version__
+
+    service_name = Unicode(help="The service's name in c.JupyterHub.services (default: $JUPYTERHUB_SERVICE_NAME, "
+                                "else 'keyvault').").tag(config=True)
+
+    @default("service_name")
+    def _default_service_name(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME", SERVICE_NAME_DEFAULT)
+
+    service_url = Unicode(help="Where to listen (default: $JUPYTERHUB_SERVICE_URL, set by JupyterHub).").tag(config=True)
+
+    @default("service_url")
+    def _default_service_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    service_prefix = Unicode(help="URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+
+    @default("service_prefix")
+    def _default_service_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{self.service_name}/")
+
+    data_dir = Unicode(help="Directory of the default SQLite database (default: the current directory).").tag(config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self):
+        return os.getcwd()
+
+    db_url = Unicode(help="Database URL of the service: its SQLite file by default (sqlite:///path). PostgreSQL "
+                          "needs the SQL backend (jupyter_keyvault.store.sql).").tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self):
+        return "sqlite:///" + str(Path(self.data_dir) / "keyvault-hub.sqlite")
+
+    admin_users = List(Unicode(), help="Hub users who administer shared keys, besides JupyterHub admins.").tag(config=True)
+    admin_groups = List(Unicode(), help="Hub groups whose members administer shared keys.").tag(config=True)
+    hub_admins_are_admins = Bool(True, help="JupyterHub admins administer shared keys.").tag(config=True)
+
+    user_rate_per_minute = Float(60.0, help="Default proxied requests per user per minute (0 = unlimited).").tag(config=True)
+    user_requests_per_day = Int(0, help="Default proxied requests per user per UTC day (0 = unlimited).").tag(config=True)
+    user_tokens_per_day = Int(0, help="Default provider tokens per user per UTC day (0 = unlimited).").tag(config=True)
+
+    allow_direct_access = Bool(True, help="Let a user's own server fetch that user's PERSONAL values (direct mode, "
+                                          "keyvault.get). Shared keys are never returned, whatever this says.").tag(config=True)
+    require_env_master_key = Bool(True, help="Refuse to start unless KEYVAULT_MASTER_KEY is in the environment "
+                                             "(the service must not fall back to a key file next to its DB).").tag(config=True)
+    groups_cache_seconds = Float(10.0, help="How long a user's groups and admin flag are cached.").tag(config=True)
+    resolve_cache_seconds = Float(5.0, help="How long a decrypted key is reused by the proxy.").tag(config=True)
+    proxy_read_timeout = Float(600.0, help="Seconds the proxy waits for the next upstream bytes.").tag(config=True)
+    test_timeout = Float(10.0, help="Seconds to wait for a provider's test request.").tag(config=True)
+    max_value_bytes = Int(16 * 1024, help="Largest credential value accepted, in bytes.").tag(config=True)
+    provider_base_urls = List(Unicode(), help="Per-provider base URLs as 'provider=url' (e.g. openai=https://gw/v1).").tag(config=True)
+
+    aliases = {"db-url": "KeyVaultHubService.db_url", "data-dir": "KeyVaultHubService.data_dir",
+               "log-level": "Application.log_level"}
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        env = dict(os.environ)
+        if self.require_env_master_key and not env.get("KEYVAULT_MASTER_KEY"):
+            self.exit("KEYVAULT_MASTER_KEY is not set: give the service its master key in its environment "
+                      "(c.JupyterHub.services[...]['environment']); see docs/jupyterhub.md")
+        self.scrubber = Scrubber()
+        install_log_filter(self.scrubber, [self.log, "tornado.access", "tornado.application", "jupyter_keyvault"])
+        self.vault = self._open_vault(env)
+        # Nothing this process starts may inherit the master key.
+        envguard.remove_secret_env(os.environ, DEFAULT_SECRET_ENV_PATTERNS, set(), ["JUPYTERHUB_API_TOKEN"])
+        self.store = HubStore(self.db_url)
+        self._base_urls = {}
+        for entry in self.provider_base_urls:
+            pid, _, url = entry.partition("=")
+            self._base_urls[pid.strip()] = providers.validate_base_url(url.strip())
+        self._identity_cache: dict[str, tuple[float, dict]] = {}
+        self._resolved: dict[tuple[str, str], tuple[float, object]] = {}
+        self._limiters: dict[tuple, RateLimiter] = {}
+        self._http = None
+
+    def _open_vault(self, env) -> Vault:
+        url = self.db_url
+        if url.startswith("sqlite:///"):
+            backend = SQLiteBackend(url[len("sqlite:///"):])
+        else:
+            try:
+                from ..store.sql import SQLBackend  # from the SQL backend (hub-sql)
+            except ImportError:
+                self.exit(f"db_url {urlsplit(url).scheme}://… needs jupyter_keyvault.store.sql, which this "
+                          "installation does not have; use a sqlite:/// URL")
+            backend = SQLBackend(url)
+        return Vault(backend, env=env, preferred_source="env", use_keyring=False, max_value_bytes=self.max_value_bytes,
+                     on_value=lambda name, value: self.scrubber.add_known(value, name))
+
+    # -- identity
+    async def identity(self, hub_auth, username: str) -> dict:
+        """{'name', 'groups', 'admin'} of a hub user, asked of the hub with the service's own token."""
+        hit = self._identity_cache.get(username)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        req = HTTPRequest(f"{hub_auth.api_url.rstrip('/')}/users/{username}", headers={
+            "Authorization": f"token {hub_auth.api_token}"}, request_timeout=15)
+        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        if resp.code == 200:
+            model = json.loads(resp.body)
+            ident = {"name": username, "groups": sorted(model.get("groups") or []), "admin": bool(model.get("admin"))}
+        else:
+            self.log.warning("keyvault: could not read %s's groups from the hub (%s); the service needs the "
+                             "read:users:groups and read:users:name scopes", username, resp.code)
+            ident = {"name": username, "groups": [], "admin": False}
+        ident["is_keyvault_admin"] = (
+            (self.hub_admins_are_admins and ident["admin"]) or username in self.admin_users
+            or bool(set(ident["groups"]) & set(self.admin_groups)))
+        self._identity_cache[username] = (now + self.groups_cache_seconds, ident)
+        return ident
+
+    # -- credentials chosen for a proxied request
+    def choose_credential(self, username: str, groups: list[str], provider: providers.Provider, name: str):
+        """(source, owner, name) of the key to use. Precedence: the user's own key of that name; a shared key of
+        that name granted to them; when the name is the provider's default, any granted shared key of that
+        provider (first by name)."""
+        try:
+            self.vault.info(personal_owner(username), name)
+            return "personal", personal_owner(username), name
+        except Exception:  # NotFound / InvalidInput: look for a shared key
+            pass
+        granted = self.store.granted_to(username, groups)
+        shared = {i.name: i for i in self.vault.list(SHARED_OWNER, include_env=False) if i.name in granted}
+        if name in shared and shared[name].provider in (None, provider.id):
+            return "shared", SHARED_OWNER, name
+        if name == provider.env_var:
+            for sname in sorted(shared):
+                if shared[sname].provider == provider.id:
+                    return "shared", SHARED_OWNER, sname
+        return None
+
+    def resolve(self, owner: str, name: str, actor: str):
+        key = (owner, name)
+        hit = self._resolved.get(key)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        resolved = self.vault.resolve(owner, name, actor=actor)
+        self._resolved[key] = (now + self.resolve_cache_seconds, resolved)
+        return resolved
+
+    def invalidate(self, owner: str, name: str) -> None:
+        self._resolved.pop((owner, name), None)
+
+    # -- limits
+    def user_limits(self, username: str) -> Limits:
+        return (self.store.get_limits("user", username) or self.store.get_limits("user", "*")
+                or Limits(self.user_rate_per_minute or None, self.user_requests_per_day or None,
+                          self.user_tokens_per_day or None))
+
+    def _limiter(self, kind: str, subject: str, per_minute: float) -> RateLimiter:
+        key = (kind, subject, per_minute)
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = RateLimiter(per_minute, burst=max(1, int(per_minute)))
+        return limiter
+
+    def check_limits(self, username: str, source: str, credential: str) -> None:
+        """Raise QuotaExceeded (429) if this user, or the shared key, is over a limit; else count the request."""
+        checks = [("user", username, self.user_limits(username), self.store.user_totals)]
+        if source == "shared":
+            checks.append(("shared key", credential, self.store.get_limits("shared", credential) or Limits(),
+                           self.store.shared_totals))
+        for label, subject, lim, totals in checks:
+            requests, tokens = totals(subject)
+            who = f"{label} {subject}"
+            if lim.requests_per_day and requests >= lim.requests_per_day:
+                raise QuotaExceeded(f"daily request quota reached for {who} ({requests}/{lim.requests_per_day} "
+                                    "requests today); it resets at 00:00 UTC", _seconds_to_midnight())
+            if lim.tokens_per_day and tokens >= lim.tokens_per_day:
+                raise QuotaExceeded(f"daily token quota reached for {who} ({tokens}/{lim.tokens_per_day} tokens "
+                                    "today); it resets at 00:00 UTC", _seconds_to_midnight())
+        for label, subject, lim, _ in checks:
+            if lim.rate_per_minute:
+                wait = self._limiter(label, subject, lim.rate_per_minute).take(subject)
+                if wait:
+                    raise QuotaExceeded(f"rate limit of {lim.rate_per_minute:g} requests/min reached for {label} "
+                                        f"{subject}; retry in {RateLimiter.retry_after_header(wait)} s", wait)
+        self.store.count_request(username, source, credential)
+
+    def base_url_for(self, provider: providers.Provider) -> str:
+        # Only configuration decides where keys are sent (not the service's environment).
+        return providers.effective_base_url(provider, self._base_urls, {})
+
+    async def http_session(self):
+        if self._http is None or self._http.closed:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=self.proxy_read_timeout),
+                auto_decompress=False, trust_env=False)
+        return self._http
+
+    def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *, actor: str,
+              detail: str | None = None) -> None:
+        self.vault.audit(owner, action, target, outcome, actor=actor, detail=detail)
+
+    # -- web app
+    def make_app(self) -> web.Application:
+        from jupyterhub.services.auth import HubAuth, HubOAuth
+
+        from .handlers import make_handlers
+
+        hub_auth = HubAuth(parent=self)  # API: JupyterHub tokens only (no cookies, so no CSRF)
+        hub_oauth = HubOAuth(parent=self, cache_max_age=60)  # the admin page in a browser
+        return web.Application(
+            make_handlers(self.service_prefix),
+            keyvault=self, hub_auth=hub_auth, hub_oauth=hub_oauth, cookie_secret=os.urandom(32),
+            login_url=hub_oauth.login_url, log_function=self._log_request,
+        )
+
+    def _log_request(self, handler):
+        # Paths only: query strings could carry anything a client put there.
+        status = handler.get_status()
+        log = self.log.info if status < 400 else self.log.warning
+        log("%s %s %s %.1fms", status, handler.request.method, handler.request.path,
+            1000 * handler.request.request_time())
+
+    def start(self):
+        url = urlsplit(self.service_url)
+        app = self.make_app()
+        app.listen(url.port or 80, address=url.hostname or "127.0.0.1", xheaders=True)
+        status = self.vault.status()
+        self.log.info("jupyter-keyvault hub service %s on %s%s (db %s, master key from %s)", __version__,
+                      self.service_url, self.service_prefix, urlsplit(self.db_url).scheme,
+                      status["protection"]["source"])
+        loop = ioloop.IOLoop.current()
+
+        def stop(*_):
+            loop.add_callback_from_signal(loop.stop)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        loop.start()
+        self.store.close()
+        self.vault.close()
+
+
+def _seconds_to_midnight() -> float:
+    now = time.time()
+    return 86400 - (now % 86400)
+
+
+def main(argv=None):
+    app = KeyVaultHubService.instance()
+    app.initialize(argv)
+    app.start()
+
+
+async def run_blocking(fn, *args, **kwargs):
+    return await asyncio.to_thread(fn, *args, **kwargs)

@@ -1,0 +1,313 @@
+"""End to end on a real JupyterHub: the keyvault service, user servers with backend = "hub", real kernels,
+the real openai SDK against the fake upstream.
+
+Cast: alice and bob (personal keys), dave (member of group class-a, no personal key), erin (no group,
+no key), carol (hub admin). The shared key's value is a canary searched for in every place a user sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from jupyter_keyvault.testing.hub import JupyterHubHarness, Response, http, missing_requirements
+from jupyter_keyvault.testing.live_server import free_port
+
+pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
+
+SERVICE = "keyvault"
+ALICE_KEY = "sk-proj-ALICE" + secrets.token_hex(20)
+BOB_KEY = "sk-proj-BOB" + secrets.token_hex(20)
+SHARED_CANARY = "sk-proj-SHAREDCANARY" + secrets.token_hex(20)
+
+
+class KVHub:
+    """The hub, the fake upstream, and every response body the users saw."""
+
+    def __init__(self, hub: JupyterHubHarness, upstream, master_key: str):
+        self.hub = hub
+        self.upstream = upstream
+        self.master_key = master_key
+        self.seen: list[str] = []  # every body and header a user-side client received
+        self.kernel_texts: list[str] = []
+
+    def _record(self, resp: Response) -> Response:
+        self.seen.append(resp.text)
+        self.seen.append(json.dumps(list(resp.headers.get_all())))
+        return resp
+
+    def service(self, user: str, method: str, path: str, body=None, headers=None) -> Response:
+        url = self.hub.service_url(SERVICE) + path.lstrip("/")
+        return self._record(http(method, url, token=self.hub.user_token(user), body=body, headers=headers))
+
+    def server(self, user: str, method: str, path: str, body=None, *, as_user: str | None = None) -> Response:
+        token = self.hub.user_token(as_user or user)
+        return self._record(self.hub.user_api(user, method, path, body, token=token))
+
+    async def run(self, kernel, code: str):
+        result = await kernel.execute(code, timeout=120)
+        self.kernel_texts.append(result.text)
+        return result
+
+
+@pytest.fixture(scope="module")
+def kvhub(tmp_path_factory):
+    from jupyter_keyvault.hub.config import keyvault_service_config
+    from jupyter_keyvault.testing.fake_upstream import FakeUpstream
+
+    upstream = FakeUpstream(valid_keys=(ALICE_KEY, BOB_KEY, SHARED_CANARY)).start()
+    master_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    data_dir = tmp_path_factory.mktemp("kv-service")
+    service, roles, user_env = keyvault_service_config(
+        port=free_port(), master_key=master_key, data_dir=str(data_dir), name=SERVICE,
+        extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
+                    "--KeyVaultHubService.groups_cache_seconds=0"])
+    hub = JupyterHubHarness(services=[service], load_roles=roles, user_env=user_env, admin_users=["carol"],
+                            singleuser_config='c.KeyVault.backend = "hub"\n')
+    hub.start()
+    try:
+        for user in ("alice", "bob", "dave", "erin", "carol"):
+            hub.create_user(user)
+        hub.create_group("class-a", ["dave"])
+        wait_for_service(hub)
+        yield KVHub(hub, upstream, master_key)
+    finally:
+        hub.stop()
+        upstream.stop()
+
+
+def wait_for_service(hub: JupyterHubHarness, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http("GET", hub.service_url(SERVICE) + "api/status", token=hub.user_token("carol")).status == 200:
+            return
+        time.sleep(0.3)
+    raise RuntimeError("the keyvault service did not answer:\n" + hub.log_path.read_text()[-3000:])
+
+
+CHAT = ('import keyvault\n'
+        'client = keyvault.openai()\n'
+        'reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])\n'
+        'print("REPLY:", reply.choices[0].message.content)\n')
+
+
+# -- personal keys
+async def test_each_user_stores_a_personal_key_through_their_server_and_uses_it_from_a_kernel(kvhub):
+    hub = kvhub.hub
+    for user, key in (("alice", ALICE_KEY), ("bob", BOB_KEY)):
+        hub.start_server(user)
+        resp = kvhub.server(user, "PUT", "keyvault/api/credentials/OPENAI_API_KEY", {"value": key})
+        assert resp.status == 201, resp.text
+        assert key not in resp.text
+        listing = kvhub.server(user, "GET", "keyvault/api/credentials").json()["credentials"]
+        assert [(c["name"], c["source"]) for c in listing] == [("OPENAI_API_KEY", "vault")]
+        before = kvhub.upstream.received_keys().count(key)
+        kernel = await hub.start_kernel(user)
+        try:
+            result = await kvhub.run(kernel, CHAT)
+            assert result.error is None, result.text
+            assert "REPLY:" in result.stdout
+        finally:
+            await kernel.stop()
+        assert kvhub.upstream.received_keys().count(key) == before + 1  # the real key, injected by the service
+    # The user's server never held the value: its vault is the service, its own data dir has no vault file.
+    for user in ("alice", "bob"):
+        assert not list(hub.user_dir(user).rglob("vault.db"))
+
+
+async def test_personal_key_test_runs_in_the_service_and_reports_ok(kvhub):
+    kvhub.hub.start_server("alice")
+    resp = kvhub.server("alice", "POST", "keyvault/api/credentials/OPENAI_API_KEY/test")
+    assert resp.status == 200, resp.text
+    assert resp.json()["ok"] is True
+
+
+# -- shared keys
+async def test_admin_grants_a_shared_key_to_a_group_and_a_member_uses_it_from_a_kernel(kvhub):
+    resp = kvhub.service("carol", "PUT", "api/admin/shared/COURSE_OPENAI",
+                         {"value": SHARED_CANARY, "provider": "openai"})
+    assert resp.status in (201, 204), resp.text
+    resp = kvhub.service("carol", "PUT", "api/admin/shared/COURSE_OPENAI/grants/group/class-a")
+    assert resp.status in (201, 204), resp.text
+
+    hub = kvhub.hub
+    hub.start_server("dave")
+    listing = kvhub.server("dave", "GET", "keyvault/api/credentials").json()["credentials"]
+    assert [(c["name"], c["source"], c["provider"]) for c in listing] == [("COURSE_OPENAI", "shared", "openai")]
+    before = kvhub.upstream.received_keys().count(SHARED_CANARY)
+    kernel = await hub.start_kernel("dave")
+    try:
+        result = await kvhub.run(kernel, CHAT)
+        assert result.error is None, result.text
+        assert "REPLY:" in result.stdout
+        # Streaming is counted from the final chunk's usage.
+        result = await kvhub.run(kernel, (
+            'import keyvault\n'
+            'stream = keyvault.openai().chat.completions.create(model="m", stream=True,\n'
+            '    messages=[{"role": "user", "content": "count me"}])\n'
+            'print("CHUNKS:", sum(1 for _ in stream))\n'))
+        assert result.error is None, result.text
+        # Direct mode cannot reach a shared value.
+        result = await kvhub.run(kernel, 'import keyvault\nkeyvault.get("COURSE_OPENAI").reveal()\n')
+        assert result.error is not None
+        assert SHARED_CANARY not in result.text
+    finally:
+        await kernel.stop()
+    assert kvhub.upstream.received_keys().count(SHARED_CANARY) == before + 2
+    usage = kvhub.service("dave", "GET", "api/usage").json()
+    shared_rows = [r for r in usage["usage"] if r["source"] == "shared" and r["credential"] == "COURSE_OPENAI"]
+    assert shared_rows and shared_rows[0]["requests"] == 2
+    assert shared_rows[0]["tokens"] > 0  # from the JSON reply's usage and the stream's final chunk
+    assert {r["user"] for r in usage["usage"]} == {"dave"}
+
+
+async def test_a_non_member_neither_sees_nor_can_use_the_shared_key(kvhub):
+    hub = kvhub.hub
+    hub.start_server("erin")
+    assert kvhub.server("erin", "GET", "keyvault/api/credentials").json()["credentials"] == []
+    kernel = await hub.start_kernel("erin")
+    try:
+        result = await kvhub.run(kernel, CHAT)
+        assert result.error is not None and "No API key configured" in result.text
+        result = await kvhub.run(kernel, 'import keyvault\nkeyvault.get("COURSE_OPENAI")\n')
+        assert result.error is not None
+    finally:
+        await kernel.stop()
+    # Straight to the service's proxy with erin's own token: refused too.
+    resp = kvhub.service("erin", "POST", "proxy/openai/v1/chat/completions",
+                         {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                         headers={"X-KeyVault-Credential": "COURSE_OPENAI"})
+    assert resp.status == 401, resp.text
+
+
+async def test_a_member_over_the_daily_request_quota_is_refused_with_429_and_a_clear_message(kvhub):
+    used = kvhub.service("dave", "GET", "api/usage").json()["today"]["requests"]
+    resp = kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {"requests_per_day": used + 1})
+    assert resp.status == 200, resp.text
+    kernel = await kvhub.hub.start_kernel("dave")
+    try:
+        ok = await kvhub.run(kernel, CHAT)
+        assert ok.error is None, ok.text
+        refused = await kvhub.run(kernel, CHAT)
+        assert refused.error is not None
+        assert refused.error["ename"] == "RateLimitError"
+        assert "daily request quota reached for user dave" in refused.text
+    finally:
+        await kernel.stop()
+    resp = kvhub.service("dave", "POST", "proxy/openai/v1/chat/completions",
+                         {"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status == 429 and "resets at 00:00 UTC" in resp.text
+    assert int(resp.headers.get("Retry-After", "0")) > 0
+    audit = kvhub.service("carol", "GET", "api/admin/audit?limit=200").json()["events"]
+    assert any(e["action"] == "use" and e["outcome"] == "refused" and e["actor"] == "dave" for e in audit)
+    assert any(e["action"] == "grant" and e["actor"] == "carol" for e in audit)
+    kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {})
+
+
+async def test_the_shared_canary_is_absent_from_every_user_visible_place(kvhub):
+    hub = kvhub.hub
+    # Every browser-facing API of every user's server, and the service's user API.
+    for user in ("alice", "bob", "dave", "erin"):
+        hub.start_server(user)
+        for path in ("keyvault/api/credentials", "keyvault/api/credentials/COURSE_OPENAI", "keyvault/api/status",
+                     "keyvault/api/audit"):
+            kvhub.server(user, "GET", path)
+        for path in ("api/credentials", "api/credentials/COURSE_OPENAI", "api/credentials/COURSE_OPENAI/value",
+                     "api/usage", "api/audit", "api/status"):
+            kvhub.service(user, "GET", path)
+        kvhub.service(user, "POST", "api/credentials/COURSE_OPENAI/test")
+    # Kernel environment and outputs of a member.
+    kernel = await hub.start_kernel("dave")
+    try:
+        env = await kvhub.run(kernel, "import os, json\nprint(json.dumps(dict(os.environ)))\n")
+        assert kvhub.master_key not in env.stdout
+        assert "KEYVAULT_MASTER_KEY" not in env.stdout
+        await kvhub.run(kernel, 'import keyvault\nprint(keyvault.list())\nprint(keyvault.status())\n')
+    finally:
+        await kernel.stop()
+    assert kvhub.upstream.received_keys().count(SHARED_CANARY) >= 1  # it was really used upstream
+    for text in kvhub.seen + kvhub.kernel_texts:
+        assert SHARED_CANARY not in text
+    # Logs of the hub, the service and every user server (they share the hub's output).
+    assert SHARED_CANARY not in hub.log_path.read_text("utf-8", "replace")
+    # Files of the users (home, notebooks, runtime, IPython history).
+    for path in Path(hub.root, "users").rglob("*"):
+        if path.is_file():
+            assert SHARED_CANARY.encode() not in path.read_bytes(), path
+
+
+# -- isolation
+def test_bob_can_never_list_read_test_use_delete_or_see_usage_of_alices_credentials(kvhub):
+    assert kvhub.service("alice", "PUT", "api/credentials/ALICE_ONLY",
+                         {"value": ALICE_KEY, "provider": "openai"}).status in (201, 204)
+    alice_uses = kvhub.upstream.received_keys().count(ALICE_KEY)
+    assert "ALICE_ONLY" not in kvhub.service("bob", "GET", "api/credentials").text
+    for method, path in (("GET", "api/credentials/ALICE_ONLY"), ("GET", "api/credentials/ALICE_ONLY/value"),
+                         ("POST", "api/credentials/ALICE_ONLY/test"), ("DELETE", "api/credentials/ALICE_ONLY")):
+        resp = kvhub.service("bob", method, path)
+        assert resp.status == 404, (method, path, resp.status, resp.text)
+        assert ALICE_KEY not in resp.text
+    resp = kvhub.service("bob", "POST", "proxy/openai/v1/chat/completions",
+                         {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                         headers={"X-KeyVault-Credential": "ALICE_ONLY"})
+    assert resp.status == 401
+    assert kvhub.upstream.received_keys().count(ALICE_KEY) == alice_uses
+    usage = kvhub.service("bob", "GET", "api/usage").json()
+    assert usage["user"] == "bob" and {r["user"] for r in usage["usage"]} <= {"bob"}
+    audit = kvhub.service("bob", "GET", "api/audit").json()["events"]
+    assert all(e["owner"] == "user:bob" for e in audit)
+    assert kvhub.service("alice", "GET", "api/credentials/ALICE_ONLY").status == 200  # still there
+
+
+def test_non_admins_are_refused_every_admin_endpoint(kvhub):
+    for user in ("bob", "dave"):
+        for method, path, body in (
+            ("GET", "api/admin/shared", None),
+            ("PUT", "api/admin/shared/STOLEN", {"value": "sk-proj-x" + "0" * 30}),
+            ("DELETE", "api/admin/shared/COURSE_OPENAI", None),
+            ("POST", "api/admin/shared/COURSE_OPENAI/test", None),
+            ("PUT", f"api/admin/shared/COURSE_OPENAI/grants/user/{user}", None),
+            ("DELETE", "api/admin/shared/COURSE_OPENAI/grants/group/class-a", None),
+            ("GET", "api/admin/limits", None),
+            ("PUT", f"api/admin/limits/user/{user}", {"requests_per_day": 10**6}),
+            ("GET", "api/admin/usage", None),
+            ("GET", "api/admin/audit", None),
+        ):
+            resp = kvhub.service(user, method, path, body)
+            assert resp.status == 403, (user, method, path, resp.status, resp.text)
+    shared = kvhub.service("carol", "GET", "api/admin/shared").json()["shared"]
+    assert [s["name"] for s in shared] == ["COURSE_OPENAI"]
+    assert shared[0]["grants"] == [{"shared": "COURSE_OPENAI", "kind": "group", "subject": "class-a"}]
+
+
+def test_another_users_token_is_refused_by_every_keyvault_endpoint_of_a_users_server(kvhub):
+    kvhub.hub.start_server("alice")
+    for method, path, body in (
+        ("GET", "keyvault/api/credentials", None),
+        ("GET", "keyvault/api/credentials/OPENAI_API_KEY", None),
+        ("PUT", "keyvault/api/credentials/OPENAI_API_KEY", {"value": BOB_KEY}),
+        ("DELETE", "keyvault/api/credentials/OPENAI_API_KEY", None),
+        ("POST", "keyvault/api/credentials/OPENAI_API_KEY/test", None),
+        ("GET", "keyvault/api/status", None),
+        ("GET", "keyvault/api/audit", None),
+        ("POST", "keyvault/proxy/openai/v1/chat/completions", {"model": "m", "messages": []}),
+    ):
+        resp = kvhub.server("alice", method, path, body, as_user="bob")
+        assert resp.status in (401, 403), (method, path, resp.status, resp.text)
+        assert ALICE_KEY not in resp.text
+    listing = kvhub.server("alice", "GET", "keyvault/api/credentials").json()["credentials"]
+    assert "OPENAI_API_KEY" in [c["name"] for c in listing]
+
+
+def test_a_request_without_a_hub_token_is_refused_by_the_service(kvhub):
+    resp = http("GET", kvhub.hub.service_url(SERVICE) + "api/credentials")
+    assert resp.status in (401, 403)
+    resp = http("GET", kvhub.hub.service_url(SERVICE) + "api/credentials", token="not-a-token")
+    assert resp.status in (401, 403)
