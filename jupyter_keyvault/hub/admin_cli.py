@@ -21,7 +21,7 @@ def _request(args, method: str, path: str, body=None):
     req = urllib.request.Request(url, data=data, method=method, headers={
         "Authorization": f"token {args.token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # nosec B310 - the admin's own service URL
+        with urllib.request.urlopen(req, timeout=30) as resp:  # nosec B310
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:

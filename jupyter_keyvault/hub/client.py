@@ -64,7 +64,7 @@ class HubVaultClient:
         req = urllib.request.Request(self.service_url + path, data=data, method=method, headers={
             "Authorization": f"token {self._token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # nosec B310 - configured service URL
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # nosec B310
                 raw = resp.read()
                 return resp.status, (json.loads(raw) if raw else None)
         except urllib.error.HTTPError as exc:

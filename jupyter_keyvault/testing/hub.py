@@ -91,7 +91,7 @@ def http(method: str, url: str, *, token: str | None = None, body: Any = None, h
         hdrs.setdefault("Content-Type", "application/json")
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # nosec B310 - test-only, local URLs
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # nosec B310
             return Response(resp.status, resp.read(), resp.headers.items())
     except urllib.error.HTTPError as exc:
         return Response(exc.code, exc.read(), exc.headers.items() if exc.headers else [])
