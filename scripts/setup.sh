@@ -7,4 +7,4 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,dev,hub]"

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install-postgresql.sh
 bash scripts/install-chp.sh
 echo "== pytest"
 .venv/bin/python -m pytest -q "$@"

@@ -23,7 +23,11 @@ os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 for _var in ("KEYVAULT_MASTER_KEY", "KEYVAULT_PASSPHRASE", "KEYVAULT_NEW_MASTER_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
     os.environ.pop(_var, None)
 
-pytest_plugins = ["pytest_jupyter.jupyter_server", "jupyter_keyvault.testing.pytest_plugin"]
+pytest_plugins = [
+    "pytest_jupyter.jupyter_server",
+    "jupyter_keyvault.testing.pytest_plugin",
+    "jupyter_keyvault.testing.postgres",
+]
 
 
 @pytest.fixture

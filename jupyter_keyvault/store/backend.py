@@ -4,6 +4,7 @@ they never see a key or a value, so every backend is equally safe to swap in."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Callable, Iterable
 
 from .model import AuditEvent, CredentialRecord
@@ -80,6 +81,11 @@ class StorageBackend(ABC):
 
     @abstractmethod
     def list_audit(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]: ...
+
+    def default_key_file(self) -> Path | None:
+        """Where a generated master-key file lives: next to a file-based store; None
+        for a database server (the key then must come from env, keyring or passphrase)."""
+        return Path(self.location).with_name("master.key") if self.location else Path("master.key")
 
     def close(self) -> None:
         """Release connections."""

@@ -142,14 +142,14 @@ class MasterKeyResolver:
     def __init__(
         self,
         *,
-        key_file: Path,
+        key_file: Path | None,
         env: Mapping[str, str],
         preferred_source: str | None = None,
         use_keyring: bool = True,
     ):
         if preferred_source is not None and preferred_source not in SOURCES:
             raise MasterKeyError(f"master key source must be one of {', '.join(SOURCES)}")
-        self.key_file = Path(key_file)
+        self.key_file = Path(key_file) if key_file is not None else None
         self.env = env
         self.preferred_source = preferred_source
         self.use_keyring = use_keyring
@@ -210,6 +210,11 @@ class MasterKeyResolver:
         return MasterKey(key, "keyring", True, backend)
 
     def _from_file(self, create: bool) -> MasterKey:
+        if self.key_file is None:
+            raise MasterKeyError(
+                f"this vault's database has no directory for a key file: set {ENV_MASTER_KEY} "
+                f"(or {ENV_PASSPHRASE}, or an OS keyring), or give a key file"
+            )
         if self.key_file.exists():
             key = read_key_file(self.key_file)
         elif create:

@@ -81,8 +81,7 @@ class Vault:
         self._max_value_bytes = max_value_bytes
         self._on_value = on_value
         self.env_credential_names = set(env_credential_names)
-        default_key_file = Path(backend.location).with_name("master.key") if backend.location else Path("master.key")
-        self.key_file = Path(key_file) if key_file else default_key_file
+        self.key_file: Path | None = Path(key_file) if key_file else backend.default_key_file()
         self._resolver = mk.MasterKeyResolver(
             key_file=self.key_file, env=self._env, preferred_source=preferred_source, use_keyring=use_keyring
         )
@@ -124,7 +123,7 @@ class Vault:
         """An OS lock held from staging a next key until it is promoted, so that another
         process opening the vault meanwhile never discards or races that staged key.
         Yields False when `wait` is False and a rotation is in flight (or cannot be told)."""
-        if fcntl is None:
+        if fcntl is None or self.key_file is None:
             yield wait
             return
         try:

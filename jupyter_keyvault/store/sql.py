@@ -1,0 +1,489 @@
+"""SQL backend (SQLAlchemy Core): SQLite for one machine, PostgreSQL for a hub.
+
+    SQLBackend("sqlite:////srv/keyvault/vault.db")
+    SQLBackend("postgresql+psycopg://keyvault:PASSWORD@db.internal/keyvault")
+
+The schema is versioned with alembic; the scripts ship in `store/migrations/` and run
+when a backend opens (under a lock, so several processes may open a new database at
+once). A database migrated by a newer jupyter-keyvault is refused, never modified.
+
+Atomicity (what the embedded SQLite backend gets from BEGIN IMMEDIATE):
+- SQLite: every write transaction is BEGIN IMMEDIATE, so writers are serialised.
+- PostgreSQL (READ COMMITTED): inserts that may race use ON CONFLICT; replacing a
+  credential locks its row (SELECT ... FOR UPDATE); creating an owner key takes
+  ROW EXCLUSIVE on owner_keys *before* reading the recorded KEK id, and a rotation takes
+  SHARE ROW EXCLUSIVE, so an owner key is never created under a KEK that a concurrent
+  rotation has just replaced (the creator waits, then sees the new KEK and is refused
+  with StaleMasterKey).
+- The audit table is append-only on both: triggers refuse UPDATE, DELETE (and TRUNCATE
+  on PostgreSQL). See docs/postgresql.md for running with a role that cannot drop them.
+
+Tables are prefixed `keyvault_` and the alembic version table is `keyvault_alembic_version`,
+so the store can share a database with JupyterHub's own tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from .backend import StorageBackend
+from .errors import StaleMasterKey, VaultLocked
+from .model import AuditEvent, CredentialRecord
+
+# pg_advisory_xact_lock key held while migrating ("kvmigrat" as an int64).
+MIGRATION_LOCK_ID = int.from_bytes(b"kvmigrat", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "keyvault_meta",
+    metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+owner_keys = sa.Table(
+    "keyvault_owner_keys",
+    metadata,
+    sa.Column("owner", sa.String(256), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("kek_id", sa.String(128), nullable=False),
+)
+
+credentials = sa.Table(
+    "keyvault_credentials",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("provider", sa.String(64)),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("last_used_at", sa.Double),
+    sa.Column("metadata", sa.Text, nullable=False, server_default="{}"),
+    sa.UniqueConstraint("owner", "name", name="keyvault_credentials_owner_name"),
+)
+
+audit = sa.Table(
+    "keyvault_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(256)),
+    sa.Column("outcome", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Index("keyvault_audit_owner", "owner", "id"),
+    sqlite_autoincrement=True,
+)
+
+_CRED_COLUMNS = [
+    credentials.c.id, credentials.c.owner, credentials.c.name, credentials.c.type, credentials.c.provider,
+    credentials.c.payload, credentials.c.created_at, credentials.c.updated_at, credentials.c.last_used_at,
+    credentials.c.metadata,
+]
+_AUDIT_COLUMNS = [
+    audit.c.id, audit.c.at, audit.c.owner, audit.c.actor, audit.c.action, audit.c.target, audit.c.outcome,
+    audit.c.detail,
+]
+
+
+def _record(row) -> CredentialRecord:
+    return CredentialRecord(
+        id=row[0],
+        owner=row[1],
+        name=row[2],
+        type=row[3],
+        provider=row[4],
+        payload=bytes(row[5]),
+        created_at=row[6],
+        updated_at=row[7],
+        last_used_at=row[8],
+        metadata=json.loads(row[9]) if row[9] and row[9] != "{}" else {},
+    )
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL as it may be shown: the password replaced by ***."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _parse_url(db_url: str | URL) -> URL:
+    try:
+        url = make_url(db_url)
+    except ArgumentError:
+        raise VaultLocked("db_url is not a valid SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db)") from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise VaultLocked(f"db_url: unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise VaultLocked("db_url: an in-memory SQLite database would lose every credential; give a file path")
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() not in ("psycopg",):
+        raise VaultLocked("db_url: use the psycopg 3 driver, postgresql+psycopg://...")
+    return url
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the database 0600 in a 0700 directory before SQLite does (with the umask)."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise VaultLocked(f"cannot open vault at {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise VaultLocked(f"vault file {path} is not readable and writable by this user")
+    if stat.S_IMODE(directory.stat().st_mode) & 0o077 and directory.name == "keyvault":
+        os.chmod(directory, 0o700)
+
+
+def _sqlite_wal(dbapi_conn, timeout: float) -> None:
+    """Switch to WAL; the switch ignores the busy handler, so retry while another opener holds it."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            dbapi_conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError; the driver module is not imported here
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _dispose_all_after_fork() -> None:
+    for backend in list(_LIVE):
+        backend._engine.dispose(close=False)  # the parent's sockets stay the parent's
+
+
+_LIVE: "weakref.WeakSet[SQLBackend]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_dispose_all_after_fork)
+
+
+class SQLBackend(StorageBackend):
+    """StorageBackend over SQLAlchemy Core. Thread-safe (a connection pool) and process-safe."""
+
+    def __init__(
+        self,
+        db_url: str | URL,
+        *,
+        auto_migrate: bool = True,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        pool_timeout: float = 30.0,
+        busy_timeout: float = 30.0,
+        synchronous: str = "FULL",
+        engine_options: dict | None = None,
+    ):
+        url = _parse_url(db_url)
+        self.url = url
+        self.dialect = url.get_backend_name()
+        self.name = "sql-" + self.dialect
+        self.location = mask_url(url)
+        self._busy_timeout = busy_timeout
+        options: dict = {"pool_pre_ping": True}
+        if self.dialect == "sqlite":
+            self.path = Path(url.database).expanduser().absolute()
+            url = url.set(database=str(self.path))
+            self.location = str(self.path)
+            _prepare_sqlite_file(self.path)
+            options.update(
+                connect_args={"timeout": busy_timeout, "check_same_thread": False},
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
+            )
+            options["poolclass"] = sa.pool.QueuePool
+        else:
+            self.path = None
+            options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=1800)
+        options.update(engine_options or {})
+        try:
+            self._engine: Engine = sa.create_engine(url, **options)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise VaultLocked(f"db_url: the database driver is not installed ({exc}); pip install jupyter-keyvault[hub]") from None
+        if self.dialect == "sqlite":
+            self._install_sqlite_hooks(synchronous)
+        # Writes on SQLite begin IMMEDIATE (see _install_sqlite_hooks); both share one pool.
+        self._writer = self._engine.execution_options(keyvault_write=True)
+        self._closed = False
+        try:
+            self._open(auto_migrate)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        if self.path is not None:
+            for suffix in ("-wal", "-shm", "-journal"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    os.chmod(side, 0o600)
+        _LIVE.add(self)
+
+    # -- engine
+    def _install_sqlite_hooks(self, synchronous: str) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise VaultLocked("synchronous must be OFF, NORMAL, FULL or EXTRA")
+        busy_ms = int(self._busy_timeout * 1000)
+        timeout = self._busy_timeout
+
+        @event.listens_for(self._engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            _sqlite_wal(dbapi_conn, timeout)
+            dbapi_conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            dbapi_conn.execute("PRAGMA secure_delete = ON")  # freed cells are zeroed on disk
+
+        @event.listens_for(self._engine, "begin")
+        def _on_begin(conn: Connection):
+            write = conn.get_execution_options().get("keyvault_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        if self._closed:
+            raise VaultLocked("the vault backend is closed")
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise VaultLocked(f"vault database is busy or unreachable: {_reason(exc)}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        if self._closed:
+            raise VaultLocked("the vault backend is closed")
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise VaultLocked(f"vault database is busy or unreachable: {_reason(exc)}") from None
+
+    def _insert(self, table: sa.Table):
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    # -- schema
+    def _open(self, auto_migrate: bool) -> None:
+        from . import migrate
+
+        try:
+            with self._writer.begin() as conn:
+                if self.dialect == "postgresql":
+                    # One migrator at a time; the others wait, then find the schema current.
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
+                migrate.check_and_upgrade(conn, auto_migrate=auto_migrate, where=self.location)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise VaultLocked(f"cannot open vault database {self.location}: {_reason(exc)}") from None
+
+    def schema_revision(self) -> tuple[str, ...]:
+        from . import migrate
+
+        with self._read() as conn:
+            return migrate.current_revisions(conn)
+
+    def default_key_file(self) -> Path | None:
+        return self.path.with_name("master.key") if self.path is not None else None
+
+    def close(self) -> None:
+        self._closed = True
+        self._engine.dispose()
+        _LIVE.discard(self)
+
+    # -- meta
+    def meta_get(self, key: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar()
+
+    def meta_init(self, key: str, value: str) -> str:
+        with self._tx() as conn:
+            conn.execute(self._insert(meta_table).values(key=key, value=value).on_conflict_do_nothing())
+            return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar_one()
+
+    def _meta_put(self, conn: Connection, key: str, value: str) -> None:
+        stmt = self._insert(meta_table).values(key=key, value=value)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[meta_table.c.key], set_={"value": value}))
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self._tx() as conn:
+            self._meta_put(conn, key, value)
+
+    # -- owner keys
+    def get_owner_key(self, owner: str) -> tuple[bytes, str] | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(owner_keys.c.wrapped, owner_keys.c.kek_id).where(owner_keys.c.owner == owner)
+            ).first()
+        return (bytes(row[0]), row[1]) if row else None
+
+    def init_owner_key(self, owner: str, wrapped: bytes, kek_id: str) -> bytes:
+        with self._tx() as conn:
+            if self.dialect == "postgresql":
+                # Before reading kek_id: waits for a rotation in flight, then sees its new KEK id.
+                conn.exec_driver_sql("LOCK TABLE keyvault_owner_keys IN ROW EXCLUSIVE MODE")
+            current = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "kek_id")).scalar()
+            if current is not None and current != kek_id:
+                raise StaleMasterKey("the master key was rotated by another process")
+            conn.execute(
+                self._insert(owner_keys).values(owner=owner, wrapped=wrapped, kek_id=kek_id).on_conflict_do_nothing()
+            )
+            stored = conn.execute(sa.select(owner_keys.c.wrapped).where(owner_keys.c.owner == owner)).scalar_one()
+            return bytes(stored)
+
+    def rewrap_owner_keys(self, rewrap: Callable[[str, bytes], bytes], new_kek_id: str, meta: dict[str, str]) -> int:
+        with self._tx() as conn:
+            if self.dialect == "postgresql":
+                # Blocks owner-key creation (and other rotations) until this commits.
+                conn.exec_driver_sql("LOCK TABLE keyvault_owner_keys IN SHARE ROW EXCLUSIVE MODE")
+            rows = conn.execute(sa.select(owner_keys.c.owner, owner_keys.c.wrapped).order_by(owner_keys.c.owner)).all()
+            for owner, wrapped in rows:
+                conn.execute(
+                    owner_keys.update()
+                    .where(owner_keys.c.owner == owner)
+                    .values(wrapped=rewrap(owner, bytes(wrapped)), kek_id=new_kek_id)
+                )
+            for key, value in meta.items():
+                self._meta_put(conn, key, value)
+            return len(rows)
+
+    def count_owners(self) -> int:
+        with self._read() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(owner_keys)).scalar_one()
+
+    # -- credentials
+    def upsert_credential(self, rec: CredentialRecord, audit: AuditEvent | None = None) -> tuple[CredentialRecord, bool]:
+        select_row = sa.select(*_CRED_COLUMNS).where(credentials.c.owner == rec.owner, credentials.c.name == rec.name)
+        with self._tx() as conn:
+            row = conn.execute(select_row.with_for_update()).first()
+            created = False
+            if row is None:
+                inserted = conn.execute(
+                    self._insert(credentials)
+                    .values(
+                        id=rec.id, owner=rec.owner, name=rec.name, type=rec.type, provider=rec.provider,
+                        payload=rec.payload, created_at=rec.created_at, updated_at=rec.updated_at,
+                        last_used_at=rec.last_used_at, metadata=json.dumps(rec.metadata),
+                    )
+                    .on_conflict_do_nothing(index_elements=[credentials.c.owner, credentials.c.name])
+                    .returning(credentials.c.id)
+                )
+                created = inserted.first() is not None
+                if not created:  # a concurrent writer created it first: replace theirs, locked
+                    row = conn.execute(select_row.with_for_update()).first()
+            if not created:
+                old = _record(row)
+                conn.execute(
+                    credentials.update()
+                    .where(credentials.c.id == old.id)
+                    .values(type=rec.type, provider=rec.provider, payload=rec.payload, updated_at=rec.updated_at,
+                            metadata=json.dumps(rec.metadata))
+                )
+                rec.id, rec.created_at, rec.last_used_at = old.id, old.created_at, old.last_used_at
+            if audit is not None:
+                self._insert_audit(conn, replace(audit, detail="created" if created else "replaced"))
+            return rec, created
+
+    def get_credential(self, owner: str, name: str) -> CredentialRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(*_CRED_COLUMNS).where(credentials.c.owner == owner, credentials.c.name == name)
+            ).first()
+        return _record(row) if row else None
+
+    def list_credentials(self, owner: str) -> list[CredentialRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(*_CRED_COLUMNS).where(credentials.c.owner == owner).order_by(credentials.c.name)
+            ).all()
+        return [_record(r) for r in rows]
+
+    def delete_credential(self, owner: str, name: str, audit: AuditEvent | None = None) -> bool:
+        with self._tx() as conn:
+            deleted = conn.execute(
+                credentials.delete().where(credentials.c.owner == owner, credentials.c.name == name)
+            ).rowcount > 0
+            if deleted and audit is not None:
+                self._insert_audit(conn, audit)
+            return deleted
+
+    def touch_credential(self, owner: str, name: str, at: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                credentials.update()
+                .where(credentials.c.owner == owner, credentials.c.name == name)
+                .values(last_used_at=at)
+            )
+
+    def iter_all_credentials(self) -> list[CredentialRecord]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(*_CRED_COLUMNS).order_by(credentials.c.owner, credentials.c.name)).all()
+        return [_record(r) for r in rows]
+
+    def replace_payload(self, rec_id: str, payload: bytes, expected: bytes) -> bool:
+        with self._tx() as conn:
+            return conn.execute(
+                credentials.update()
+                .where(credentials.c.id == rec_id, credentials.c.payload == expected)
+                .values(payload=payload)
+            ).rowcount > 0
+
+    def count_credentials(self, owner: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(credentials)
+        if owner is not None:
+            query = query.where(credentials.c.owner == owner)
+        with self._read() as conn:
+            return conn.execute(query).scalar_one()
+
+    # -- audit
+    def append_audit(self, event: AuditEvent) -> None:
+        with self._tx() as conn:
+            self._insert_audit(conn, event)
+
+    @staticmethod
+    def _insert_audit(conn: Connection, event: AuditEvent) -> None:
+        conn.execute(
+            audit.insert().values(
+                at=event.at, owner=event.owner, actor=event.actor, action=event.action, target=event.target,
+                outcome=event.outcome, detail=event.detail,
+            )
+        )
+
+    def list_audit(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
+        query = sa.select(*_AUDIT_COLUMNS).order_by(audit.c.id.desc()).limit(int(limit))
+        if owner is not None:
+            query = query.where(audit.c.owner == owner)
+        if before_id is not None:
+            query = query.where(audit.c.id < int(before_id))
+        with self._read() as conn:
+            return [AuditEvent(*row) for row in conn.execute(query).all()]
+
+
+def _reason(exc: DBAPIError) -> str:
+    """The driver's first message line: names the host or the lock, never a password."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
