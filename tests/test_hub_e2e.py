@@ -211,6 +211,16 @@ async def test_a_member_over_the_daily_request_quota_is_refused_with_429_and_a_c
     kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {})
 
 
+def test_a_shared_key_rate_limit_per_minute_refuses_the_burst_beyond_it(kvhub):
+    assert kvhub.service("carol", "PUT", "api/admin/limits/shared/COURSE_OPENAI", {"rate_per_minute": 2}).status == 200
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    responses = [kvhub.service("dave", "POST", "proxy/openai/v1/chat/completions", body) for _ in range(3)]
+    assert [r.status for r in responses] == [200, 200, 429]
+    assert "rate limit of 2 requests/min reached for shared key COURSE_OPENAI" in responses[2].text
+    kvhub.service("carol", "PUT", "api/admin/limits/shared/COURSE_OPENAI", {})
+    assert kvhub.service("dave", "POST", "proxy/openai/v1/chat/completions", body).status == 200
+
+
 async def test_the_shared_canary_is_absent_from_every_user_visible_place(kvhub):
     hub = kvhub.hub
     # Every browser-facing API of every user's server, and the service's user API.
@@ -311,3 +321,49 @@ def test_a_request_without_a_hub_token_is_refused_by_the_service(kvhub):
     assert resp.status in (401, 403)
     resp = http("GET", kvhub.hub.service_url(SERVICE) + "api/credentials", token="not-a-token")
     assert resp.status in (401, 403)
+
+
+# -- the admin page (browser: hub login, OAuth to the service, cookie + XSRF)
+def browser_login(hub: JupyterHubHarness, user: str):
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(hub.url + "/hub/login").read().decode()
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"username": user, "password": "x", "_xsrf": xsrf}).encode()
+    opener.open(hub.url + "/hub/login?next=%2Fhub%2Fhome", data=form).read()  # no spawn on login
+    return opener
+
+
+def test_the_admin_page_needs_a_hub_admin_and_an_xsrf_token_and_never_shows_a_value(kvhub):
+    import re
+    import urllib.error
+    import urllib.parse
+
+    kvhub.service("carol", "PUT", "api/admin/shared/COURSE_OPENAI", {"value": SHARED_CANARY, "provider": "openai"})
+    kvhub.service("carol", "PUT", "api/admin/shared/COURSE_OPENAI/grants/group/class-a")
+    page_url = kvhub.hub.service_url(SERVICE) + "admin"
+    carol = browser_login(kvhub.hub, "carol")
+    page = carol.open(page_url).read().decode()  # through the hub's OAuth flow
+    assert "COURSE_OPENAI" in page and SHARED_CANARY not in page
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+    grant = {"op": "grant", "name": "COURSE_OPENAI", "kind": "user", "subject": "erin"}
+    with pytest.raises(urllib.error.HTTPError) as refused:  # a cross-site form post has no token
+        carol.open(page_url, data=urllib.parse.urlencode(grant).encode())
+    assert refused.value.code == 403
+    assert kvhub.service("carol", "GET", "api/admin/shared").json()["shared"][0]["grants"] == [
+        {"shared": "COURSE_OPENAI", "kind": "group", "subject": "class-a"}]
+    carol.open(page_url, data=urllib.parse.urlencode({**grant, "_xsrf": xsrf}).encode()).read()
+    grants = kvhub.service("carol", "GET", "api/admin/shared").json()["shared"][0]["grants"]
+    assert {"shared": "COURSE_OPENAI", "kind": "user", "subject": "erin"} in grants
+    revoke = {**grant, "op": "revoke", "_xsrf": xsrf}
+    carol.open(page_url, data=urllib.parse.urlencode(revoke).encode()).read()
+
+    bob = browser_login(kvhub.hub, "bob")
+    with pytest.raises(urllib.error.HTTPError) as forbidden:
+        bob.open(page_url)
+    assert forbidden.value.code == 403

@@ -143,9 +143,11 @@ class HubStore:
 
     # -- limits
     def set_limits(self, kind: str, subject: str, values: Limits) -> None:
+        """Replace the limits of a subject; all-empty limits remove the row (back to the defaults)."""
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(limits.delete().where(limits.c.kind == kind, limits.c.subject == subject))
-            conn.execute(limits.insert().values(kind=kind, subject=subject, **values.to_json()))
+            if any(v is not None for v in values.to_json().values()):
+                conn.execute(limits.insert().values(kind=kind, subject=subject, **values.to_json()))
 
     def get_limits(self, kind: str, subject: str) -> Limits | None:
         with self.engine.connect() as conn:

@@ -25,7 +25,7 @@ from .. import __version__, envguard, providers
 from ..ratelimit import RateLimiter
 from ..scrub import Scrubber, install_log_filter
 from ..settings import DEFAULT_SECRET_ENV_PATTERNS
-from ..store import SQLiteBackend, Vault
+from ..store import Vault
 from . import SERVICE_NAME_DEFAULT
 from .db import HubStore, Limits
 
@@ -75,8 +75,9 @@ class KeyVaultHubService(Application):
     def _default_data_dir(self):
         return os.getcwd()
 
-    db_url = Unicode(help="Database URL of the service: its SQLite file by default (sqlite:///path). PostgreSQL "
-                          "needs the SQL backend (jupyter_keyvault.store.sql).").tag(config=True)
+    db_url = Unicode(help="SQLAlchemy URL of the service's database: a SQLite file in data_dir by default; "
+                          "postgresql+psycopg://user:password@host/db for production. Credentials (encrypted), "
+                          "grants, limits, usage and audit all live there.").tag(config=True)
 
     @default("db_url")
     def _default_db_url(self):
@@ -126,17 +127,10 @@ class KeyVaultHubService(Application):
         self._http = None
 
     def _open_vault(self, env) -> Vault:
-        url = self.db_url
-        if url.startswith("sqlite:///"):
-            backend = SQLiteBackend(url[len("sqlite:///"):])
-        else:
-            try:
-                from ..store.sql import SQLBackend  # from the SQL backend (hub-sql)
-            except ImportError:
-                self.exit(f"db_url {urlsplit(url).scheme}://… needs jupyter_keyvault.store.sql, which this "
-                          "installation does not have; use a sqlite:/// URL")
-            backend = SQLBackend(url)
-        return Vault(backend, env=env, preferred_source="env", use_keyring=False, max_value_bytes=self.max_value_bytes,
+        from ..store.sql import SQLBackend
+
+        return Vault(SQLBackend(self.db_url), env=env, preferred_source="env", use_keyring=False,
+                     max_value_bytes=self.max_value_bytes,
                      on_value=lambda name, value: self.scrubber.add_known(value, name))
 
     # -- identity
