@@ -27,14 +27,14 @@ def keyvault_service_config(*, port: int, master_key: str, name: str = SERVICE_N
     command = [python or sys.executable, "-m", "jupyter_keyvault.hub"]
     if data_dir:
         command.append(f"--data-dir={data_dir}")
-    if db_url:
-        command.append(f"--db-url={db_url}")
     command += list(extra_args)
     service = {
         "name": name,
         "url": f"http://{host}:{port}",
         "command": command,
-        "environment": {"KEYVAULT_MASTER_KEY": master_key, **(environment or {})},
+        # Secrets go through the environment (never argv, which the hub logs and `ps` shows).
+        "environment": {"KEYVAULT_MASTER_KEY": master_key, **({"KEYVAULT_HUB_DB_URL": db_url} if db_url else {}),
+                        **(environment or {})},
         "oauth_no_confirm": True,
         "display": True,
     }

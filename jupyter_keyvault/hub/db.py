@@ -171,15 +171,19 @@ class HubStore:
             self._add(username, source, credential, requests=0, tokens=tokens, day=day)
 
     def _add(self, username, source, credential, *, requests, tokens, day):
-        day = day or utc_day()
-        key = (usage.c.day == day) & (usage.c.username == username) & (usage.c.source == source) & \
-              (usage.c.credential == credential)
+        self.add_usage_batch([(day or utc_day(), username, source, credential, requests, tokens)])
+
+    def add_usage_batch(self, rows: list[tuple[str, str, str, str, int, int]]) -> None:
+        """Add (day, user, source, credential, requests, tokens) deltas in one transaction."""
         with self._write_lock, self.engine.begin() as conn:
-            updated = conn.execute(usage.update().where(key).values(
-                requests=usage.c.requests + requests, tokens=usage.c.tokens + tokens))
-            if updated.rowcount == 0:
-                conn.execute(usage.insert().values(day=day, username=username, source=source, credential=credential,
-                                                   requests=requests, tokens=tokens))
+            for day, username, source, credential, requests, tokens in rows:
+                key = (usage.c.day == day) & (usage.c.username == username) & (usage.c.source == source) & \
+                      (usage.c.credential == credential)
+                updated = conn.execute(usage.update().where(key).values(
+                    requests=usage.c.requests + requests, tokens=usage.c.tokens + tokens))
+                if updated.rowcount == 0:
+                    conn.execute(usage.insert().values(day=day, username=username, source=source,
+                                                       credential=credential, requests=requests, tokens=tokens))
 
     def user_totals(self, username: str, day: str | None = None) -> tuple[int, int]:
         query = sa.select(sa.func.coalesce(sa.func.sum(usage.c.requests), 0),

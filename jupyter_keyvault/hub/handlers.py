@@ -22,7 +22,7 @@ from .. import __version__, providers
 from ..handlers import ascii_header_value, store_errors_as_http
 from ..proxy import DROP_QUERY, DROP_RESPONSE_HEADERS, FORWARD_HEADERS, FORWARD_PREFIXES, MAX_ERROR_BODY, _UNSAFE_PATH
 from ..ratelimit import RateLimiter
-from ..store import InvalidInput, NoCredential, NotFound
+from ..store import InvalidInput, NoCredential, NotFound, VaultError
 from ..store.model import validate_name
 from .db import LIMIT_FIELDS, Limits
 from .service import SHARED_OWNER, QuotaExceeded, personal_owner
@@ -239,6 +239,7 @@ class CredentialTestHandler(ServiceBase):
 class UsageHandler(ServiceBase):
     async def get(self):
         ident = await self.identity()
+        await self.kv.flush()
         rows = await self.off_loop(self.kv.store.usage_rows, self.username)
         requests, tokens = await self.off_loop(self.kv.store.user_totals, self.username)
         self.write_json({"user": self.username, "usage": rows, "today": {"requests": requests, "tokens": tokens},
@@ -248,6 +249,7 @@ class UsageHandler(ServiceBase):
 class AuditHandler(ServiceBase):
     async def get(self):
         limit = _int_arg(self, "limit", 50, 1, 1000)
+        await self.kv.flush()
         events = await self.off_loop(self.kv.vault.audit_events, personal_owner(self.username), limit, None)
         self.write_json({"events": [e.to_json() for e in events]})
 
@@ -296,6 +298,7 @@ class SharedHandler(ServiceBase):
         name = self.name_from_path(raw_name)
         await self.off_loop(self.kv.vault.delete, SHARED_OWNER, name, actor=self.username)
         await self.off_loop(self.kv.store.revoke_all, name)
+        self.kv.policy_changed()
         self.kv.invalidate(SHARED_OWNER, name)
         self.set_status(204)
         self.finish()
@@ -322,6 +325,7 @@ class GrantHandler(ServiceBase):
         name, subject = self.name_from_path(raw_name), _subject(subject)
         await self.off_loop(self.kv.vault.info, SHARED_OWNER, name)  # 404 for an unknown shared key
         created = await self.off_loop(self.kv.store.grant, name, kind, subject, self.username)
+        self.kv.policy_changed()
         await self.off_loop(self.kv.audit, SHARED_OWNER, "grant", name, "ok", actor=self.username,
                             detail=f"{kind}={subject}")
         if created:
@@ -333,7 +337,9 @@ class GrantHandler(ServiceBase):
     async def delete(self, raw_name: str, kind: str, subject: str):
         await self.require_admin()
         name, subject = self.name_from_path(raw_name), _subject(subject)
-        if not await self.off_loop(self.kv.store.revoke, name, kind, subject):
+        revoked = await self.off_loop(self.kv.store.revoke, name, kind, subject)
+        self.kv.policy_changed()
+        if not revoked:
             raise web.HTTPError(404, f"{name} is not granted to {kind} {subject}")
         await self.off_loop(self.kv.audit, SHARED_OWNER, "revoke", name, "ok", actor=self.username,
                             detail=f"{kind}={subject}")
@@ -374,6 +380,7 @@ class LimitsHandler(ServiceBase):
             await self.off_loop(self.kv.vault.info, SHARED_OWNER, subject)
         limits = parse_limits(self.json_body())
         await self.off_loop(self.kv.store.set_limits, kind, subject, limits)
+        self.kv.policy_changed()
         await self.off_loop(self.kv.audit, SHARED_OWNER, "limits", subject if kind == "shared" else None, "ok",
                             actor=self.username, detail=f"{kind}={subject} {json.dumps(limits.to_json())}")
         self.write_json({"kind": kind, "subject": subject, **limits.to_json()})
@@ -383,6 +390,7 @@ class AdminUsageHandler(ServiceBase):
     async def get(self):
         await self.require_admin()
         user = self.get_argument("user", None)
+        await self.kv.flush()
         self.write_json({"usage": await self.off_loop(self.kv.store.usage_rows, user)})
 
 
@@ -390,6 +398,7 @@ class AdminAuditHandler(ServiceBase):
     async def get(self):
         await self.require_admin()
         limit = _int_arg(self, "limit", 100, 1, 1000)
+        await self.kv.flush()
         events = await self.off_loop(self.kv.vault.audit_events, None, limit, None)
         self.write_json({"events": [e.to_json() for e in events]})
 
@@ -455,29 +464,22 @@ class ProxyHandler(ServiceBase):
             except InvalidInput as exc:
                 raise web.HTTPError(422, str(exc)) from None
             ident = await self.identity()
-            choice = await asyncio.to_thread(self.kv.choose_credential, self.username, ident["groups"], provider, name)
-            if choice is None:
-                await asyncio.to_thread(self.kv.audit, personal_owner(self.username), "use", name, "denied",
-                                        actor=self.username, detail=f"provider={provider.id} no personal or granted key")
-                raise web.HTTPError(401, f"No API key configured for {name}: you have no personal key of that name and "
-                                         f"no shared {provider.label} key is granted to you")
-            source, owner, credential = choice
             try:
-                await asyncio.to_thread(self.kv.check_limits, self.username, source, credential)
+                choice, resolved = await asyncio.to_thread(self.kv.admit, self.username, ident["groups"], provider,
+                                                           name)
             except QuotaExceeded as exc:
                 if exc.retry_after:
                     self._retry_after = RateLimiter.retry_after_header(exc.retry_after)
-                await asyncio.to_thread(self.kv.audit, owner if source == "shared" else personal_owner(self.username),
-                                        "use", credential, "refused", actor=self.username, detail=str(exc))
                 raise web.HTTPError(429, str(exc)) from None
-            try:
-                resolved = await asyncio.to_thread(self.kv.resolve, owner, credential, f"{self.username}")
             except (NoCredential, NotFound) as exc:
                 raise web.HTTPError(401, str(exc)) from None
+            except VaultError as exc:  # e.g. a damaged record: one opaque message, no value
+                raise web.HTTPError(503, str(exc)) from None
+            if choice is None:
+                raise web.HTTPError(401, f"No API key configured for {name}: you have no personal key of that name and "
+                                         f"no shared {provider.label} key is granted to you")
+            source, _, credential = choice
             key = resolved.value
-            if source == "shared":
-                # The shared key's own audit trail names the user who used it.
-                await asyncio.to_thread(self.kv.audit, SHARED_OWNER, "use", credential, "ok", actor=self.username)
         body = self._body_with_usage_requested(provider)
         headers = {k: v for k, v in self.request.headers.get_all()
                    if k.lower() in FORWARD_HEADERS or k.lower().startswith(FORWARD_PREFIXES)}
@@ -485,7 +487,7 @@ class ProxyHandler(ServiceBase):
         headers.update(provider.auth_headers(key))
         tokens = await self._relay(url, headers, body, key)
         if provider.needs_key and tokens:
-            await asyncio.to_thread(self.kv.store.count_tokens, self.username, source, credential, tokens)
+            self.kv.ledger.add(self.username, source, credential, tokens=tokens)
 
     def _body_with_usage_requested(self, provider) -> bytes | None:
         """Ask OpenAI-compatible streams to report usage in their final chunk, so quotas count streamed tokens."""
@@ -627,6 +629,7 @@ class AdminPageHandler(HubOAuthenticated, web.RequestHandler):
                     await asyncio.to_thread(self.kv.store.grant, name, kind, subject, actor)
                 else:
                     await asyncio.to_thread(self.kv.store.revoke, name, kind, subject)
+                self.kv.policy_changed()
                 await asyncio.to_thread(self.kv.audit, SHARED_OWNER, op, name, "ok", actor=actor,
                                         detail=f"{kind}={subject}")
             else:

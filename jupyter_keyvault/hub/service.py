@@ -28,6 +28,7 @@ from ..settings import DEFAULT_SECRET_ENV_PATTERNS
 from ..store import Vault
 from . import SERVICE_NAME_DEFAULT
 from .db import HubStore, Limits
+from .ledger import UsageLedger
 
 SHARED_OWNER = "shared"  # personal owners are "user:<name>", so no hub user name can collide
 USER_OWNER_PREFIX = "user:"
@@ -81,7 +82,8 @@ class KeyVaultHubService(Application):
 
     @default("db_url")
     def _default_db_url(self):
-        return "sqlite:///" + str(Path(self.data_dir) / "keyvault-hub.sqlite")
+        # From the environment, so a database password is never on a command line (or in the hub's log).
+        return os.environ.get("KEYVAULT_HUB_DB_URL") or "sqlite:///" + str(Path(self.data_dir) / "keyvault-hub.sqlite")
 
     admin_users = List(Unicode(), help="Hub users who administer shared keys, besides JupyterHub admins.").tag(config=True)
     admin_groups = List(Unicode(), help="Hub groups whose members administer shared keys.").tag(config=True)
@@ -97,6 +99,9 @@ class KeyVaultHubService(Application):
                                              "(the service must not fall back to a key file next to its DB).").tag(config=True)
     groups_cache_seconds = Float(10.0, help="How long a user's groups and admin flag are cached.").tag(config=True)
     resolve_cache_seconds = Float(5.0, help="How long a decrypted key is reused by the proxy.").tag(config=True)
+    policy_cache_seconds = Float(5.0, help="How long shared keys, grants and limits are cached (admin changes made "
+                                           "through this service apply at once).").tag(config=True)
+    flush_interval = Float(1.0, help="Seconds between writes of usage counters and use-audit events.").tag(config=True)
     proxy_read_timeout = Float(600.0, help="Seconds the proxy waits for the next upstream bytes.").tag(config=True)
     test_timeout = Float(10.0, help="Seconds to wait for a provider's test request.").tag(config=True)
     max_value_bytes = Int(16 * 1024, help="Largest credential value accepted, in bytes.").tag(config=True)
@@ -117,6 +122,8 @@ class KeyVaultHubService(Application):
         # Nothing this process starts may inherit the master key.
         envguard.remove_secret_env(os.environ, DEFAULT_SECRET_ENV_PATTERNS, set(), ["JUPYTERHUB_API_TOKEN"])
         self.store = HubStore(self.db_url)
+        self.ledger = UsageLedger(self.store, self.vault.audit)
+        self._policy: dict = {}
         self._base_urls = {}
         for entry in self.provider_base_urls:
             pid, _, url = entry.partition("=")
@@ -125,6 +132,7 @@ class KeyVaultHubService(Application):
         self._resolved: dict[tuple[str, str], tuple[float, object]] = {}
         self._limiters: dict[tuple, RateLimiter] = {}
         self._http = None
+        self._flushing = False
 
     def _open_vault(self, env) -> Vault:
         from ..store.sql import SQLBackend
@@ -156,18 +164,44 @@ class KeyVaultHubService(Application):
         self._identity_cache[username] = (now + self.groups_cache_seconds, ident)
         return ident
 
+    # -- policy (shared keys, grants, limits): cached briefly, dropped at once by any admin change here
+    def policy_changed(self) -> None:
+        self._policy.clear()
+
+    def _cached(self, key, load):
+        now = time.monotonic()
+        hit = self._policy.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        value = load()
+        self._policy[key] = (now + self.policy_cache_seconds, value)
+        return value
+
+    def shared_keys(self) -> dict:
+        return self._cached(("shared",), lambda: {i.name: i for i in self.vault.list(SHARED_OWNER, include_env=False)})
+
+    def granted(self, username: str, groups: list[str]) -> list[str]:
+        return self._cached(("granted", username, tuple(groups)), lambda: self.store.granted_to(username, groups))
+
+    def limits_of(self, kind: str, subject: str):
+        return self._cached(("limits", kind, subject), lambda: self.store.get_limits(kind, subject))
+
     # -- credentials chosen for a proxied request
+    def has_personal(self, username: str, name: str) -> bool:
+        owner = personal_owner(username)
+        hit = self._resolved.get((owner, name))
+        if hit and hit[0] > time.monotonic():
+            return True
+        return self.vault.backend.get_credential(owner, name) is not None
+
     def choose_credential(self, username: str, groups: list[str], provider: providers.Provider, name: str):
         """(source, owner, name) of the key to use. Precedence: the user's own key of that name; a shared key of
         that name granted to them; when the name is the provider's default, any granted shared key of that
         provider (first by name)."""
-        try:
-            self.vault.info(personal_owner(username), name)
+        if self.has_personal(username, name):
             return "personal", personal_owner(username), name
-        except Exception:  # NotFound / InvalidInput: look for a shared key
-            pass
-        granted = self.store.granted_to(username, groups)
-        shared = {i.name: i for i in self.vault.list(SHARED_OWNER, include_env=False) if i.name in granted}
+        granted = set(self.granted(username, groups))
+        shared = {n: i for n, i in self.shared_keys().items() if n in granted}
         if name in shared and shared[name].provider in (None, provider.id):
             return "shared", SHARED_OWNER, name
         if name == provider.env_var:
@@ -182,16 +216,37 @@ class KeyVaultHubService(Application):
         now = time.monotonic()
         if hit and hit[0] > now:
             return hit[1]
-        resolved = self.vault.resolve(owner, name, actor=actor)
+        resolved = self.vault.resolve(owner, name, actor=actor, purpose="proxy")  # each use is audited by the proxy
         self._resolved[key] = (now + self.resolve_cache_seconds, resolved)
         return resolved
 
     def invalidate(self, owner: str, name: str) -> None:
         self._resolved.pop((owner, name), None)
+        if owner == SHARED_OWNER:
+            self.policy_changed()
+
+    def admit(self, username: str, groups: list[str], provider: providers.Provider, name: str):
+        """Everything a proxied request needs before going upstream, in one call off the event loop:
+        choose the key, enforce limits, count the request, audit the use, decrypt (cached)."""
+        choice = self.choose_credential(username, groups, provider, name)
+        if choice is None:
+            self.ledger.audit(personal_owner(username), "use", name, "denied", actor=username,
+                              detail=f"provider={provider.id}: no personal key and no shared key granted")
+            return None, None
+        source, owner, credential = choice
+        audit_owner = SHARED_OWNER if source == "shared" else personal_owner(username)
+        try:
+            self.check_limits(username, source, credential)
+        except QuotaExceeded as exc:
+            self.ledger.audit(audit_owner, "use", credential, "refused", actor=username, detail=str(exc))
+            raise
+        resolved = self.resolve(owner, credential, username)
+        self.ledger.audit(audit_owner, "use", credential, "ok", actor=username, detail=f"source={source}")
+        return choice, resolved
 
     # -- limits
     def user_limits(self, username: str) -> Limits:
-        return (self.store.get_limits("user", username) or self.store.get_limits("user", "*")
+        return (self.limits_of("user", username) or self.limits_of("user", "*")
                 or Limits(self.user_rate_per_minute or None, self.user_requests_per_day or None,
                           self.user_tokens_per_day or None))
 
@@ -204,12 +259,13 @@ class KeyVaultHubService(Application):
 
     def check_limits(self, username: str, source: str, credential: str) -> None:
         """Raise QuotaExceeded (429) if this user, or the shared key, is over a limit; else count the request."""
-        checks = [("user", username, self.user_limits(username), self.store.user_totals)]
+        checks = [("user", "user", username, self.user_limits(username))]
         if source == "shared":
-            checks.append(("shared key", credential, self.store.get_limits("shared", credential) or Limits(),
-                           self.store.shared_totals))
-        for label, subject, lim, totals in checks:
-            requests, tokens = totals(subject)
+            checks.append(("shared key", "shared", credential, self.limits_of("shared", credential) or Limits()))
+        for label, kind, subject, lim in checks:
+            if not (lim.requests_per_day or lim.tokens_per_day):
+                continue
+            requests, tokens = self.ledger.totals(kind, subject)
             who = f"{label} {subject}"
             if lim.requests_per_day and requests >= lim.requests_per_day:
                 raise QuotaExceeded(f"daily request quota reached for {who} ({requests}/{lim.requests_per_day} "
@@ -217,13 +273,13 @@ class KeyVaultHubService(Application):
             if lim.tokens_per_day and tokens >= lim.tokens_per_day:
                 raise QuotaExceeded(f"daily token quota reached for {who} ({tokens}/{lim.tokens_per_day} tokens "
                                     "today); it resets at 00:00 UTC", _seconds_to_midnight())
-        for label, subject, lim, _ in checks:
+        for label, _, subject, lim in checks:
             if lim.rate_per_minute:
                 wait = self._limiter(label, subject, lim.rate_per_minute).take(subject)
                 if wait:
                     raise QuotaExceeded(f"rate limit of {lim.rate_per_minute:g} requests/min reached for {label} "
                                         f"{subject}; retry in {RateLimiter.retry_after_header(wait)} s", wait)
-        self.store.count_request(username, source, credential)
+        self.ledger.add(username, source, credential, requests=1)
 
     def base_url_for(self, provider: providers.Provider) -> str:
         # Only configuration decides where keys are sent (not the service's environment).
@@ -238,6 +294,21 @@ class KeyVaultHubService(Application):
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=self.proxy_read_timeout),
                 auto_decompress=False, trust_env=False)
         return self._http
+
+    def flush_soon(self):
+        if not self._flushing:
+            self._flushing = True
+            fut = asyncio.ensure_future(asyncio.to_thread(self._flush_logged))
+            fut.add_done_callback(lambda _: setattr(self, "_flushing", False))
+
+    def _flush_logged(self):
+        try:
+            self.ledger.flush()
+        except Exception:  # a database outage must not stop the flusher; the next tick retries
+            self.log.exception("keyvault: writing usage counters and audit events failed")
+
+    async def flush(self):
+        await asyncio.to_thread(self.ledger.flush)
 
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *, actor: str,
               detail: str | None = None) -> None:
@@ -273,6 +344,8 @@ class KeyVaultHubService(Application):
                       self.service_url, self.service_prefix, urlsplit(self.db_url).scheme,
                       status["protection"]["source"])
         loop = ioloop.IOLoop.current()
+        flusher = ioloop.PeriodicCallback(self.flush_soon, self.flush_interval * 1000)
+        flusher.start()
 
         def stop(*_):
             loop.add_callback_from_signal(loop.stop)
@@ -280,6 +353,8 @@ class KeyVaultHubService(Application):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         loop.start()
+        flusher.stop()
+        self.ledger.flush()
         self.store.close()
         self.vault.close()
 
