@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import secrets
 import stat
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -190,9 +192,12 @@ async def test_no_master_key_or_hub_secret_reaches_a_users_kernel_or_terminal(wo
         term_dump = hub.user_dir(user) / "terminal-env.txt"
         out = await run_in_terminal(
             hub.user_url(user), hub.user_token(user),
-            f"env > {term_dump}; tr '\\0' '\\n' < /proc/$PPID/environ >> {term_dump}; echo user-$JUPYTERHUB_USER",
+            f"env > {term_dump}; tr '\\0' '\\n' < /proc/$PPID/environ >> {term_dump}; echo user-$JUPYTERHUB_USER; "
+            f"{Path(sys.executable).parent / 'jupyter-keyvault'} list",
         )
         assert f"user-{user}" in out
+        # The CLI in a terminal has no key: it refuses to open the vault instead of making a new one.
+        assert "sealed with a master key from KEYVAULT_MASTER_KEY, which is not set" in out
         kernel_data = json.loads(kernel_dump.read_text())
         for name in ("KEYVAULT_MASTER_KEY", "KEYVAULT_HUB_SECRET"):
             assert name not in kernel_data["env"]
