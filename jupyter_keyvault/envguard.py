@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import os
+import sys
 from typing import Iterable, Mapping, MutableMapping
 
 
@@ -27,9 +29,40 @@ def remove_secret_env(environ: MutableMapping[str, str], patterns: Iterable[str]
     keep = filtered_env(environ, patterns, credential_names, allow)
     removed = [k for k in list(environ) if k not in keep]
     for name in removed:
+        if environ is os.environ:
+            wipe_process_env_value(name)
         del environ[name]
     return sorted(removed)
 
 
 def snapshot_environ() -> dict[str, str]:
     return dict(os.environ)
+
+
+def wipe_process_env_value(name: str) -> bool:
+    """Overwrite a variable's value in this process's C environment, in place.
+
+    unsetenv() only unlinks the entry: the original bytes stay in the block that
+    /proc/<pid>/environ shows to every process of the same user (a terminal's shell can
+    `cat /proc/$PPID/environ`). Linux only; True when a value was overwritten."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        getenv, strlen = libc.getenv, libc.strlen
+    except (OSError, AttributeError):
+        return False
+    getenv.restype, getenv.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+    strlen.restype, strlen.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+    wiped = False
+    seen: set[int] = set()
+    while True:  # a name may appear more than once in a hand-built environment
+        value = getenv(os.fsencode(name))
+        if not value or value in seen:
+            return wiped
+        seen.add(value)
+        length = strlen(value)
+        if length == 0 or ctypes.string_at(value, length) == b"*" * length:
+            return wiped
+        ctypes.memset(value, ord("*"), length)
+        wiped = True
