@@ -239,6 +239,7 @@ async def test_the_shared_canary_is_absent_from_every_user_visible_place(kvhub):
         env = await kvhub.run(kernel, "import os, json\nprint(json.dumps(dict(os.environ)))\n")
         assert kvhub.master_key not in env.stdout
         assert "KEYVAULT_MASTER_KEY" not in env.stdout
+        assert "JUPYTERHUB_API_TOKEN" not in json.loads(env.stdout)  # the server's token stays in the server
         await kvhub.run(kernel, 'import keyvault\nprint(keyvault.list())\nprint(keyvault.status())\n')
     finally:
         await kernel.stop()
@@ -367,3 +368,35 @@ def test_the_admin_page_needs_a_hub_admin_and_an_xsrf_token_and_never_shows_a_va
     with pytest.raises(urllib.error.HTTPError) as forbidden:
         bob.open(page_url)
     assert forbidden.value.code == 403
+
+
+# -- the admin CLI
+def run_admin_cli(kvhub, user: str, *args: str, stdin: str = ""):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JUPYTERHUB_API_TOKEN": kvhub.hub.user_token(user)}
+    env.pop("KEYVAULT_HUB_URL", None)
+    return subprocess.run([sys.executable, "-m", "jupyter_keyvault.hub", "admin",
+                           "--url", kvhub.hub.service_url(SERVICE), *args],
+                          input=stdin, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_the_admin_cli_adds_grants_lists_and_deletes_a_shared_key_without_ever_printing_it(kvhub):
+    value = "sk-proj-CLICANARY" + secrets.token_hex(16)
+    done = run_admin_cli(kvhub, "carol", "set", "CLI_SHARED", "--provider", "openai", stdin=value + "\n")
+    assert done.returncode == 0, done.stderr
+    assert run_admin_cli(kvhub, "carol", "grant", "CLI_SHARED", "user:erin").returncode == 0
+    listing = run_admin_cli(kvhub, "carol", "list")
+    assert listing.returncode == 0
+    shared = {s["name"]: s for s in json.loads(listing.stdout)["shared"]}
+    assert shared["CLI_SHARED"]["grants"] == [{"shared": "CLI_SHARED", "kind": "user", "subject": "erin"}]
+    erin_sees = kvhub.service("erin", "GET", "api/credentials").json()["shared"]
+    assert [s["name"] for s in erin_sees] == ["CLI_SHARED"]
+    refused = run_admin_cli(kvhub, "bob", "set", "CLI_SHARED", stdin="sk-proj-" + "b" * 40)
+    assert refused.returncode != 0 and "403" in refused.stderr
+    assert run_admin_cli(kvhub, "carol", "grant", "CLI_SHARED", "erin").returncode != 0  # group:/user: required
+    assert run_admin_cli(kvhub, "carol", "delete", "CLI_SHARED").returncode == 0
+    assert kvhub.service("erin", "GET", "api/credentials").json()["shared"] == []
+    for out in (done, listing, refused):
+        assert value not in out.stdout + out.stderr

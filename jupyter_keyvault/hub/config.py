@@ -22,9 +22,15 @@ def keyvault_service_config(*, port: int, master_key: str, name: str = SERVICE_N
                             host: str = "127.0.0.1", data_dir: str | None = None, db_url: str | None = None,
                             extra_args: list[str] = (), python: str | None = None,
                             environment: dict[str, str] | None = None,
-                            user_scopes: list[str] | None = None) -> tuple[dict, list[dict], dict]:
-    """(service entry, roles, user-server environment) for a hub-managed keyvault service."""
+                            user_scopes: list[str] | None = None, bind_ip: str | None = None,
+                            ) -> tuple[dict, list[dict], dict]:
+    """(service entry, roles, user-server environment) for a hub-managed keyvault service.
+
+    `host` is how the hub's proxy and user servers reach the service; `bind_ip` where it listens
+    (default: `host`; '0.0.0.0' on Kubernetes, where `host` is the hub's Service name)."""
     command = [python or sys.executable, "-m", "jupyter_keyvault.hub"]
+    if bind_ip:
+        command.append(f"--ip={bind_ip}")
     if data_dir:
         command.append(f"--data-dir={data_dir}")
     command += list(extra_args)

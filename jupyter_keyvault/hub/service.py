@@ -64,6 +64,9 @@ class KeyVaultHubService(Application):
     def _default_service_url(self):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
 
+    ip = Unicode("", help="Address to listen on (default: the host of service_url). On Kubernetes, '0.0.0.0' while "
+                          "service_url names the hub's Service.").tag(config=True)
+
     service_prefix = Unicode(help="URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
 
     @default("service_prefix")
@@ -97,7 +100,8 @@ class KeyVaultHubService(Application):
                                           "keyvault.get). Shared keys are never returned, whatever this says.").tag(config=True)
     require_env_master_key = Bool(True, help="Refuse to start unless KEYVAULT_MASTER_KEY is in the environment "
                                              "(the service must not fall back to a key file next to its DB).").tag(config=True)
-    groups_cache_seconds = Float(10.0, help="How long a user's groups and admin flag are cached.").tag(config=True)
+    groups_cache_seconds = Float(60.0, help="How long a user's groups and admin flag are cached (one hub API call per "
+                                 "user per period).").tag(config=True)
     resolve_cache_seconds = Float(5.0, help="How long a decrypted key is reused by the proxy.").tag(config=True)
     policy_cache_seconds = Float(5.0, help="How long shared keys, grants and limits are cached (admin changes made "
                                            "through this service apply at once).").tag(config=True)
@@ -108,6 +112,7 @@ class KeyVaultHubService(Application):
     provider_base_urls = List(Unicode(), help="Per-provider base URLs as 'provider=url' (e.g. openai=https://gw/v1).").tag(config=True)
 
     aliases = {"db-url": "KeyVaultHubService.db_url", "data-dir": "KeyVaultHubService.data_dir",
+               "ip": "KeyVaultHubService.ip",
                "log-level": "Application.log_level"}
 
     def initialize(self, argv=None):
@@ -338,7 +343,7 @@ class KeyVaultHubService(Application):
     def start(self):
         url = urlsplit(self.service_url)
         app = self.make_app()
-        app.listen(url.port or 80, address=url.hostname or "127.0.0.1", xheaders=True)
+        app.listen(url.port or 80, address=self.ip or url.hostname or "127.0.0.1", xheaders=True)
         status = self.vault.status()
         self.log.info("jupyter-keyvault hub service %s on %s%s (db %s, master key from %s)", __version__,
                       self.service_url, self.service_prefix, urlsplit(self.db_url).scheme,
