@@ -164,11 +164,26 @@ class ServiceBase(HubAuthenticated, web.RequestHandler):
 class CredentialsHandler(ServiceBase):
     async def get(self):
         """Personal credentials, then (read-only, presence only) the shared keys granted to the caller."""
-        personal = [i.to_json() for i in await self.off_loop(self.kv.vault.list, personal_owner(self.username),
-                                                              include_env=False)]
-        for item in personal:
-            item["source"] = "vault"
-        self.write_json({"credentials": personal, "shared": await self.shared_items(granted_only_for=self.username)})
+        ident = await self.identity()
+
+        def listing() -> str:
+            personal = [i.to_json() for i in self.kv.vault.list(personal_owner(self.username), include_env=False)]
+            granted = set(self.kv.granted(self.username, ident["groups"]))
+            shared = [shared_json(i) for name, i in sorted(self.kv.shared_keys().items()) if name in granted]
+            return json.dumps({"credentials": personal, "shared": shared})
+
+        with store_errors_as_http():
+            body = await asyncio.to_thread(listing)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(body)
+
+
+def shared_json(info) -> dict:
+    item = info.to_json()
+    item["source"] = "shared"
+    item["metadata"] = {k: v for k, v in item["metadata"].items() if k != "hint"}
+    return item
 
 
 class CredentialHandler(ServiceBase):

@@ -10,20 +10,22 @@ last interval of counts and use events; admin events are written at once, not he
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
+from ..store.model import AuditEvent
 from .db import HubStore, utc_day
 
 
 class UsageLedger:
-    def __init__(self, store: HubStore, write_audit: Callable[..., None]):
+    def __init__(self, store: HubStore, write_audit: Callable[[list[AuditEvent]], None]):
         self.store = store
-        self._write_audit = write_audit
+        self._write_audit = write_audit  # writes a batch of events
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._totals: dict[tuple[str, str, str], list[int]] = {}  # (kind, subject, day) -> [requests, tokens]
         self._pending: dict[tuple[str, str, str, str], list[int]] = {}  # (day, user, source, credential)
-        self._events: list[tuple[tuple, dict]] = []
+        self._events: list[AuditEvent] = []
 
     def _total(self, kind: str, subject: str, day: str) -> list[int]:
         key = (kind, subject, day)
@@ -58,9 +60,11 @@ class UsageLedger:
             if len(self._totals) > 100_000:  # yesterday's keys: drop, reload from the database if asked
                 self._totals = {k: v for k, v in self._totals.items() if k[2] == day}
 
-    def audit(self, *args, **kwargs) -> None:
+    def audit(self, owner: str, action: str, target: str | None, outcome: str, *, actor: str,
+              detail: str | None = None) -> None:
+        event = AuditEvent(None, time.time(), owner, actor, action, target, outcome, detail)
         with self._lock:
-            self._events.append((args, kwargs))
+            self._events.append(event)
 
     def flush(self) -> None:
         with self._flush_lock:
@@ -70,5 +74,5 @@ class UsageLedger:
             if pending:
                 self.store.add_usage_batch([(day, user, source, cred, r, t)
                                             for (day, user, source, cred), (r, t) in pending.items()])
-            for args, kwargs in events:
-                self._write_audit(*args, **kwargs)
+            if events:
+                self._write_audit(events)

@@ -127,7 +127,7 @@ class KeyVaultHubService(Application):
         # Nothing this process starts may inherit the master key.
         envguard.remove_secret_env(os.environ, DEFAULT_SECRET_ENV_PATTERNS, set(), ["JUPYTERHUB_API_TOKEN"])
         self.store = HubStore(self.db_url)
-        self.ledger = UsageLedger(self.store, self.vault.audit)
+        self.ledger = UsageLedger(self.store, self._append_audit_batch)
         self._policy: dict = {}
         self._base_urls = {}
         for entry in self.provider_base_urls:
@@ -299,6 +299,16 @@ class KeyVaultHubService(Application):
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=self.proxy_read_timeout),
                 auto_decompress=False, trust_env=False)
         return self._http
+
+    def _append_audit_batch(self, events) -> None:
+        backend = self.vault.backend
+        if hasattr(backend, "_tx") and hasattr(backend, "_insert_audit"):  # SQLBackend: one transaction
+            with backend._tx() as conn:
+                for event in events:
+                    backend._insert_audit(conn, event)
+        else:
+            for event in events:
+                backend.append_audit(event)
 
     def flush_soon(self):
         if not self._flushing:
