@@ -114,6 +114,9 @@ async def test_each_user_stores_a_personal_key_through_their_server_and_uses_it_
             result = await kvhub.run(kernel, CHAT)
             assert result.error is None, result.text
             assert "REPLY:" in result.stdout
+            # Direct mode reaches the user's OWN personal value (allow_direct_access, the default).
+            result = await kernel.execute(f'import keyvault\nprint(keyvault.get("OPENAI_API_KEY").reveal() == "{key}")')
+            assert result.stdout.strip() == "True", result.text
         finally:
             await kernel.stop()
         assert kvhub.upstream.received_keys().count(key) == before + 1  # the real key, injected by the service
@@ -147,13 +150,16 @@ async def test_admin_grants_a_shared_key_to_a_group_and_a_member_uses_it_from_a_
         result = await kvhub.run(kernel, CHAT)
         assert result.error is None, result.text
         assert "REPLY:" in result.stdout
-        # Streaming is counted from the final chunk's usage.
+        tokens_before_stream = kvhub.service("dave", "GET", "api/usage").json()["today"]["tokens"]
+        assert tokens_before_stream > 0  # from the JSON reply's usage
+        # Streaming is counted from the final chunk's usage (the service asks for it).
         result = await kvhub.run(kernel, (
             'import keyvault\n'
             'stream = keyvault.openai().chat.completions.create(model="m", stream=True,\n'
             '    messages=[{"role": "user", "content": "count me"}])\n'
             'print("CHUNKS:", sum(1 for _ in stream))\n'))
         assert result.error is None, result.text
+        assert kvhub.service("dave", "GET", "api/usage").json()["today"]["tokens"] > tokens_before_stream
         # Direct mode cannot reach a shared value.
         result = await kvhub.run(kernel, 'import keyvault\nkeyvault.get("COURSE_OPENAI").reveal()\n')
         assert result.error is not None
@@ -208,6 +214,17 @@ async def test_a_member_over_the_daily_request_quota_is_refused_with_429_and_a_c
     audit = kvhub.service("carol", "GET", "api/admin/audit?limit=200").json()["events"]
     assert any(e["action"] == "use" and e["outcome"] == "refused" and e["actor"] == "dave" for e in audit)
     assert any(e["action"] == "grant" and e["actor"] == "carol" for e in audit)
+    kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {})
+
+
+def test_a_daily_token_quota_refuses_the_request_after_the_one_that_used_it_up(kvhub):
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    tokens = kvhub.service("dave", "GET", "api/usage").json()["today"]["tokens"]
+    assert kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {"tokens_per_day": tokens + 1}).status == 200
+    assert kvhub.service("dave", "POST", "proxy/openai/v1/chat/completions", body).status == 200
+    refused = kvhub.service("dave", "POST", "proxy/openai/v1/chat/completions", body)
+    assert refused.status == 429
+    assert "daily token quota reached for user dave" in refused.json()["error"]["message"]
     kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {})
 
 
