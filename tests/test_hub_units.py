@@ -108,3 +108,24 @@ def test_limits_from_the_admin_api_reject_negative_fractional_and_unknown_values
         with pytest.raises(HTTPError) as info:
             parse_limits(bad)
         assert info.value.status_code == 422
+
+
+def test_a_hub_client_reports_an_unreachable_service_in_its_status_instead_of_failing():
+    from jupyter_keyvault.hub.client import HubServiceError, HubVaultClient
+    from jupyter_keyvault.testing.live_server import free_port
+
+    client = HubVaultClient(f"http://127.0.0.1:{free_port()}/services/keyvault/", "token", "alice", timeout=2)
+    status = client.status()
+    assert status["backend"] == "hub" and "unreachable" in status["warnings"][0]
+    with pytest.raises(HubServiceError):
+        client.list("alice")
+
+
+def test_a_hub_client_without_a_url_or_token_says_what_to_configure():
+    from jupyter_keyvault.hub.client import HubVaultClient
+    from jupyter_keyvault.store import VaultError
+
+    with pytest.raises(VaultError, match="hub_url"):
+        HubVaultClient("", "token", "alice")
+    with pytest.raises(VaultError, match="JUPYTERHUB_API_TOKEN"):
+        HubVaultClient("http://127.0.0.1:1/", "", "alice")

@@ -143,7 +143,12 @@ class HubVaultClient:
         return events
 
     def status(self) -> dict[str, Any]:
-        _, body = self._call("GET", "api/status")
+        try:
+            _, body = self._call("GET", "api/status")
+        except HubServiceError as exc:
+            # Reported, not raised: the server (and its extension) must start even while the service is down.
+            return {"protection": {"source": "hub", "strong": None, "detail": "keyvault service unreachable"},
+                    "backend": "hub", "location": self.service_url, "credentials": None, "warnings": [str(exc)]}
         return {"protection": body["protection"], "backend": "hub", "location": self.service_url,
                 "credentials": None, "warnings": body.get("warnings", []), "hub": {
                     "service": body.get("service"), "user": body.get("user"),
