@@ -380,7 +380,7 @@ class SQLBackend(StorageBackend):
         with self._tx() as conn:
             row = conn.execute(select_row.with_for_update()).first()
             created = False
-            if row is None:
+            while row is None and not created:
                 inserted = conn.execute(
                     self._insert(credentials)
                     .values(
@@ -392,7 +392,7 @@ class SQLBackend(StorageBackend):
                     .returning(credentials.c.id)
                 )
                 created = inserted.first() is not None
-                if not created:  # a concurrent writer created it first: replace theirs, locked
+                if not created:  # a concurrent writer created it first: replace theirs (or retry if deleted)
                     row = conn.execute(select_row.with_for_update()).first()
             if not created:
                 old = _record(row)
