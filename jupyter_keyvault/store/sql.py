@@ -40,7 +40,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .backend import StorageBackend
-from .errors import StaleMasterKey, VaultLocked
+from .errors import StaleMasterKey, VaultError, VaultLocked
 from .model import AuditEvent, CredentialRecord
 
 # pg_advisory_xact_lock key held while migrating ("kvmigrat" as an int64).
@@ -201,7 +201,8 @@ class SQLBackend(StorageBackend):
         self.name = "sql-" + self.dialect
         self.location = mask_url(url)
         self._busy_timeout = busy_timeout
-        options: dict = {"pool_pre_ping": True}
+        # hide_parameters: SQLAlchemy errors and logs would otherwise quote bound values (blobs, names).
+        options: dict = {"pool_pre_ping": True, "hide_parameters": True}
         if self.dialect == "sqlite":
             self.path = Path(url.database).expanduser().absolute()
             url = url.set(database=str(self.path))
@@ -269,6 +270,9 @@ class SQLBackend(StorageBackend):
                 yield conn
         except sa.exc.OperationalError as exc:
             raise VaultLocked(f"vault database is busy or unreachable: {_reason(exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            # First line only: PostgreSQL's DETAIL quotes the failing row.
+            raise VaultError(f"the vault database refused the change: {_reason(exc)}") from None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
