@@ -104,6 +104,16 @@ _AUDIT_COLUMNS = [
     audit.c.detail,
 ]
 
+# Hot statements built once (building a statement costs more than running it on SQLite).
+_SELECT_ONE = sa.select(*_CRED_COLUMNS).where(
+    credentials.c.owner == sa.bindparam("owner"), credentials.c.name == sa.bindparam("name"))
+_SELECT_OWNER = sa.select(*_CRED_COLUMNS).where(credentials.c.owner == sa.bindparam("owner")).order_by(credentials.c.name)
+_SELECT_META = sa.select(meta_table.c.value).where(meta_table.c.key == sa.bindparam("key"))
+_SELECT_OWNER_KEY = sa.select(owner_keys.c.wrapped, owner_keys.c.kek_id).where(owner_keys.c.owner == sa.bindparam("owner"))
+_TOUCH = (credentials.update()
+          .where(credentials.c.owner == sa.bindparam("b_owner"), credentials.c.name == sa.bindparam("b_name"))
+          .values(last_used_at=sa.bindparam("b_at")))
+
 
 def _record(row) -> CredentialRecord:
     return CredentialRecord(
@@ -202,7 +212,7 @@ class SQLBackend(StorageBackend):
         self.location = mask_url(url)
         self._busy_timeout = busy_timeout
         # hide_parameters: SQLAlchemy errors and logs would otherwise quote bound values (blobs, names).
-        options: dict = {"pool_pre_ping": True, "hide_parameters": True}
+        options: dict = {"hide_parameters": True}
         if self.dialect == "sqlite":
             self.path = Path(url.database).expanduser().absolute()
             url = url.set(database=str(self.path))
@@ -217,7 +227,9 @@ class SQLBackend(StorageBackend):
             options["poolclass"] = sa.pool.QueuePool
         else:
             self.path = None
-            options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=1800)
+            # pre_ping: a connection the server dropped (restart, failover) is replaced, not handed out.
+            options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=1800,
+                           pool_pre_ping=True)
         options.update(engine_options or {})
         try:
             self._engine: Engine = sa.create_engine(url, **options)
@@ -225,8 +237,12 @@ class SQLBackend(StorageBackend):
             raise VaultLocked(f"db_url: the database driver is not installed ({exc}); pip install jupyter-keyvault[hub]") from None
         if self.dialect == "sqlite":
             self._install_sqlite_hooks(synchronous)
-        # Writes on SQLite begin IMMEDIATE (see _install_sqlite_hooks); both share one pool.
+        # Writes on SQLite begin IMMEDIATE (see _install_sqlite_hooks). Reads are single statements:
+        # autocommit spares the BEGIN/ROLLBACK round trips. All share one pool.
         self._writer = self._engine.execution_options(keyvault_write=True)
+        # (SQLite connections are already in autocommit: the begin hook emits nothing for reads.)
+        self._reader = self._engine if self.dialect == "sqlite" else self._engine.execution_options(
+            isolation_level="AUTOCOMMIT")
         self._closed = False
         try:
             self._open(auto_migrate)
@@ -257,8 +273,8 @@ class SQLBackend(StorageBackend):
 
         @event.listens_for(self._engine, "begin")
         def _on_begin(conn: Connection):
-            write = conn.get_execution_options().get("keyvault_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            if conn.get_execution_options().get("keyvault_write", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -279,7 +295,7 @@ class SQLBackend(StorageBackend):
         if self._closed:
             raise VaultLocked("the vault backend is closed")
         try:
-            with self._engine.connect() as conn:
+            with self._reader.connect() as conn:
                 yield conn
         except sa.exc.OperationalError as exc:
             raise VaultLocked(f"vault database is busy or unreachable: {_reason(exc)}") from None
@@ -321,7 +337,7 @@ class SQLBackend(StorageBackend):
     # -- meta
     def meta_get(self, key: str) -> str | None:
         with self._read() as conn:
-            return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar()
+            return conn.execute(_SELECT_META, {"key": key}).scalar()
 
     def meta_init(self, key: str, value: str) -> str:
         with self._tx() as conn:
@@ -339,9 +355,7 @@ class SQLBackend(StorageBackend):
     # -- owner keys
     def get_owner_key(self, owner: str) -> tuple[bytes, str] | None:
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(owner_keys.c.wrapped, owner_keys.c.kek_id).where(owner_keys.c.owner == owner)
-            ).first()
+            row = conn.execute(_SELECT_OWNER_KEY, {"owner": owner}).first()
         return (bytes(row[0]), row[1]) if row else None
 
     def init_owner_key(self, owner: str, wrapped: bytes, kek_id: str) -> bytes:
@@ -364,11 +378,12 @@ class SQLBackend(StorageBackend):
                 # Blocks owner-key creation (and other rotations) until this commits.
                 conn.exec_driver_sql("LOCK TABLE keyvault_owner_keys IN SHARE ROW EXCLUSIVE MODE")
             rows = conn.execute(sa.select(owner_keys.c.owner, owner_keys.c.wrapped).order_by(owner_keys.c.owner)).all()
-            for owner, wrapped in rows:
+            if rows:
                 conn.execute(
                     owner_keys.update()
-                    .where(owner_keys.c.owner == owner)
-                    .values(wrapped=rewrap(owner, bytes(wrapped)), kek_id=new_kek_id)
+                    .where(owner_keys.c.owner == sa.bindparam("b_owner"))
+                    .values(wrapped=sa.bindparam("b_wrapped"), kek_id=new_kek_id),
+                    [{"b_owner": owner, "b_wrapped": rewrap(owner, bytes(wrapped))} for owner, wrapped in rows],
                 )
             for key, value in meta.items():
                 self._meta_put(conn, key, value)
@@ -380,9 +395,10 @@ class SQLBackend(StorageBackend):
 
     # -- credentials
     def upsert_credential(self, rec: CredentialRecord, audit: AuditEvent | None = None) -> tuple[CredentialRecord, bool]:
-        select_row = sa.select(*_CRED_COLUMNS).where(credentials.c.owner == rec.owner, credentials.c.name == rec.name)
+        select_row = _SELECT_ONE.with_for_update()
+        key = {"owner": rec.owner, "name": rec.name}
         with self._tx() as conn:
-            row = conn.execute(select_row.with_for_update()).first()
+            row = conn.execute(select_row, key).first()
             created = False
             while row is None and not created:
                 inserted = conn.execute(
@@ -397,7 +413,7 @@ class SQLBackend(StorageBackend):
                 )
                 created = inserted.first() is not None
                 if not created:  # a concurrent writer created it first: replace theirs (or retry if deleted)
-                    row = conn.execute(select_row.with_for_update()).first()
+                    row = conn.execute(select_row, key).first()
             if not created:
                 old = _record(row)
                 conn.execute(
@@ -413,16 +429,12 @@ class SQLBackend(StorageBackend):
 
     def get_credential(self, owner: str, name: str) -> CredentialRecord | None:
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_CRED_COLUMNS).where(credentials.c.owner == owner, credentials.c.name == name)
-            ).first()
+            row = conn.execute(_SELECT_ONE, {"owner": owner, "name": name}).first()
         return _record(row) if row else None
 
     def list_credentials(self, owner: str) -> list[CredentialRecord]:
         with self._read() as conn:
-            rows = conn.execute(
-                sa.select(*_CRED_COLUMNS).where(credentials.c.owner == owner).order_by(credentials.c.name)
-            ).all()
+            rows = conn.execute(_SELECT_OWNER, {"owner": owner}).all()
         return [_record(r) for r in rows]
 
     def delete_credential(self, owner: str, name: str, audit: AuditEvent | None = None) -> bool:
@@ -436,11 +448,7 @@ class SQLBackend(StorageBackend):
 
     def touch_credential(self, owner: str, name: str, at: float) -> None:
         with self._tx() as conn:
-            conn.execute(
-                credentials.update()
-                .where(credentials.c.owner == owner, credentials.c.name == name)
-                .values(last_used_at=at)
-            )
+            conn.execute(_TOUCH, {"b_owner": owner, "b_name": name, "b_at": at})
 
     def iter_all_credentials(self) -> list[CredentialRecord]:
         with self._read() as conn:
