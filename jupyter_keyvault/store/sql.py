@@ -312,6 +312,8 @@ class SQLBackend(StorageBackend):
                 yield conn
         except sa.exc.OperationalError as exc:
             raise VaultLocked(f"vault database is busy or unreachable: {_reason(exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            raise VaultError(f"the vault database refused the query: {_reason(exc)}") from None
 
     def _prepare_statements(self) -> None:
         """Dialect-specific upserts, built once."""
