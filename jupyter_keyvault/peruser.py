@@ -122,12 +122,62 @@ def generate_secret() -> str:
     return base64.urlsafe_b64encode(os.urandom(MIN_SECRET_BYTES)).decode().rstrip("=")
 
 
+NEW_SECRET_ENV = "KEYVAULT_HUB_SECRET_NEW"
+
+
+def rekey_vault(vault_path: str, user: str, *, secret: bytes, new_secret: bytes | None = None,
+                new_user: str | None = None, context: str = "", new_context: str | None = None) -> int:
+    """Re-wrap one user's vault from the key derived for (secret, user) to the key derived for
+    (new_secret, new_user): after rotating the hub secret or renaming a user. Returns the
+    number of data keys re-wrapped; WrongMasterKey (nothing changed) if the old key is wrong."""
+    from .store import SQLiteBackend, Vault
+
+    old_key = derive_user_key(secret, user, context=context)
+    new_key = derive_user_key(new_secret or secret, new_user or user,
+                              context=context if new_context is None else new_context)
+    env = {ENV_MASTER_KEY: encode_master_key(old_key), "KEYVAULT_NEW_MASTER_KEY": encode_master_key(new_key)}
+    vault = Vault(SQLiteBackend(vault_path), env=env, use_keyring=False)
+    try:
+        if new_user and new_user != user:
+            # Values are bound to their owner's name: move them first (re-runnable if interrupted).
+            for info in vault.list(user, include_env=False):
+                value = vault.get_value(user, info.name, purpose="rekey", actor="hub-admin", touch=False)
+                vault.set(new_user, info.name, value, provider=info.provider, type=info.type,
+                          metadata=info.metadata, actor="hub-admin", action="rekey")
+                vault.delete(user, info.name, actor="hub-admin")
+        return vault.rotate_master_key(actor="hub-admin")
+    finally:
+        vault.close()
+
+
+USAGE = """usage: python -m jupyter_keyvault.peruser generate-secret
+       python -m jupyter_keyvault.peruser rekey VAULT_PATH USER [NEW_USER]
+           (secrets from KEYVAULT_HUB_SECRET and, to rotate it, KEYVAULT_HUB_SECRET_NEW)"""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args == ["generate-secret"]:
         print(generate_secret())
         return 0
-    print("usage: python -m jupyter_keyvault.peruser generate-secret", file=sys.stderr)
+    if args[:1] == ["rekey"] and len(args) in (3, 4):
+        from .store.errors import VaultError
+
+        try:
+            secret = parse_hub_secret(os.environ.get(DEFAULT_SECRET_ENV), name=DEFAULT_SECRET_ENV)
+            new_text = os.environ.get(NEW_SECRET_ENV)
+            new_secret = parse_hub_secret(new_text, name=NEW_SECRET_ENV) if new_text else None
+            if new_secret is None and len(args) == 3:
+                print(f"error: nothing to do: set {NEW_SECRET_ENV} or give NEW_USER", file=sys.stderr)
+                return 2
+            count = rekey_vault(args[1], args[2], secret=secret, new_secret=new_secret,
+                                new_user=args[3] if len(args) == 4 else None)
+        except (VaultError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"re-keyed {args[1]}: {count} data key(s) re-wrapped")
+        return 0
+    print(USAGE, file=sys.stderr)
     return 2
 
 

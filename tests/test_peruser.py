@@ -192,3 +192,66 @@ def test_user_bs_key_cannot_open_user_as_vault_file_and_changes_nothing(tmp_path
         assert vault.get_value("alice", "OPENAI_API_KEY") == canary
     finally:
         vault.close()
+
+
+# ---------------------------------------------------------------------- re-keying
+def run_peruser(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")}
+    return subprocess.run([sys.executable, "-m", "jupyter_keyvault.peruser", *args], env={**clean, **env},
+                          capture_output=True, text=True)
+
+
+def test_rotating_the_hub_secret_rekeys_a_users_vault_so_only_the_new_derived_key_opens_it(tmp_path, canary):
+    old, new = generate_secret(), generate_secret()
+    path = tmp_path / "alice" / "keyvault" / "vault.db"
+    old_key = encode_master_key(derive_user_key(parse_hub_secret(old), "alice"))
+    new_key = encode_master_key(derive_user_key(parse_hub_secret(new), "alice"))
+    vault = Vault(SQLiteBackend(path), env={"KEYVAULT_MASTER_KEY": old_key})
+    vault.set("alice", "OPENAI_API_KEY", canary)
+    vault.close()
+
+    done = run_peruser("rekey", str(path), "alice", env={"KEYVAULT_HUB_SECRET": old, "KEYVAULT_HUB_SECRET_NEW": new})
+
+    assert done.returncode == 0, done.stderr
+    assert "1 data key(s) re-wrapped" in done.stdout
+    for stream in (done.stdout, done.stderr):
+        assert old not in stream and new not in stream and canary not in stream and new_key not in stream
+    vault = Vault(SQLiteBackend(path), env={"KEYVAULT_MASTER_KEY": new_key})
+    try:
+        assert vault.get_value("alice", "OPENAI_API_KEY") == canary
+    finally:
+        vault.close()
+    backend = SQLiteBackend(path)
+    try:
+        with pytest.raises(WrongMasterKey):
+            Vault(backend, env={"KEYVAULT_MASTER_KEY": old_key})
+    finally:
+        backend.close()
+
+
+def test_renaming_a_user_rekeys_their_vault_and_a_wrong_secret_changes_nothing(tmp_path, canary):
+    secret = generate_secret()
+    path = tmp_path / "alice" / "keyvault" / "vault.db"
+    key = {u: encode_master_key(derive_user_key(parse_hub_secret(secret), u)) for u in ("alice", "alice2")}
+    vault = Vault(SQLiteBackend(path), env={"KEYVAULT_MASTER_KEY": key["alice"]})
+    vault.set("alice", "OPENAI_API_KEY", canary)
+    vault.close()
+    before = path.read_bytes()
+
+    wrong = run_peruser("rekey", str(path), "alice", "alice2", env={"KEYVAULT_HUB_SECRET": generate_secret()})
+    assert wrong.returncode == 1 and "sealed with a different master key" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1  # one clear line
+    assert path.read_bytes() == before
+    nothing = run_peruser("rekey", str(path), "alice", env={"KEYVAULT_HUB_SECRET": secret})
+    assert nothing.returncode == 2 and "nothing to do" in nothing.stderr
+
+    done = run_peruser("rekey", str(path), "alice", "alice2", env={"KEYVAULT_HUB_SECRET": secret})
+    assert done.returncode == 0, done.stderr
+    vault = Vault(SQLiteBackend(path), env={"KEYVAULT_MASTER_KEY": key["alice2"]})
+    try:
+        assert vault.get_value("alice2", "OPENAI_API_KEY") == canary  # moved to the new owner name
+        assert vault.list("alice", include_env=False) == []
+    finally:
+        vault.close()

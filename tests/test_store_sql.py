@@ -31,11 +31,12 @@ class TestSQLBackendOnPostgres(StorageBackendSuite):
 # ====================================================================== helpers
 import os  # noqa: E402
 import stat  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
 
-from jupyter_keyvault.store import MasterKeyError, Vault, VaultLocked, WrongMasterKey  # noqa: E402
+from jupyter_keyvault.store import MasterKeyError, Vault, VaultError, VaultLocked, WrongMasterKey  # noqa: E402
 from jupyter_keyvault.store import migrate  # noqa: E402
 from jupyter_keyvault.testing.pytest_plugin import new_master_key  # noqa: E402
 
@@ -361,3 +362,28 @@ def test_given_a_service_role_without_ownership_then_it_works_but_cannot_disable
             conn.execute(sa.text(f"DROP OWNED BY {role}"))
             conn.execute(sa.text(f"DROP ROLE {role}"))
         engine.dispose()
+
+
+def test_given_no_postgresql_binaries_then_the_cluster_helper_gives_a_clear_skip_reason(monkeypatch):
+    from jupyter_keyvault.testing import postgres
+
+    monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
+    monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
+    monkeypatch.delenv(postgres.ENV_URL, raising=False)
+    with pytest.raises(postgres.PostgresUnavailable, match="install-postgresql.sh or set KEYVAULT_TEST_POSTGRES_URL"):
+        postgres.PostgresCluster.start()
+
+
+def test_given_a_failing_write_then_it_is_rolled_back_with_an_error_that_quotes_no_stored_data(db_url):
+    backend = SQLBackend(db_url)
+    payload = b"\x00KV1" + b"payload-canary-" + os.urandom(8).hex().encode()
+    try:
+        with pytest.raises(VaultError, match="the vault database refused the change: .*actor") as info:
+            backend.upsert_credential(make_record(payload=payload, provider="provider-canary"),
+                                      audit=make_event(actor=None, target="target-canary"))
+        text = "".join(traceback.format_exception_only(info.value)) + repr(info.value) + repr(info.value.__cause__)
+        assert backend.get_credential("alice", "OPENAI_API_KEY") is None
+        for needle in ("payload-canary", "provider-canary", "target-canary", payload.hex()):
+            assert needle not in text
+    finally:
+        backend.close()

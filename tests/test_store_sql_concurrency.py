@@ -189,7 +189,7 @@ def test_given_two_hosts_rotating_one_postgres_vault_at_once_then_exactly_one_wi
     for p in procs:
         p.join(timeout=30)
 
-    assert sorted(outcomes.values()) == ["refused: DecryptionError", "rotated"]
+    assert sorted(outcomes.values()) == ["refused: StaleMasterKey", "rotated"]
     winner = rivals[[w for w, o in outcomes.items() if o == "rotated"][0]]
     loser = rivals[[w for w, o in outcomes.items() if o != "rotated"][0]]
     vault = Vault(SQLBackend(postgres_url), env={"KEYVAULT_MASTER_KEY": winner})

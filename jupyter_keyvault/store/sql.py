@@ -24,9 +24,11 @@ so the store can share a database with JupyterHub's own tables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -40,7 +42,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from .backend import StorageBackend
-from .errors import StaleMasterKey, VaultLocked
+from .errors import StaleMasterKey, VaultError, VaultLocked
 from .model import AuditEvent, CredentialRecord
 
 # pg_advisory_xact_lock key held while migrating ("kvmigrat" as an int64).
@@ -103,6 +105,23 @@ _AUDIT_COLUMNS = [
     audit.c.id, audit.c.at, audit.c.owner, audit.c.actor, audit.c.action, audit.c.target, audit.c.outcome,
     audit.c.detail,
 ]
+
+# Hot statements built once (building a statement costs more than running it on SQLite).
+_SELECT_ONE = sa.select(*_CRED_COLUMNS).where(
+    credentials.c.owner == sa.bindparam("owner"), credentials.c.name == sa.bindparam("name"))
+_SELECT_OWNER = sa.select(*_CRED_COLUMNS).where(credentials.c.owner == sa.bindparam("owner")).order_by(credentials.c.name)
+_SELECT_META = sa.select(meta_table.c.value).where(meta_table.c.key == sa.bindparam("key"))
+_SELECT_OWNER_KEY = sa.select(owner_keys.c.wrapped, owner_keys.c.kek_id).where(owner_keys.c.owner == sa.bindparam("owner"))
+_UPDATE_CRED = (credentials.update().where(credentials.c.id == sa.bindparam("b_id"))
+                .values(type=sa.bindparam("b_type"), provider=sa.bindparam("b_provider"),
+                        payload=sa.bindparam("b_payload"), updated_at=sa.bindparam("b_updated_at"),
+                        metadata=sa.bindparam("b_metadata")))
+_DELETE_CRED = credentials.delete().where(
+    credentials.c.owner == sa.bindparam("owner"), credentials.c.name == sa.bindparam("name"))
+_INSERT_AUDIT = audit.insert()
+_TOUCH = (credentials.update()
+          .where(credentials.c.owner == sa.bindparam("b_owner"), credentials.c.name == sa.bindparam("b_name"))
+          .values(last_used_at=sa.bindparam("b_at")))
 
 
 def _record(row) -> CredentialRecord:
@@ -201,7 +220,8 @@ class SQLBackend(StorageBackend):
         self.name = "sql-" + self.dialect
         self.location = mask_url(url)
         self._busy_timeout = busy_timeout
-        options: dict = {"pool_pre_ping": True}
+        # hide_parameters: SQLAlchemy errors and logs would otherwise quote bound values (blobs, names).
+        options: dict = {"hide_parameters": True}
         if self.dialect == "sqlite":
             self.path = Path(url.database).expanduser().absolute()
             url = url.set(database=str(self.path))
@@ -216,7 +236,9 @@ class SQLBackend(StorageBackend):
             options["poolclass"] = sa.pool.QueuePool
         else:
             self.path = None
-            options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=1800)
+            # pre_ping: a connection the server dropped (restart, failover) is replaced, not handed out.
+            options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=1800,
+                           pool_pre_ping=True)
         options.update(engine_options or {})
         try:
             self._engine: Engine = sa.create_engine(url, **options)
@@ -224,9 +246,17 @@ class SQLBackend(StorageBackend):
             raise VaultLocked(f"db_url: the database driver is not installed ({exc}); pip install jupyter-keyvault[hub]") from None
         if self.dialect == "sqlite":
             self._install_sqlite_hooks(synchronous)
-        # Writes on SQLite begin IMMEDIATE (see _install_sqlite_hooks); both share one pool.
+        self._prepare_statements()
+        # Writes on SQLite begin IMMEDIATE (see _install_sqlite_hooks). Reads are single statements:
+        # autocommit spares the BEGIN/ROLLBACK round trips. All share one pool.
         self._writer = self._engine.execution_options(keyvault_write=True)
+        # (SQLite connections are already in autocommit: the begin hook emits nothing for reads.)
+        self._reader = self._engine if self.dialect == "sqlite" else self._engine.execution_options(
+            isolation_level="AUTOCOMMIT")
         self._closed = False
+        # SQLite has one writer at a time: threads of this process queue here instead of
+        # sleep-polling in SQLite's busy handler (other processes still meet BEGIN IMMEDIATE).
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         try:
             self._open(auto_migrate)
         except BaseException:
@@ -256,8 +286,8 @@ class SQLBackend(StorageBackend):
 
         @event.listens_for(self._engine, "begin")
         def _on_begin(conn: Connection):
-            write = conn.get_execution_options().get("keyvault_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            if conn.get_execution_options().get("keyvault_write", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -265,20 +295,38 @@ class SQLBackend(StorageBackend):
         if self._closed:
             raise VaultLocked("the vault backend is closed")
         try:
-            with self._writer.begin() as conn:
+            with self._write_lock, self._writer.begin() as conn:
                 yield conn
         except sa.exc.OperationalError as exc:
             raise VaultLocked(f"vault database is busy or unreachable: {_reason(exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            # First line only: PostgreSQL's DETAIL quotes the failing row.
+            raise VaultError(f"the vault database refused the change: {_reason(exc)}") from None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         if self._closed:
             raise VaultLocked("the vault backend is closed")
         try:
-            with self._engine.connect() as conn:
+            with self._reader.connect() as conn:
                 yield conn
         except sa.exc.OperationalError as exc:
             raise VaultLocked(f"vault database is busy or unreachable: {_reason(exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            raise VaultError(f"the vault database refused the query: {_reason(exc)}") from None
+
+    def _prepare_statements(self) -> None:
+        """Dialect-specific upserts, built once."""
+        put = self._insert(meta_table)
+        self._meta_insert_ignore = self._insert(meta_table).on_conflict_do_nothing()
+        self._meta_upsert = put.on_conflict_do_update(index_elements=[meta_table.c.key],
+                                                      set_={"value": put.excluded.value})
+        self._owner_key_insert_ignore = self._insert(owner_keys).on_conflict_do_nothing()
+        self._credential_insert_ignore = (
+            self._insert(credentials)
+            .on_conflict_do_nothing(index_elements=[credentials.c.owner, credentials.c.name])
+            .returning(credentials.c.id)
+        )
 
     def _insert(self, table: sa.Table):
         if self.dialect == "postgresql":
@@ -317,16 +365,15 @@ class SQLBackend(StorageBackend):
     # -- meta
     def meta_get(self, key: str) -> str | None:
         with self._read() as conn:
-            return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar()
+            return conn.execute(_SELECT_META, {"key": key}).scalar()
 
     def meta_init(self, key: str, value: str) -> str:
         with self._tx() as conn:
-            conn.execute(self._insert(meta_table).values(key=key, value=value).on_conflict_do_nothing())
-            return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar_one()
+            conn.execute(self._meta_insert_ignore, {"key": key, "value": value})
+            return conn.execute(_SELECT_META, {"key": key}).scalar_one()
 
     def _meta_put(self, conn: Connection, key: str, value: str) -> None:
-        stmt = self._insert(meta_table).values(key=key, value=value)
-        conn.execute(stmt.on_conflict_do_update(index_elements=[meta_table.c.key], set_={"value": value}))
+        conn.execute(self._meta_upsert, {"key": key, "value": value})
 
     def meta_set(self, key: str, value: str) -> None:
         with self._tx() as conn:
@@ -335,9 +382,7 @@ class SQLBackend(StorageBackend):
     # -- owner keys
     def get_owner_key(self, owner: str) -> tuple[bytes, str] | None:
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(owner_keys.c.wrapped, owner_keys.c.kek_id).where(owner_keys.c.owner == owner)
-            ).first()
+            row = conn.execute(_SELECT_OWNER_KEY, {"owner": owner}).first()
         return (bytes(row[0]), row[1]) if row else None
 
     def init_owner_key(self, owner: str, wrapped: bytes, kek_id: str) -> bytes:
@@ -345,14 +390,11 @@ class SQLBackend(StorageBackend):
             if self.dialect == "postgresql":
                 # Before reading kek_id: waits for a rotation in flight, then sees its new KEK id.
                 conn.exec_driver_sql("LOCK TABLE keyvault_owner_keys IN ROW EXCLUSIVE MODE")
-            current = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "kek_id")).scalar()
+            current = conn.execute(_SELECT_META, {"key": "kek_id"}).scalar()
             if current is not None and current != kek_id:
                 raise StaleMasterKey("the master key was rotated by another process")
-            conn.execute(
-                self._insert(owner_keys).values(owner=owner, wrapped=wrapped, kek_id=kek_id).on_conflict_do_nothing()
-            )
-            stored = conn.execute(sa.select(owner_keys.c.wrapped).where(owner_keys.c.owner == owner)).scalar_one()
-            return bytes(stored)
+            conn.execute(self._owner_key_insert_ignore, {"owner": owner, "wrapped": wrapped, "kek_id": kek_id})
+            return bytes(conn.execute(_SELECT_OWNER_KEY, {"owner": owner}).first()[0])
 
     def rewrap_owner_keys(self, rewrap: Callable[[str, bytes], bytes], new_kek_id: str, meta: dict[str, str]) -> int:
         with self._tx() as conn:
@@ -360,11 +402,12 @@ class SQLBackend(StorageBackend):
                 # Blocks owner-key creation (and other rotations) until this commits.
                 conn.exec_driver_sql("LOCK TABLE keyvault_owner_keys IN SHARE ROW EXCLUSIVE MODE")
             rows = conn.execute(sa.select(owner_keys.c.owner, owner_keys.c.wrapped).order_by(owner_keys.c.owner)).all()
-            for owner, wrapped in rows:
+            if rows:
                 conn.execute(
                     owner_keys.update()
-                    .where(owner_keys.c.owner == owner)
-                    .values(wrapped=rewrap(owner, bytes(wrapped)), kek_id=new_kek_id)
+                    .where(owner_keys.c.owner == sa.bindparam("b_owner"))
+                    .values(wrapped=sa.bindparam("b_wrapped"), kek_id=new_kek_id),
+                    [{"b_owner": owner, "b_wrapped": rewrap(owner, bytes(wrapped))} for owner, wrapped in rows],
                 )
             for key, value in meta.items():
                 self._meta_put(conn, key, value)
@@ -376,32 +419,26 @@ class SQLBackend(StorageBackend):
 
     # -- credentials
     def upsert_credential(self, rec: CredentialRecord, audit: AuditEvent | None = None) -> tuple[CredentialRecord, bool]:
-        select_row = sa.select(*_CRED_COLUMNS).where(credentials.c.owner == rec.owner, credentials.c.name == rec.name)
+        select_row = _SELECT_ONE.with_for_update()
+        key = {"owner": rec.owner, "name": rec.name}
         with self._tx() as conn:
-            row = conn.execute(select_row.with_for_update()).first()
+            row = conn.execute(select_row, key).first()
             created = False
-            if row is None:
-                inserted = conn.execute(
-                    self._insert(credentials)
-                    .values(
-                        id=rec.id, owner=rec.owner, name=rec.name, type=rec.type, provider=rec.provider,
-                        payload=rec.payload, created_at=rec.created_at, updated_at=rec.updated_at,
-                        last_used_at=rec.last_used_at, metadata=json.dumps(rec.metadata),
-                    )
-                    .on_conflict_do_nothing(index_elements=[credentials.c.owner, credentials.c.name])
-                    .returning(credentials.c.id)
-                )
+            while row is None and not created:
+                inserted = conn.execute(self._credential_insert_ignore, {
+                    "id": rec.id, "owner": rec.owner, "name": rec.name, "type": rec.type, "provider": rec.provider,
+                    "payload": rec.payload, "created_at": rec.created_at, "updated_at": rec.updated_at,
+                    "last_used_at": rec.last_used_at, "metadata": json.dumps(rec.metadata),
+                })
                 created = inserted.first() is not None
-                if not created:  # a concurrent writer created it first: replace theirs, locked
-                    row = conn.execute(select_row.with_for_update()).first()
+                if not created:  # a concurrent writer created it first: replace theirs (or retry if deleted)
+                    row = conn.execute(select_row, key).first()
             if not created:
                 old = _record(row)
-                conn.execute(
-                    credentials.update()
-                    .where(credentials.c.id == old.id)
-                    .values(type=rec.type, provider=rec.provider, payload=rec.payload, updated_at=rec.updated_at,
-                            metadata=json.dumps(rec.metadata))
-                )
+                conn.execute(_UPDATE_CRED, {
+                    "b_id": old.id, "b_type": rec.type, "b_provider": rec.provider, "b_payload": rec.payload,
+                    "b_updated_at": rec.updated_at, "b_metadata": json.dumps(rec.metadata),
+                })
                 rec.id, rec.created_at, rec.last_used_at = old.id, old.created_at, old.last_used_at
             if audit is not None:
                 self._insert_audit(conn, replace(audit, detail="created" if created else "replaced"))
@@ -409,34 +446,24 @@ class SQLBackend(StorageBackend):
 
     def get_credential(self, owner: str, name: str) -> CredentialRecord | None:
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_CRED_COLUMNS).where(credentials.c.owner == owner, credentials.c.name == name)
-            ).first()
+            row = conn.execute(_SELECT_ONE, {"owner": owner, "name": name}).first()
         return _record(row) if row else None
 
     def list_credentials(self, owner: str) -> list[CredentialRecord]:
         with self._read() as conn:
-            rows = conn.execute(
-                sa.select(*_CRED_COLUMNS).where(credentials.c.owner == owner).order_by(credentials.c.name)
-            ).all()
+            rows = conn.execute(_SELECT_OWNER, {"owner": owner}).all()
         return [_record(r) for r in rows]
 
     def delete_credential(self, owner: str, name: str, audit: AuditEvent | None = None) -> bool:
         with self._tx() as conn:
-            deleted = conn.execute(
-                credentials.delete().where(credentials.c.owner == owner, credentials.c.name == name)
-            ).rowcount > 0
+            deleted = conn.execute(_DELETE_CRED, {"owner": owner, "name": name}).rowcount > 0
             if deleted and audit is not None:
                 self._insert_audit(conn, audit)
             return deleted
 
     def touch_credential(self, owner: str, name: str, at: float) -> None:
         with self._tx() as conn:
-            conn.execute(
-                credentials.update()
-                .where(credentials.c.owner == owner, credentials.c.name == name)
-                .values(last_used_at=at)
-            )
+            conn.execute(_TOUCH, {"b_owner": owner, "b_name": name, "b_at": at})
 
     def iter_all_credentials(self) -> list[CredentialRecord]:
         with self._read() as conn:
@@ -465,12 +492,10 @@ class SQLBackend(StorageBackend):
 
     @staticmethod
     def _insert_audit(conn: Connection, event: AuditEvent) -> None:
-        conn.execute(
-            audit.insert().values(
-                at=event.at, owner=event.owner, actor=event.actor, action=event.action, target=event.target,
-                outcome=event.outcome, detail=event.detail,
-            )
-        )
+        conn.execute(_INSERT_AUDIT, {
+            "at": event.at, "owner": event.owner, "actor": event.actor, "action": event.action,
+            "target": event.target, "outcome": event.outcome, "detail": event.detail,
+        })
 
     def list_audit(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
         query = sa.select(*_AUDIT_COLUMNS).order_by(audit.c.id.desc()).limit(int(limit))

@@ -192,6 +192,8 @@ class Vault:
         return self.key_file.with_name(self.key_file.name + ".next")
 
     # -- data keys
+    STALE_KEY_RETRIES = 5  # rotations back to back may outrun one reload
+
     def _dek(self, owner: str, create: bool) -> bytes | None:
         with self._lock:
             dek = self._deks.get(owner)
@@ -201,13 +203,16 @@ class Vault:
             if stored is None:
                 if not create:
                     return None
-                try:
-                    wrapped = self.backend.init_owner_key(owner, self._kek.wrap(owner, new_data_key()), self._kek.kek_id)
-                except StaleMasterKey:
-                    # Another process rotated: reload the current key, then wrap under it.
-                    self._deks.clear()
-                    self._unlock()
-                    wrapped = self.backend.init_owner_key(owner, self._kek.wrap(owner, new_data_key()), self._kek.kek_id)
+                for attempt in range(self.STALE_KEY_RETRIES):
+                    try:
+                        wrapped = self.backend.init_owner_key(owner, self._kek.wrap(owner, new_data_key()), self._kek.kek_id)
+                        break
+                    except StaleMasterKey:
+                        # Another process rotated: reload the current key, then wrap under it.
+                        if attempt == self.STALE_KEY_RETRIES - 1:
+                            raise
+                        self._deks.clear()
+                        self._unlock()
             else:
                 wrapped = stored[0]
             try:
@@ -392,9 +397,16 @@ class Vault:
             meta["kek_check"] = new_kek.make_check(self._vault_id)
             meta["kek_id"] = new_kek.kek_id
             old_kek = self._kek
-            count = self.backend.rewrap_owner_keys(
-                lambda owner, blob: new_kek.wrap(owner, old_kek.unwrap(owner, blob)), new_kek.kek_id, meta
-            )
+            try:
+                count = self.backend.rewrap_owner_keys(
+                    lambda owner, blob: new_kek.wrap(owner, old_kek.unwrap(owner, blob)), new_kek.kek_id, meta
+                )
+            except DecryptionError:
+                if self.backend.meta_get("kek_id") not in (None, old_kek.kek_id):
+                    raise StaleMasterKey(
+                        "the master key was rotated by another process meanwhile; nothing was changed"
+                    ) from None
+                raise
             if source == "file":
                 os.replace(self._staged_key_file(), self.key_file)
                 mk._fsync_dir(self.key_file.parent)
