@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -15,8 +16,18 @@ from typing import Any, Callable, Iterable, Mapping
 from . import masterkey as mk
 from .backend import StorageBackend
 from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, open_value, seal_value, new_data_key
-from .errors import DecryptionError, InvalidInput, MasterKeyError, NoCredential, NotFound, StaleMasterKey, WrongMasterKey
+from .errors import (
+    DecryptionError,
+    InvalidInput,
+    MasterKeyError,
+    NoCredential,
+    NotFound,
+    StaleMasterKey,
+    StaleValue,
+    WrongMasterKey,
+)
 from .model import (
+    HIDDEN_TYPES,
     MAX_VALUE_BYTES,
     AuditEvent,
     CredentialInfo,
@@ -286,7 +297,8 @@ class Vault:
             raise NotFound(f"no credential named {name.strip()} in the vault")
         return CredentialInfo.from_record(rec)
 
-    def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *, actor: str | None = None) -> CredentialInfo:
+    def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *, actor: str | None = None,
+                        audit_action: str = "update") -> CredentialInfo:
         """Replace a credential's metadata without touching its value."""
         owner, name = validate_owner(owner), validate_name(name)
         rec = self.backend.get_credential(owner, name)
@@ -295,8 +307,31 @@ class Vault:
         rec.metadata = dict(metadata)
         rec.updated_at = self._clock()
         stored, _ = self.backend.upsert_credential(rec)
-        self.audit(owner, "update", name, "ok", actor=actor, detail="metadata")
+        self.audit(owner, audit_action, name, "ok", actor=actor, detail="metadata")
         return CredentialInfo.from_record(stored)
+
+    def replace_value(self, owner: str, name: str, expected: str, value: str, metadata: Mapping[str, Any], *,
+                      actor: str | None = None, action: str = "refresh") -> CredentialInfo:
+        """Compare-and-swap a value (e.g. refreshed OAuth tokens): only if it still is `expected`.
+
+        Raises StaleValue when another writer changed it first; nothing is written then."""
+        owner, name = validate_owner(owner), validate_name(name)
+        text = validate_value(value, max_bytes=self._max_value_bytes)
+        rec = self.backend.get_credential(owner, name)
+        if rec is None:
+            raise NotFound(f"no credential named {name} in the vault")
+        current = self.get_value(owner, name, purpose=action, actor=actor, touch=False)
+        if not hmac.compare_digest(current.encode("utf-8"), expected.encode("utf-8")):
+            raise StaleValue(f"credential {name} was changed by another writer; nothing was written")
+        dek = self._dek(owner, create=True)
+        sealed = seal_value(dek, owner, name, rec.type, text.encode("utf-8"))
+        if not self.backend.replace_payload(rec.id, sealed, rec.payload):
+            raise StaleValue(f"credential {name} was changed by another writer; nothing was written")
+        if self._on_value:
+            self._on_value(name, text)
+        # Metadata (non-secret expiry, flags) follows the value; a crash between the two
+        # writes leaves a stale expiry, which at worst causes one extra refresh.
+        return self.update_metadata(owner, name, metadata, actor=actor, audit_action=action)
 
     def get_value(self, owner: str, name: str, *, purpose: str = "use", actor: str | None = None, touch: bool = True) -> str:
         """Decrypt one stored value. Every failure is one opaque error for that credential."""
@@ -347,9 +382,10 @@ class Vault:
             self.audit(owner, "use", name, "ok", actor=actor, detail="source=vault")
         return ResolvedCredential(name, value, "vault", rec.provider, rec.type, dict(rec.metadata))
 
-    def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]:
+    def list(self, owner: str, *, include_env: bool = True, include_hidden: bool = False) -> list[CredentialInfo]:
         owner = validate_owner(owner)
-        items = [CredentialInfo.from_record(r) for r in self.backend.list_credentials(owner)]
+        items = [CredentialInfo.from_record(r) for r in self.backend.list_credentials(owner)
+                 if include_hidden or r.type not in HIDDEN_TYPES]
         if include_env:
             stored = {i.name for i in items}
             now = self._clock()
