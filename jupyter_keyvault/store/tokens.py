@@ -118,7 +118,7 @@ class TokenStore:
         expires_at = self.vault._clock() + expires_in_seconds
         meta = {"token_name": name, "credentials": creds, "expires_at": expires_at}
         self.vault.set(owner, _record_name(token_id), _hash(secret), type=TOKEN_TYPE, metadata=meta, actor=actor,
-                       action="token_create")
+                       action="token_create", hidden=True)
         rec = self.vault.backend.get_credential(owner, _record_name(token_id))
         return f"{PREFIX}_{token_id}_{secret}", self._info(rec)
 
@@ -132,7 +132,7 @@ class TokenStore:
         rec = self.vault.backend.get_credential(owner, _record_name(token_id))
         if rec is None or rec.type != TOKEN_TYPE:  # type guard: this path never deletes a credential
             raise NotFound("no token with that id")
-        self.vault.delete(owner, rec.name, actor=actor)
+        self.vault.delete(owner, rec.name, actor=actor, hidden=True)
 
     def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo:
         """The token's info if it is valid now and may use `credential`; else TokenRefused/TokenScopeError."""

@@ -265,10 +265,18 @@ class Vault:
         metadata: Mapping[str, Any] | None = None,
         actor: str | None = None,
         action: str = "set",
+        hidden: bool = False,
     ) -> tuple[CredentialInfo, bool]:
         owner = validate_owner(owner)
         name = validate_name(name)
         kind = validate_type(type)
+        # Hidden records (vault access tokens) are made only by their own API, and a
+        # credential write can never replace one (nor a token write a credential).
+        if (kind in HIDDEN_TYPES) != hidden:
+            raise InvalidInput(f"credential type {kind} cannot be set here")
+        existing = self.backend.get_credential(owner, name)
+        if existing is not None and (existing.type in HIDDEN_TYPES) != hidden:
+            raise InvalidInput(f"the name {name} is reserved; choose another")
         text = validate_value(value, max_bytes=self._max_value_bytes)
         if provider is not None and (not isinstance(provider, str) or not 1 <= len(provider) <= 64):
             raise InvalidInput("provider must be a short string")
@@ -293,7 +301,7 @@ class Vault:
 
     def info(self, owner: str, name: str) -> CredentialInfo:
         rec = self.backend.get_credential(validate_owner(owner), validate_name(name))
-        if rec is None:
+        if rec is None or rec.type in HIDDEN_TYPES:
             raise NotFound(f"no credential named {name.strip()} in the vault")
         return CredentialInfo.from_record(rec)
 
@@ -374,7 +382,7 @@ class Vault:
                 self.audit(owner, "use", name, "ok", actor=actor, detail="source=env")
             return ResolvedCredential(name, env_value, "env", None, "api_key", {})
         rec = self.backend.get_credential(validate_owner(owner), name)
-        if rec is None:
+        if rec is None or rec.type in HIDDEN_TYPES:
             hint = how_to_add or f"add one with `jupyter keyvault set {name}` or the Key Vault panel"
             raise NoCredential(f"No API key configured for {name}: {hint}")
         value = self.get_value(owner, name, actor=actor, purpose=purpose)
@@ -399,8 +407,11 @@ class Vault:
                     ]
         return sorted(items, key=lambda i: i.name)
 
-    def delete(self, owner: str, name: str, *, actor: str | None = None) -> None:
+    def delete(self, owner: str, name: str, *, actor: str | None = None, hidden: bool = False) -> None:
         owner, name = validate_owner(owner), validate_name(name)
+        rec = self.backend.get_credential(owner, name)
+        if rec is not None and (rec.type in HIDDEN_TYPES) != hidden:  # type guard both ways
+            raise NotFound(f"no credential named {name} in the vault")
         event = AuditEvent(None, self._clock(), owner, actor or owner, "delete", name, "ok")
         if not self.backend.delete_credential(owner, name, audit=event):
             self.audit(owner, "delete", name, "not_found", actor=actor)
