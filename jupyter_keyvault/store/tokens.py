@@ -9,7 +9,7 @@ encryption) still yields nothing that authenticates.
 Verification looks the record up by `id` and compares hashes with `hmac.compare_digest`.
 The lookup's timing can at most tell whether an id exists; ids are not secret and knowing
 one gives no information about its secret. An unknown id is compared against a dummy
-hash, so the work done is the same either way.
+hash (skipping only the decryption), so the secret's comparison is the same either way.
 """
 
 from __future__ import annotations
