@@ -21,11 +21,14 @@ from .iopub import scrubbing_connection_class
 from .kernel_auth import KernelAuthenticator
 from .nbscrub import scrub_notebook
 from .kernel_handlers import handlers as kernel_handlers
+from .oauth import OAuthManager, build_providers
+from .oauth_handlers import handlers as oauth_handlers
 from .proxy import handlers as proxy_handlers
 from .ratelimit import RateLimiter
 from .scrub import install_log_filter
 from .settings import KERNEL_ENV_ALLOWLIST, KeyVault
 from .store import InvalidInput, NotFound, Vault, VaultError
+from .store.tokens import TokenStore
 
 
 class KeyVaultApp(ExtensionApp, KeyVault):
@@ -80,6 +83,9 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         "notebook metadata and /keyvault/api/status), replaced ('redact'), or ignored ('off'). Outputs are "
         "always scrubbed.",
     ).tag(config=True)
+    token_failures_per_minute = Float(
+        10.0, help="Failed vault-access-token attempts allowed per client address per minute (429 above it)."
+    ).tag(config=True)
     server_url = Unicode(
         "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
     ).tag(config=True)
@@ -104,6 +110,12 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         self.write_limiter = RateLimiter(self.write_rate_per_minute, burst=max(1, int(self.write_rate_per_minute)))
         self.test_limiter = RateLimiter(self.test_rate_per_minute, burst=max(1, int(self.test_rate_per_minute)))
         self.kernel_auth = KernelAuthenticator(self._session_key_for)
+        self.tokens = TokenStore(self.vault)
+        self.token_failure_limiter = RateLimiter(self.token_failures_per_minute,
+                                                 burst=max(1, int(self.token_failures_per_minute)))
+        self.token_blocked_until: dict[str, float] = {}
+        self.oauth = OAuthManager(self.vault, self.owner, build_providers(self.oauth_providers),
+                                  refresh_skew=self.oauth_refresh_skew, timeout=self.test_timeout)
         self._resolved: dict[str, tuple[float, object]] = {}
         self._http = None
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
@@ -114,7 +126,8 @@ class KeyVaultApp(ExtensionApp, KeyVault):
         self.serverapp.io_loop.call_later(0, partial(asyncio.ensure_future, self._learn_values()))
 
     def initialize_handlers(self):
-        self.handlers.extend(rest_handlers + kernel_handlers + proxy_handlers)
+        # oauth_handlers first: its token-aware proxy route shadows proxy.py's for the same paths.
+        self.handlers.extend(rest_handlers + oauth_handlers + kernel_handlers + proxy_handlers)
 
     # -- shared by the REST, kernel and proxy handlers
     def _session_key_for(self, kernel_id: str) -> bytes | None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from jupyter_core.application import JupyterApp
-from traitlets import Bool, Int, Unicode
+from traitlets import Bool, Int, List, Unicode
 from traitlets.config.loader import KVArgParseConfigLoader
 
 from . import __version__, dotenv, providers
@@ -151,7 +151,7 @@ class ListCommand(_Command):
 class SetCommand(_Command):
     name = "jupyter keyvault set"
     description = "Store a credential. The value is read without echo, or from stdin when piped."
-    usage = "NAME [--provider P] [--type api_key|oauth2|custom]"
+    usage = "NAME [--provider P] [--type api_key|oauth2|custom|oauth_client_secret]"
     min_args = max_args = 1
     provider = Unicode(None, allow_none=True, help="Provider id (openai, anthropic, …).").tag(config=True)
     credential_type = Unicode("api_key", help="Credential type.").tag(config=True)
@@ -474,6 +474,46 @@ class ScanCommand(_Command):
         os.chmod(target, mode)
 
 
+class TokenCommand(_Command):
+    name = "jupyter keyvault token"
+    description = "Vault access tokens for tools outside notebooks: token create NAME | list | delete ID."
+    usage = "create NAME [--credential C ...] [--expires 30d] | list [--json] | delete ID"
+    min_args, max_args = 1, 2
+    credentials = List(Unicode(), help="Credential names the token may use (repeat the option).").tag(config=True)
+    expires = Unicode("30d", help="Lifetime: e.g. 30d, 2w, 12h.").tag(config=True)
+    aliases = {**_Command.aliases, "credential": "TokenCommand.credentials", "expires": "TokenCommand.expires"}
+
+    def run(self):
+        from .store.tokens import TokenStore, parse_expiry
+
+        action, rest = self.extra_args[0], self.extra_args[1:]
+        tokens = TokenStore(self.vault())
+        if action == "create" and len(rest) == 1:
+            token, info = tokens.create(self.owner, rest[0], self.credentials, parse_expiry(self.expires))
+            if self.json_output:
+                self.out(json.dumps({"token": token, **info.to_json()}))
+                return
+            self.out(token)
+            print(f"Created token {info.id} ({info.name}) for {', '.join(info.credentials)}, expires "
+                  f"{_fmt_time(info.expires_at)}. It is shown only now.", file=sys.stderr)
+        elif action == "list" and not rest:
+            items = tokens.list(self.owner)
+            if self.json_output:
+                self.out(json.dumps([t.to_json() for t in items], indent=1))
+                return
+            rows = [("ID", "NAME", "CREDENTIALS", "CREATED", "LAST USED", "EXPIRES")]
+            rows += [(t.id, t.name, ",".join(t.credentials), _fmt_time(t.created_at), _fmt_time(t.last_used_at),
+                      _fmt_time(t.expires_at)) for t in items]
+            widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+            for r in rows:
+                self.out("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        elif action == "delete" and len(rest) == 1:
+            tokens.delete(self.owner, rest[0].strip())
+            self.out(f"Deleted token {rest[0].strip()}")
+        else:
+            raise CommandError(f"usage: jupyter keyvault token {self.usage}")
+
+
 SUBCOMMANDS = {
     "list": ListCommand,
     "set": SetCommand,
@@ -486,6 +526,7 @@ SUBCOMMANDS = {
     "import": ImportCommand,
     "audit": AuditCommand,
     "scan": ScanCommand,
+    "token": TokenCommand,
 }
 
 

@@ -241,6 +241,7 @@ class StatusHandler(KeyVaultHandler):
             "owner": self.owner,
             "providers": [p.to_json() for p in providers.PROVIDERS.values()],
             "notebook_warnings": list(self.kv.notebook_warnings),
+            "oauth_providers": [p.to_json() for p in self.kv.oauth.providers.values()],
         })
 
 

@@ -124,6 +124,26 @@ class KeyVault(Configurable):
                 raise TraitError(f"KeyVault.provider_base_urls[{pid!r}]: {exc}") from None
         return cleaned
 
+    oauth_providers = Dict(
+        help="OAuth2 providers users can connect credentials to: {id: {authorize_url, token_url, client_id, "
+        "api_base_url, scopes, display_name?, revoke_url?, extra_authorize_params?, client_secret_credential?, "
+        "token_endpoint_auth_method?}}. The client secret is never configured here: store it in the vault "
+        "(`jupyter keyvault set OAUTH_<ID>_CLIENT_SECRET --type oauth_client_secret`). See docs/oauth.md.",
+    ).tag(config=True)
+
+    @validate("oauth_providers")
+    def _validate_oauth_providers(self, proposal):
+        from .oauth import validate_providers
+
+        try:
+            return validate_providers(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"KeyVault.{exc}") from None
+
+    oauth_refresh_skew = Float(
+        60.0, help="Refresh an OAuth2 access token this many seconds before it expires."
+    ).tag(config=True)
+
     env_credentials = List(
         Unicode(),
         help="Extra env-var names that, when set in the server's environment, are used as credentials "

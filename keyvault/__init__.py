@@ -6,6 +6,8 @@
     keyvault.get("OPENAI_API_KEY")        # Secret('OPENAI_API_KEY', '********'); .reveal() -> value
     with keyvault.env("HF_TOKEN"): ...    # exported only inside the block
     keyvault.list(); keyvault.status()
+    keyvault.http("GOOGLE").get("drive/v3/files")   # OAuth2: the server injects a fresh token
+    keyvault.token("GOOGLE")              # OAuth2 access token (direct mode), a Secret
 
 The implementation lives in `jupyter_keyvault.kernel`; this module only re-exports it.
 """
@@ -28,9 +30,11 @@ from jupyter_keyvault.kernel import (
     client,
     env,
     get,
+    http,
     load_ipython_extension,
     openai,
     status,
+    token,
     unload_ipython_extension,
 )
 from jupyter_keyvault.kernel import delete_credential as delete
@@ -57,11 +61,13 @@ __all__ = [
     "delete",
     "env",
     "get",
+    "http",
     "list",
     "load_ipython_extension",
     "openai",
     "set",
     "status",
     "test",
+    "token",
     "unload_ipython_extension",
 ]

@@ -25,6 +25,7 @@ from tornado import web
 
 import jupyter_keyvault
 from jupyter_keyvault.handlers import handlers as keyvault_handlers
+from jupyter_keyvault.oauth_handlers import handlers as oauth_handlers
 from jupyter_keyvault.testing.pytest_plugin import VALID_OPENAI_KEY
 
 API = ("keyvault", "api")
@@ -793,7 +794,8 @@ class TestKernelEnvironment:
 
 def openapi_path(pattern: str) -> str:
     path = pattern.removesuffix("/?")
-    return re.sub(r"\(\?P<raw_name>\[\^/\]\+\)", "{name}", path)
+    path = re.sub(r"\(\?P<raw_name>\[\^/\]\+\)", "{name}", path)
+    return re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", path)
 
 
 def implemented_methods(handler_class) -> set[str]:
@@ -805,7 +807,8 @@ def test_given_the_registered_routes_when_compared_with_openapi_json_then_every_
     documented = {path: {m for m in ops if m in ("get", "put", "post", "delete", "patch")}
                   for path, ops in OPENAPI["paths"].items()}
     registered = {}
-    for pattern, handler_class, *_ in keyvault_handlers:
+    rest_routes = keyvault_handlers + [h for h in oauth_handlers if h[0].startswith("/keyvault/api/")]
+    for pattern, handler_class, *_ in rest_routes:
         path = openapi_path(pattern)
         if path == "/keyvault/api/openapi.json":  # the document itself, not an operation it describes
             continue

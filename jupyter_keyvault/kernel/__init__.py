@@ -19,6 +19,7 @@ from .errors import (
 from .identity import KernelIdentity, authorization_header, detect_identity, make_credential
 from .magics import keyvault_magic, load_ipython_extension, unload_ipython_extension
 from .mode import current_backend, reset, use_backend
+from .oauth import http, token
 from .secret import Secret
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "detect_identity",
     "env",
     "get",
+    "http",
     "keyvault_magic",
     "list_credentials",
     "load_ipython_extension",
@@ -54,6 +56,7 @@ __all__ = [
     "set_credential",
     "status",
     "test_credential",
+    "token",
     "unload_ipython_extension",
     "use_backend",
 ]

@@ -38,3 +38,7 @@ class NoCredential(VaultError, LookupError):
 
 class StaleMasterKey(VaultError):
     """Another process rotated the master key since this one opened the vault."""
+
+
+class StaleValue(VaultError):
+    """A compare-and-swap found the value changed by another writer; nothing was written."""

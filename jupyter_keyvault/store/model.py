@@ -11,7 +11,9 @@ from typing import Any
 
 from .errors import InvalidInput
 
-CREDENTIAL_TYPES = ("api_key", "oauth2", "custom")
+CREDENTIAL_TYPES = ("api_key", "oauth2", "custom", "oauth_client_secret", "vault_token")
+# Records of these types are not credentials a user picks from a list (vault access tokens).
+HIDDEN_TYPES = ("vault_token",)
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_VALUE_BYTES = 16 * 1024
 OWNER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
@@ -121,7 +123,7 @@ class CredentialInfo:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        item = {
             "name": self.name,
             "provider": self.provider,
             "type": self.type,
@@ -132,6 +134,15 @@ class CredentialInfo:
             "last_used_at": _iso(self.last_used_at),
             "metadata": self.metadata,
         }
+        if self.type == "oauth2":
+            oauth = self.metadata.get("oauth") or {}
+            item["oauth"] = {
+                "provider": oauth.get("provider"),
+                "scopes": list(oauth.get("scopes") or []),
+                "expires_at": _iso(oauth.get("expires_at")),
+                "needs_reauth": bool(oauth.get("needs_reauth")),
+            }
+        return item
 
 
 @dataclass(frozen=True)

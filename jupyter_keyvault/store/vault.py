@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -15,8 +16,18 @@ from typing import Any, Callable, Iterable, Mapping
 from . import masterkey as mk
 from .backend import StorageBackend
 from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, open_value, seal_value, new_data_key
-from .errors import DecryptionError, InvalidInput, MasterKeyError, NoCredential, NotFound, StaleMasterKey, WrongMasterKey
+from .errors import (
+    DecryptionError,
+    InvalidInput,
+    MasterKeyError,
+    NoCredential,
+    NotFound,
+    StaleMasterKey,
+    StaleValue,
+    WrongMasterKey,
+)
 from .model import (
+    HIDDEN_TYPES,
     MAX_VALUE_BYTES,
     AuditEvent,
     CredentialInfo,
@@ -258,10 +269,18 @@ class Vault:
         metadata: Mapping[str, Any] | None = None,
         actor: str | None = None,
         action: str = "set",
+        hidden: bool = False,
     ) -> tuple[CredentialInfo, bool]:
         owner = validate_owner(owner)
         name = validate_name(name)
         kind = validate_type(type)
+        # Hidden records (vault access tokens) are made only by their own API, and a
+        # credential write can never replace one (nor a token write a credential).
+        if (kind in HIDDEN_TYPES) != hidden:
+            raise InvalidInput(f"credential type {kind} cannot be set here")
+        existing = self.backend.get_credential(owner, name)
+        if existing is not None and (existing.type in HIDDEN_TYPES) != hidden:
+            raise InvalidInput(f"the name {name} is reserved; choose another")
         text = validate_value(value, max_bytes=self._max_value_bytes)
         if provider is not None and (not isinstance(provider, str) or not 1 <= len(provider) <= 64):
             raise InvalidInput("provider must be a short string")
@@ -286,11 +305,12 @@ class Vault:
 
     def info(self, owner: str, name: str) -> CredentialInfo:
         rec = self.backend.get_credential(validate_owner(owner), validate_name(name))
-        if rec is None:
+        if rec is None or rec.type in HIDDEN_TYPES:
             raise NotFound(f"no credential named {name.strip()} in the vault")
         return CredentialInfo.from_record(rec)
 
-    def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *, actor: str | None = None) -> CredentialInfo:
+    def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *, actor: str | None = None,
+                        audit_action: str = "update") -> CredentialInfo:
         """Replace a credential's metadata without touching its value."""
         owner, name = validate_owner(owner), validate_name(name)
         rec = self.backend.get_credential(owner, name)
@@ -299,8 +319,31 @@ class Vault:
         rec.metadata = dict(metadata)
         rec.updated_at = self._clock()
         stored, _ = self.backend.upsert_credential(rec)
-        self.audit(owner, "update", name, "ok", actor=actor, detail="metadata")
+        self.audit(owner, audit_action, name, "ok", actor=actor, detail="metadata")
         return CredentialInfo.from_record(stored)
+
+    def replace_value(self, owner: str, name: str, expected: str, value: str, metadata: Mapping[str, Any], *,
+                      actor: str | None = None, action: str = "refresh") -> CredentialInfo:
+        """Compare-and-swap a value (e.g. refreshed OAuth tokens): only if it still is `expected`.
+
+        Raises StaleValue when another writer changed it first; nothing is written then."""
+        owner, name = validate_owner(owner), validate_name(name)
+        text = validate_value(value, max_bytes=self._max_value_bytes)
+        rec = self.backend.get_credential(owner, name)
+        if rec is None:
+            raise NotFound(f"no credential named {name} in the vault")
+        current = self.get_value(owner, name, purpose=action, actor=actor, touch=False)
+        if not hmac.compare_digest(current.encode("utf-8"), expected.encode("utf-8")):
+            raise StaleValue(f"credential {name} was changed by another writer; nothing was written")
+        dek = self._dek(owner, create=True)
+        sealed = seal_value(dek, owner, name, rec.type, text.encode("utf-8"))
+        if not self.backend.replace_payload(rec.id, sealed, rec.payload):
+            raise StaleValue(f"credential {name} was changed by another writer; nothing was written")
+        if self._on_value:
+            self._on_value(name, text)
+        # Metadata (non-secret expiry, flags) follows the value; a crash between the two
+        # writes leaves a stale expiry, which at worst causes one extra refresh.
+        return self.update_metadata(owner, name, metadata, actor=actor, audit_action=action)
 
     def get_value(self, owner: str, name: str, *, purpose: str = "use", actor: str | None = None, touch: bool = True) -> str:
         """Decrypt one stored value. Every failure is one opaque error for that credential."""
@@ -343,7 +386,7 @@ class Vault:
                 self.audit(owner, "use", name, "ok", actor=actor, detail="source=env")
             return ResolvedCredential(name, env_value, "env", None, "api_key", {})
         rec = self.backend.get_credential(validate_owner(owner), name)
-        if rec is None:
+        if rec is None or rec.type in HIDDEN_TYPES:
             hint = how_to_add or f"add one with `jupyter keyvault set {name}` or the Key Vault panel"
             raise NoCredential(f"No API key configured for {name}: {hint}")
         value = self.get_value(owner, name, actor=actor, purpose=purpose)
@@ -351,9 +394,10 @@ class Vault:
             self.audit(owner, "use", name, "ok", actor=actor, detail="source=vault")
         return ResolvedCredential(name, value, "vault", rec.provider, rec.type, dict(rec.metadata))
 
-    def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]:
+    def list(self, owner: str, *, include_env: bool = True, include_hidden: bool = False) -> list[CredentialInfo]:
         owner = validate_owner(owner)
-        items = [CredentialInfo.from_record(r) for r in self.backend.list_credentials(owner)]
+        items = [CredentialInfo.from_record(r) for r in self.backend.list_credentials(owner)
+                 if include_hidden or r.type not in HIDDEN_TYPES]
         if include_env:
             stored = {i.name for i in items}
             now = self._clock()
@@ -367,8 +411,11 @@ class Vault:
                     ]
         return sorted(items, key=lambda i: i.name)
 
-    def delete(self, owner: str, name: str, *, actor: str | None = None) -> None:
+    def delete(self, owner: str, name: str, *, actor: str | None = None, hidden: bool = False) -> None:
         owner, name = validate_owner(owner), validate_name(name)
+        rec = self.backend.get_credential(owner, name)
+        if rec is not None and (rec.type in HIDDEN_TYPES) != hidden:  # type guard both ways
+            raise NotFound(f"no credential named {name} in the vault")
         event = AuditEvent(None, self._clock(), owner, actor or owner, "delete", name, "ok")
         if not self.backend.delete_credential(owner, name, audit=event):
             self.audit(owner, "delete", name, "not_found", actor=actor)

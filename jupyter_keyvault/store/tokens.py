@@ -1,0 +1,155 @@
+"""Vault access tokens: named, scoped, expiring bearer tokens for tools outside notebooks.
+
+A token is `kvt1_<id>_<secret>`: `id` (16 random bytes, hex) is a public handle, `secret`
+(32 random bytes, hex) is the part that proves possession. Only SHA-256(secret) is kept,
+sealed like any credential value. A plain hash is enough because the secret is 256 random
+bits: there is no dictionary to try and no salt needed; a stolen DB (after breaking the
+encryption) still yields nothing that authenticates.
+
+Verification looks the record up by `id` and compares hashes with `hmac.compare_digest`.
+The lookup's timing can at most tell whether an id exists; ids are not secret and knowing
+one gives no information about its secret. An unknown id is compared against a dummy
+hash (skipping only the decryption), so the secret's comparison is the same either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .errors import InvalidInput, NotFound, VaultError
+from .model import _iso, validate_name
+
+PREFIX = "kvt1"
+TOKEN_TYPE = "vault_token"
+RECORD_PREFIX = "KVT_"
+TOKEN_RE = re.compile(r"kvt1_([0-9a-f]{32})_([0-9a-f]{64})")
+ID_RE = re.compile(r"[0-9a-f]{32}")
+MAX_EXPIRES_DAYS = 3650
+_DUMMY_HASH = hashlib.sha256(b"no such token").hexdigest()
+
+
+class TokenRefused(VaultError):
+    """One message for every refused token (unknown, forged, expired): no oracle."""
+
+
+class TokenScopeError(VaultError):
+    """A valid token used for a credential it was not granted."""
+
+
+def looks_like_token(text: str | None) -> bool:
+    return bool(text) and text.startswith(PREFIX + "_")  # type: ignore[union-attr]
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _record_name(token_id: str) -> str:
+    return RECORD_PREFIX + token_id
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    name: str
+    credentials: list[str]
+    created_at: float
+    last_used_at: float | None
+    expires_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "credentials": list(self.credentials),
+            "created_at": _iso(self.created_at),
+            "last_used_at": _iso(self.last_used_at),
+            "expires_at": _iso(self.expires_at),
+        }
+
+
+def validate_token_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("token name must be a non-empty string")
+    name = name.strip()
+    if len(name) > 100 or not name.isprintable():
+        raise InvalidInput("token name must be at most 100 printable characters")
+    return name
+
+
+def parse_expiry(text: str) -> int:
+    """`30d`, `2w`, `12h` or `90` (days) -> seconds."""
+    m = re.fullmatch(r"\s*(\d{1,5})\s*([dhw]?)\s*", text or "")
+    if not m:
+        raise InvalidInput("expiry must look like 30d, 2w or 12h")
+    n, unit = int(m.group(1)), m.group(2) or "d"
+    seconds = n * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
+    if not 3600 <= seconds <= MAX_EXPIRES_DAYS * 86400:
+        raise InvalidInput(f"expiry must be between 1 hour and {MAX_EXPIRES_DAYS} days")
+    return seconds
+
+
+class TokenStore:
+    """Token operations over a Vault (tokens are records of type `vault_token`)."""
+
+    def __init__(self, vault):
+        self.vault = vault
+
+    def _info(self, rec) -> TokenInfo:
+        meta = rec.metadata
+        return TokenInfo(rec.name[len(RECORD_PREFIX):], meta.get("token_name", ""), list(meta.get("credentials", [])),
+                         rec.created_at, rec.last_used_at, meta.get("expires_at"))
+
+    def create(self, owner: str, name: str, credentials: Iterable[str], expires_in_seconds: int, *,
+               actor: str | None = None) -> tuple[str, TokenInfo]:
+        """Mint a token; the plaintext is returned here once and never stored."""
+        name = validate_token_name(name)
+        creds = sorted({validate_name(c) for c in credentials})
+        if not creds:
+            raise InvalidInput("a token needs at least one credential it may use (--credential NAME)")
+        if not isinstance(expires_in_seconds, int) or not 3600 <= expires_in_seconds <= MAX_EXPIRES_DAYS * 86400:
+            raise InvalidInput(f"expiry must be between 1 hour and {MAX_EXPIRES_DAYS} days")
+        token_id, secret = secrets.token_hex(16), secrets.token_hex(32)
+        expires_at = self.vault._clock() + expires_in_seconds
+        meta = {"token_name": name, "credentials": creds, "expires_at": expires_at}
+        self.vault.set(owner, _record_name(token_id), _hash(secret), type=TOKEN_TYPE, metadata=meta, actor=actor,
+                       action="token_create", hidden=True)
+        rec = self.vault.backend.get_credential(owner, _record_name(token_id))
+        return f"{PREFIX}_{token_id}_{secret}", self._info(rec)
+
+    def list(self, owner: str) -> list[TokenInfo]:
+        recs = [r for r in self.vault.backend.list_credentials(owner) if r.type == TOKEN_TYPE]
+        return sorted((self._info(r) for r in recs), key=lambda t: t.created_at)
+
+    def delete(self, owner: str, token_id: str, *, actor: str | None = None) -> None:
+        if not isinstance(token_id, str) or not ID_RE.fullmatch(token_id):
+            raise NotFound("no token with that id")
+        rec = self.vault.backend.get_credential(owner, _record_name(token_id))
+        if rec is None or rec.type != TOKEN_TYPE:  # type guard: this path never deletes a credential
+            raise NotFound("no token with that id")
+        self.vault.delete(owner, rec.name, actor=actor, hidden=True)
+
+    def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo:
+        """The token's info if it is valid now and may use `credential`; else TokenRefused/TokenScopeError."""
+        refused = TokenRefused("vault access token refused (unknown, deleted, expired or malformed)")
+        m = TOKEN_RE.fullmatch(token or "")
+        rec = self.vault.backend.get_credential(owner, _record_name(m.group(1))) if m else None
+        stored = _DUMMY_HASH
+        if rec is not None and rec.type == TOKEN_TYPE:
+            stored = self.vault.get_value(owner, rec.name, purpose="token_auth", touch=True)
+        presented = _hash(m.group(2)) if m else _hash("")
+        ok = hmac.compare_digest(stored, presented) and rec is not None and rec.type == TOKEN_TYPE
+        if not ok:
+            raise refused
+        info = self._info(rec)
+        if info.expires_at is None or info.expires_at <= self.vault._clock():
+            raise refused
+        if credential is not None and credential not in info.credentials:
+            raise TokenScopeError(f"this token may not use {credential} (allowed: {', '.join(info.credentials)})")
+        return info
+
