@@ -1,0 +1,71 @@
+"""keyvault.panel() outside a Jupyter server (plain python/IPython): it uses the local vault on disk."""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("ipywidgets", minversion="8")
+
+from jupyter_keyvault.kernel import mode  # noqa: E402
+
+
+@pytest.fixture
+def local(monkeypatch, tmp_path):
+    for var in ("KEYVAULT_SERVER_URL", "KEYVAULT_KERNEL_ID", "KEYVAULT_KERNEL_SESSION_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("KEYVAULT_MASTER_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
+    mode.reset()
+    assert mode.current_backend().mode == "local"
+    yield
+    mode.reset()
+
+
+def test_given_no_server_when_a_key_is_saved_and_deleted_in_the_panel_then_the_local_vault_changes(local, canary):
+    import keyvault
+
+    box = keyvault.panel()
+    ui = box.keyvault_panel
+    assert "keyvault-panel" in box._dom_classes
+    ui.name.value = "OPENAI_API_KEY"
+    ui.value.set_state({"value": canary})  # what the frontend sends while typing
+    assert canary not in str(ui.value.get_state())
+    ui.save.click()
+    assert ui.status.value.startswith("Saved OPENAI_API_KEY")
+    assert [c["name"] for c in keyvault.list()] == ["OPENAI_API_KEY"]
+    assert keyvault.get("OPENAI_API_KEY").reveal() == canary
+    assert 'data-name="OPENAI_API_KEY"' in ui.list.value
+    import ipywidgets
+
+    assert canary not in str(ipywidgets.Widget.get_manager_state(drop_defaults=False))
+
+    ui.delete.click()
+    ui.confirm.click()
+    assert ui.status.value == "Deleted OPENAI_API_KEY."
+    assert keyvault.list() == []
+
+
+def test_given_ipywidgets_is_missing_when_panel_is_called_then_a_clear_error_says_how_to_install_it(monkeypatch):
+    import keyvault
+    from jupyter_keyvault import widgets
+
+    real_import = builtins.__import__
+
+    def no_ipywidgets(name, *args, **kwargs):
+        if name == "ipywidgets" or name.startswith("ipywidgets."):
+            raise ImportError("No module named 'ipywidgets'")
+        return real_import(name, *args, **kwargs)
+
+    # A fresh import of the module in a process without ipywidgets; monkeypatch puts the real one back.
+    monkeypatch.delitem(sys.modules, "jupyter_keyvault.widgets")
+    monkeypatch.setattr(builtins, "__import__", no_ipywidgets)
+    with pytest.raises(keyvault.KeyVaultError, match=r"pip install 'jupyter-keyvault\[widgets\]'"):
+        keyvault.panel()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    assert sys.modules["jupyter_keyvault.widgets"] is not widgets  # the test really re-imported it
