@@ -33,6 +33,10 @@ def test_given_no_server_when_a_key_is_saved_and_deleted_in_the_panel_then_the_l
     box = keyvault.panel()
     ui = box.keyvault_panel
     assert "keyvault-panel" in box._dom_classes
+    ui.provider.value = "groq"  # picking a provider fills in its usual name and shows its key format
+    assert ui.name.value == "GROQ_API_KEY" and "gsk_" in ui.hint.value
+    ui.provider.value = "openai"  # the name follows while it is still the previous provider's default
+    assert ui.name.value == "OPENAI_API_KEY"
     ui.name.value = "OPENAI_API_KEY"
     ui.value.set_state({"value": canary})  # what the frontend sends while typing
     assert canary not in str(ui.value.get_state())
