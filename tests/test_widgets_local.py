@@ -73,3 +73,43 @@ def test_given_ipywidgets_is_missing_when_panel_is_called_then_a_clear_error_say
         keyvault.panel()
     monkeypatch.setattr(builtins, "__import__", real_import)
     assert sys.modules["jupyter_keyvault.widgets"] is not widgets  # the test really re-imported it
+
+
+class _EchoingBackend:
+    """A backend whose errors quote what it was given: the worst case for the status line."""
+
+    def list(self):
+        return []
+
+    def put(self, name, value, provider=None):
+        raise keyvault_error(f"server said: bad value {value!r} for {name}")
+
+
+def keyvault_error(message):
+    from jupyter_keyvault.kernel.errors import InvalidRequest
+
+    return InvalidRequest(message)
+
+
+@pytest.mark.parametrize("value", ["plain-canary-0123456789abcdef", "sk-proj-CANARY" + "Ab1" * 15])
+def test_given_an_error_that_quotes_the_value_when_save_fails_then_the_status_shows_it_redacted(value):
+    from jupyter_keyvault.widgets import KeyVaultPanel
+
+    ui = KeyVaultPanel(backend_factory=_EchoingBackend)
+    ui.name.value = "OPENAI_API_KEY"
+    ui.value.set_state({"value": value})
+    ui.save.click()
+    assert ui.status.value.startswith("Error: server said: bad value")
+    assert value not in ui.status.value and "REDACTED" in ui.status.value
+    assert "keyvault-status-error" in ui.status._dom_classes
+
+
+def test_given_a_key_pasted_into_the_name_field_when_save_fails_then_the_status_does_not_show_it():
+    from jupyter_keyvault.widgets import KeyVaultPanel
+
+    key = "sk-proj-CANARY" + "Zz9" * 15
+    ui = KeyVaultPanel(backend_factory=_EchoingBackend)
+    ui.name.value = key
+    ui.value.set_state({"value": "some-value-1234"})
+    ui.save.click()
+    assert ui.status.value.startswith("Error:") and key not in ui.status.value
