@@ -8,6 +8,7 @@
     keyvault.list(); keyvault.status()
     keyvault.http("GOOGLE").get("drive/v3/files")   # OAuth2: the server injects a fresh token
     keyvault.token("GOOGLE")              # OAuth2 access token (direct mode), a Secret
+    keyvault.panel()                      # ipywidgets panel: list, add/replace, test, delete
 
 The implementation lives in `jupyter_keyvault.kernel`; this module only re-exports it.
 """
@@ -33,6 +34,7 @@ from jupyter_keyvault.kernel import (
     http,
     load_ipython_extension,
     openai,
+    panel,
     status,
     token,
     unload_ipython_extension,
@@ -65,6 +67,7 @@ __all__ = [
     "list",
     "load_ipython_extension",
     "openai",
+    "panel",
     "set",
     "status",
     "test",

@@ -49,6 +49,8 @@ class ServerKernel:
         self.kernel_id: str | None = None
         self._ws = None
         self._client_session = uuid.uuid4().hex
+        self.received: list[dict[str, Any]] = []  # every JSON message the kernel sent on this websocket
+        self.frames: list[str | bytes] = []  # every raw frame, binary ones (buffers) included
 
     @property
     def headers(self) -> dict[str, str]:
@@ -90,11 +92,22 @@ class ServerKernel:
         msg = self._message("execute_request", {"code": code, "silent": False, "store_history": True,
                                                 "user_expressions": {}, "allow_stdin": stdin is not None,
                                                 "stop_on_error": True})
+        return await self._exchange(msg, "execute_reply", timeout=timeout, stdin=stdin)
+
+    async def comm_msg(self, comm_id: str, data: dict, *, timeout: float = 60) -> ExecutionResult:
+        """Send a comm message as a frontend does (e.g. a widget's state update or a button click) and
+        collect what the kernel sent while handling it (until it is idle again)."""
+        msg = self._message("comm_msg", {"comm_id": comm_id, "data": data})
+        return await self._exchange(msg, None, timeout=timeout)
+
+    async def _exchange(self, msg: dict, reply_type: str | None, *, timeout: float,
+                        stdin: list[str] | None = None) -> ExecutionResult:
         msg_id = msg["header"]["msg_id"]
         await self._ws.write_message(json.dumps(msg))
         result = ExecutionResult()
         replies = list(stdin or [])
-        got_idle = got_reply = False
+        got_idle = False
+        got_reply = reply_type is None
 
         async def pump():
             nonlocal got_idle, got_reply
@@ -102,9 +115,11 @@ class ServerKernel:
                 raw = await self._ws.read_message()
                 if raw is None:
                     raise ConnectionError("kernel websocket closed")
+                self.frames.append(raw)
                 if isinstance(raw, bytes):
                     continue
                 m = json.loads(raw)
+                self.received.append(m)
                 if m.get("parent_header", {}).get("msg_id") != msg_id:
                     continue
                 result.messages.append(m)
@@ -124,7 +139,7 @@ class ServerKernel:
                     result.error = content
                 elif kind == "status" and content["execution_state"] == "idle":
                     got_idle = True
-                elif kind == "execute_reply":
+                elif kind == reply_type:
                     got_reply = True
 
         await asyncio.wait_for(pump(), timeout)
