@@ -6,6 +6,7 @@
     keyvault.get("OPENAI_API_KEY")        # Secret('OPENAI_API_KEY', '********'); .reveal() -> value
     with keyvault.env("HF_TOKEN"): ...    # exported only inside the block
     keyvault.list(); keyvault.status()
+    keyvault.panel()                      # ipywidgets panel: list, add/replace, test, delete
 
 The implementation lives in `jupyter_keyvault.kernel`; this module only re-exports it.
 """
@@ -30,6 +31,7 @@ from jupyter_keyvault.kernel import (
     get,
     load_ipython_extension,
     openai,
+    panel,
     status,
     unload_ipython_extension,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "list",
     "load_ipython_extension",
     "openai",
+    "panel",
     "set",
     "status",
     "test",

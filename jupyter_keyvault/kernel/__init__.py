@@ -21,6 +21,14 @@ from .magics import keyvault_magic, load_ipython_extension, unload_ipython_exten
 from .mode import current_backend, reset, use_backend
 from .secret import Secret
 
+
+def panel():
+    """The ipywidgets Key Vault panel (see `jupyter_keyvault.widgets`); needs ipywidgets 8."""
+    from ..widgets import panel as build_panel
+
+    return build_panel()
+
+
 __all__ = [
     "MODES",
     "PLACEHOLDER_KEY",
@@ -50,6 +58,7 @@ __all__ = [
     "load_ipython_extension",
     "make_credential",
     "openai",
+    "panel",
     "reset",
     "set_credential",
     "status",
