@@ -72,7 +72,7 @@ def browser_page(lab):
 
 def open_sidebar(page):
     page.wait_for_selector('.jp-SideBar li[data-id="jupyter-keyvault-sidebar"]')
-    if not page.locator(SIDEBAR).is_visible():
+    if page.locator('.jp-SideBar li[data-id="jupyter-keyvault-sidebar"].lm-mod-current').count() == 0:
         page.click('.jp-SideBar li[data-id="jupyter-keyvault-sidebar"]')
     page.wait_for_selector(f"{SIDEBAR} .kv-protection-source")
 
@@ -90,21 +90,23 @@ def save_key(page, name: str, value: str, provider: str = "openai"):
 
 def open_notebook(page, name: str):
     """From the file browser, staying on the same page (no navigation evicts recorded bodies)."""
-    if not page.locator(".jp-DirListing").is_visible():
+    page.wait_for_selector('.jp-SideBar li[data-id="jupyter-keyvault-sidebar"]')  # the app has loaded
+    if page.locator('.jp-SideBar li[data-id="filebrowser"].lm-mod-current').count() == 0:
         page.click('.jp-SideBar li[data-id="filebrowser"]')
     page.locator(f'.jp-DirListing-item[title^="Name: {name}"]').dblclick()
 
 
-def run_first_cell(page) -> str:
-    """Run the notebook's first cell with Shift+Enter and return its output text once it has finished."""
+def run_cell(page, index: int = 0) -> str:
+    """Run one notebook cell with Shift+Enter and return its output text once it has finished."""
     page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content")
     page.wait_for_selector(".jp-StatusBar-TextItem:has-text('| Idle')", timeout=120_000)  # kernel ready
-    page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-content").click()
     page.keyboard.press("Shift+Enter")
     page.wait_for_function(
-        "() => /\\[\\d+\\]/.test(document.querySelector('.jp-Notebook .jp-Cell .jp-InputPrompt').textContent)",
-        timeout=150_000)
-    return page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea").inner_text()
+        "e => /\\[\\d+\\]/.test(e.querySelector('.jp-InputPrompt').textContent)",
+        arg=cell.element_handle(), timeout=150_000)
+    return cell.locator(".jp-OutputArea").inner_text()
 
 
 def row(page, name: str):
@@ -141,7 +143,7 @@ def test_given_a_canary_key_typed_into_the_sidebar_when_saved_tested_used_replac
     # Use from a notebook cell through the server proxy
     recorder.collect()
     open_notebook(page, "use.ipynb")
-    output = run_first_cell(page)
+    output = run_cell(page)
     assert REPLY_TEXT in output, output
     page.locator(".jp-Notebook").first.click()
     page.keyboard.press("Control+s")
@@ -195,7 +197,7 @@ def test_given_a_stored_key_when_access_is_limited_in_the_sidebar_then_the_metad
 
     # use.ipynb is outside course/: the kernel is refused.
     open_notebook(page, "use.ipynb")
-    output = run_first_cell(page)
+    output = run_cell(page)
     assert "not allowed from this notebook" in output and REPLY_TEXT not in output, output
 
 
