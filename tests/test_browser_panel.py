@@ -62,7 +62,9 @@ def test_given_a_canary_key_entered_in_the_widget_panel_when_saved_tested_used_a
     page.locator(f"{PANEL} .keyvault-panel-name input").fill("OPENAI_API_KEY")
     page.locator(f"{PANEL} .keyvault-panel-value input").fill(canary)
     page.locator(f"{PANEL} .keyvault-panel-save").click()
-    assert page.locator(f"{PANEL} .keyvault-panel-value input").input_value() == ""
+    # The kernel clears the field: one comm round trip after the click (not synchronous in the browser).
+    page.wait_for_function("e => e.value === ''", arg=page.locator(f"{PANEL} .keyvault-panel-value input")
+                           .element_handle(), timeout=5_000)
     wait_status(page, "Saved OPENAI_API_KEY")
     page.wait_for_selector(f'{PANEL} .keyvault-panel-row[data-name="OPENAI_API_KEY"]')
     assert places_in_page(page, canary) == []

@@ -192,10 +192,9 @@ export class KeyVaultPanel extends Widget {
       box.append(el('p', { class: 'kv-empty' }, 'No keys yet. Add one below.'));
       return;
     }
+    // One column: the sidebar is narrow; name first, then provider, presence and last use.
     const table = el('table', { class: 'kv-table' },
-      el('thead', {}, el('tr', {},
-        el('th', { scope: 'col' }, 'Name'), el('th', { scope: 'col' }, 'Provider'),
-        el('th', { scope: 'col' }, 'Stored'), el('th', { scope: 'col' }, 'Last used'))));
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Name · provider · stored · last used'))));
     const body = el('tbody');
     for (const item of this.credentials) {
       body.append(...this.renderItem(item));
@@ -217,11 +216,9 @@ export class KeyVaultPanel extends Widget {
     if (globs.length) {
       nameCell.append(el('span', { class: 'kv-badge kv-badge-scoped', title: `Only: ${globs.join(', ')}` }, 'limited'));
     }
-    const row = el('tr', { class: 'kv-item', 'data-name': item.name },
-      nameCell,
-      el('td', {}, item.provider ?? '—'),
-      el('td', {}, item.present ? 'yes' : 'no'),
-      el('td', {}, when(item.last_used_at)));
+    nameCell.append(el('div', { class: 'kv-item-meta' },
+      `${item.provider ?? 'no provider'} · ${item.present ? 'stored' : 'missing'} · last used ${when(item.last_used_at)}`));
+    const row = el('tr', { class: 'kv-item', 'data-name': item.name }, nameCell);
     const result = el('div', { class: 'kv-test-result', role: 'status', 'aria-live': 'polite' });
     const actions = el('div', { class: 'kv-actions' },
       button('Test', 'kv-test', () => void this.test(item, result), `Test ${item.name}`));
@@ -244,7 +241,7 @@ export class KeyVaultPanel extends Widget {
     const accessBox = el('div', { class: 'kv-access-editor' });
     accessBox.hidden = true;
     const detail = el('tr', { class: 'kv-item-detail', 'data-name': item.name },
-      el('td', { colspan: '4' }, actions, result, accessBox));
+      el('td', {}, actions, result, accessBox));
     return [row, detail];
   }
 
