@@ -91,7 +91,7 @@ export class KeyVaultPanel extends Widget {
     const hintId = nextId('kv-hint');
     this.nameInput = el('input', {
       id: nameId, class: 'jp-mod-styled kv-name', type: 'text', autocomplete: 'off', spellcheck: 'false',
-      placeholder: 'OPENAI_API_KEY', required: '', pattern: '[A-Za-z_][A-Za-z0-9_]{0,63}'
+      placeholder: 'e.g. OPENAI_API_KEY', required: '', pattern: '[A-Za-z_][A-Za-z0-9_]{0,63}'
     });
     this.providerSelect = el('select', { id: providerId, class: 'jp-mod-styled kv-provider' });
     this.providerHint = el('div', { id: hintId, class: 'kv-hint' });
@@ -347,6 +347,8 @@ export class KeyVaultPanel extends Widget {
     this.formTitle.textContent = 'Add a key';
     this.nameInput.readOnly = false;
     this.nameInput.value = '';
+    this.providerSelect.value = '';
+    this.showHint();
     this.valueInput.value = '';
   }
 
