@@ -9,4 +9,9 @@ def _jupyter_server_extension_points():
     return [{"module": "jupyter_keyvault", "app": KeyVaultApp}]
 
 
+def _jupyter_labextension_paths():
+    # The prebuilt sidebar, installed by the wheel under share/jupyter/labextensions as well.
+    return [{"src": "labextension", "dest": "jupyter-keyvault"}]
+
+
 __all__ = ["__version__"]

@@ -119,7 +119,7 @@ class KeyVaultHandler(VaultCallsMixin, APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:  # RFC 9110: a 405 lists the methods the resource supports
             self.set_header("Allow", ", ".join(
-                m.upper() for m in ("get", "put", "post", "delete", "options")
+                m.upper() for m in ("get", "put", "patch", "post", "delete", "options")
                 if getattr(type(self), m) is not getattr(web.RequestHandler, m)))
         if status_code == 429 and getattr(self, "_retry_after", None):
             self.set_header("Retry-After", self._retry_after)
@@ -217,6 +217,38 @@ class CredentialHandler(KeyVaultHandler):
         self.kv.invalidate(name)
         self.set_status(204)
         self.finish()
+
+
+    @web.authenticated
+    @authorized(action="write")
+    async def patch(self, raw_name: str):
+        """Metadata-only update (e.g. the per-notebook access list); the value is untouched."""
+        name = self.name_from_path(raw_name)
+        body = self.json_body()
+        if set(body) != {"metadata"}:
+            raise web.HTTPError(422, "send exactly one field, 'metadata' (a JSON object)")
+        metadata = body["metadata"]
+        if not isinstance(metadata, dict) or len(json.dumps(metadata)) > 4096:
+            raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
+        globs = metadata.get("notebooks")
+        if globs is not None and not (isinstance(globs, list) and all(isinstance(g, str) and g for g in globs)):
+            raise web.HTTPError(422, "metadata.notebooks must be a list of non-empty glob strings")
+        self.limit(self.kv.write_limiter, "write")
+
+        def update():
+            current = next((i for i in self.kv.vault.list(self.owner) if i.name == name), None)
+            if current is None:
+                raise NotFound(f"no credential named {name} in the vault")
+            kept = {k: v for k, v in metadata.items() if k != "hint"}
+            if "hint" in current.metadata:  # server-made; the client can neither set nor drop it
+                kept["hint"] = current.metadata["hint"]
+            return self.kv.vault.update_metadata(self.owner, name, kept, actor=self.actor)
+
+        info = await self.off_loop(update)
+        self.kv.invalidate(name)
+        item = info.to_json()
+        item["metadata"] = {k: v for k, v in item["metadata"].items() if k != "hint" or self.kv.show_masked_hint}
+        self.write_json(item)
 
 
 class CredentialTestHandler(KeyVaultHandler):

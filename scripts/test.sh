@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install-postgresql.sh
 bash scripts/install-chp.sh
+bash scripts/install-chromium.sh  # browser tests (tests/test_browser_*.py)
 echo "== pytest"
 .venv/bin/python -m pytest -q "$@"
 echo "== bandit (fails on medium/high findings)"

@@ -25,3 +25,29 @@ def test_given_unauthenticated_access_disallowed_when_the_server_starts_then_key
     # Other extensions may warn (e.g. terminals' websocket); each warning lists the routes it means.
     warnings = [block for block in log.split("JupyterServerAuthWarning")[1:] if "/keyvault/" in block[:2000]]
     assert warnings == []
+
+
+def test_given_a_plain_wheel_installed_into_a_fresh_venv_when_labextensions_are_listed_then_the_sidebar_is_enabled_and_ok(
+        tmp_path):
+    import glob
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    if not shutil.which("npm"):
+        pytest.skip("building the wheel needs npm (the wheel's users do not)")
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(repo)],
+                   check=True, timeout=900)
+    wheel = glob.glob(str(tmp_path / "dist" / "jupyter_keyvault-*.whl"))[0]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", wheel, "jupyterlab"], check=True,
+                   timeout=900)
+    # No npm or node on the PATH of the user: nothing is built at install or list time.
+    env = {**os.environ, "PATH": str(venv / "bin")}
+    out = subprocess.run([str(venv / "bin" / "jupyter"), "labextension", "list"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if "jupyter-keyvault" in line]
+    assert any("enabled" in line and "OK" in line for line in lines), out.stdout + out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import socket
@@ -21,7 +22,10 @@ def free_port() -> int:
 
 
 class JupyterServer:
-    def __init__(self, *extra_args: str, env: dict | None = None, master_key: str | None = None):
+    module = "jupyter_server"  # what `python -m` runs
+
+    def __init__(self, *extra_args: str, env: dict | None = None, master_key: str | None = None,
+                 config: dict | None = None):
         self.root = Path(tempfile.mkdtemp(prefix="kv-server-"))
         self.port = free_port()
         self.token = secrets.token_hex(16)
@@ -42,8 +46,10 @@ class JupyterServer:
         }
         for d in ("home", "data", "config", "runtime", "ipython"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        if config:  # e.g. {"KeyVault": {"provider_base_urls": {...}}}
+            (self.root / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
         self.args = [
-            sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
+            sys.executable, "-m", self.module, "--allow-root", "--no-browser",
             f"--port={self.port}", "--ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
             "--ServerApp.allow_unauthenticated_access=False", f"--ServerApp.root_dir={self.root / 'home'}",
             *extra_args,
@@ -83,3 +89,12 @@ class JupyterServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class JupyterLab(JupyterServer):
+    """The same isolated server, running JupyterLab (for browser tests)."""
+
+    module = "jupyterlab"
+
+    def lab_url(self, path: str = "lab") -> str:
+        return f"{self.url}/{path}?token={self.token}"
