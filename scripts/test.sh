@@ -6,8 +6,8 @@ bash scripts/setup.sh
 bash scripts/install-postgresql.sh
 bash scripts/install-chp.sh
 bash scripts/install-chromium.sh  # browser tests (tests/test_browser_*.py)
-echo "== pytest"
-.venv/bin/python -m pytest -q "$@"
+echo "== pytest (a skip for a missing real part fails here: everything is installed above)"
+KEYVAULT_STRICT_SKIPS=1 .venv/bin/python -m pytest -q -rs "$@"
 echo "== bandit (fails on medium/high findings)"
 .venv/bin/bandit -q -r jupyter_keyvault keyvault -c pyproject.toml -ll
 echo "== pip-audit (fails on known vulnerabilities in direct dependencies)"
