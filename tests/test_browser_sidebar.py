@@ -169,7 +169,8 @@ def test_given_a_canary_key_typed_into_the_sidebar_when_saved_tested_used_replac
     row(page, "OPENAI_API_KEY").locator(".kv-delete").click()
     page.locator(".jp-Dialog button.jp-mod-warn").click()
     page.wait_for_selector(f"{SIDEBAR} .kv-message:has-text('Deleted OPENAI_API_KEY.')")
-    assert page.locator(f'{SIDEBAR} tr.kv-item[data-name="OPENAI_API_KEY"]').count() == 0
+    # The list re-renders after the message: wait for the row to go (times out, failing, if it stays).
+    page.wait_for_selector(f'{SIDEBAR} tr.kv-item[data-name="OPENAI_API_KEY"]', state="detached", timeout=10_000)
 
     for secret in (canary, replacement):
         assert places_in_page(page, secret) == []

@@ -64,6 +64,7 @@ export class KeyVaultPanel extends Widget {
   private status: Status | null = null;
   private credentials: Credential[] = [];
   private tokens: AccessToken[] | null = null;
+  private refreshGeneration = 0;
   private readonly statusChanged_ = new Signal<this, Status | null>(this);
 
   private readonly protectionBox = el('section', { class: 'kv-protection', 'aria-label': 'Vault protection' });
@@ -135,8 +136,13 @@ export class KeyVaultPanel extends Widget {
   }
 
   async refresh(): Promise<void> {
+    // Refreshes overlap (a click, an action's own refresh): only the newest may render.
+    const generation = ++this.refreshGeneration;
     try {
       const [status, credentials] = await Promise.all([this.api.status(), this.api.credentials()]);
+      if (generation !== this.refreshGeneration) {
+        return;
+      }
       this.status = status;
       this.credentials = credentials;
       this.statusChanged_.emit(status);
@@ -145,11 +151,16 @@ export class KeyVaultPanel extends Widget {
       this.statusChanged_.emit(null);
       return;
     }
+    let tokens: AccessToken[] | null = null;
     try {
-      this.tokens = await this.api.tokens();
+      tokens = await this.api.tokens();
     } catch (error) {
-      this.tokens = null;
+      tokens = null; // no token routes on this server: the section stays hidden
     }
+    if (generation !== this.refreshGeneration) {
+      return;
+    }
+    this.tokens = tokens;
     this.render();
   }
 
