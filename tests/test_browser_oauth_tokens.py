@@ -23,7 +23,7 @@ from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
 from jupyter_keyvault.testing.live_server import JupyterLab
 from jupyter_keyvault.testing.oauth_server import OAuthTestServer
 
-from test_browser_sidebar import SIDEBAR, open_sidebar, save_key
+from test_browser_sidebar import SIDEBAR, notebook, open_notebook, open_sidebar, run_cell, save_key
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -55,6 +55,7 @@ def lab(fake_upstream, oauth_as):
         "provider_base_urls": {"openai": fake_upstream.openai_base_url}, "test_timeout": 10.0,
         "oauth_providers": {PROVIDER: oauth_as.provider_config(CLIENT_ID)}}})
     write_lab_settings(server.root / "config")
+    (server.root / "home" / "panel.ipynb").write_text(json.dumps(notebook("import keyvault\nkeyvault.panel()")))
     server.start(timeout=120)
     client_secret = "cs-" + os.urandom(16).hex()
     oauth_as.add_client(CLIENT_ID, client_secret, [server.url + "/keyvault/oauth/callback"])
@@ -175,3 +176,37 @@ def test_given_an_oauth_provider_when_connect_is_clicked_in_the_sidebar_then_the
     assert any(f"/keyvault/oauth/{PROVIDER}/start" in u for u in hops)
     assert any(u.startswith(oauth_as.url + "/authorize") for u in hops)
     assert any("/keyvault/oauth/callback" in u for u in hops)
+
+
+def test_given_an_oauth_provider_when_connect_is_clicked_in_the_widget_panel_then_its_link_opens_the_real_flow_on_the_same_origin(
+        lab, browser_page, oauth_as):
+    page, recorder = browser_page
+    panel = ".keyvault-panel"
+    page.goto(lab.lab_url())
+    open_notebook(page, "panel.ipynb")
+    run_cell(page, 0)
+    page.locator(f"{panel} .keyvault-panel-connect").wait_for()
+    assert page.locator(f"{panel} .keyvault-panel-connect").inner_text().strip() == "Connect Test AS"
+    page.locator(f"{panel} .keyvault-panel-name input").fill("MAIL")
+    page.locator(f"{panel} .keyvault-panel-name input").press("Enter")
+    page.locator(f"{panel} .keyvault-panel-connect").click()
+    link = page.locator(f'{panel} a.keyvault-panel-oauth-go[target="_blank"]')
+    link.wait_for()
+    assert "as MAIL" in link.inner_text()
+    with page.context.expect_page() as opened:
+        link.click()
+    tab = opened.value
+    tab.wait_for_url(lambda u: u.startswith(lab.url + "/lab/tree/panel.ipynb"), timeout=90_000)
+    tab.close()
+    assert oauth_as.token_requests == ["authorization_code"]
+
+    page.locator(f"{panel} .keyvault-panel-refresh").click()
+    row = page.locator(f'{panel} .keyvault-panel-row[data-name="MAIL"]')
+    row.wait_for()
+    assert "OAuth: testas" in row.inner_text() and "token until" in row.inner_text()
+    page.locator(panel).screenshot(path=str(os.path.join(os.path.dirname(__file__), "..", "docs", "images",
+                                                         "widget-panel-oauth.png")))
+    issued = [t.access_token for t in oauth_as.tokens] + [t.refresh_token for t in oauth_as.tokens if t.refresh_token]
+    for value in issued:
+        assert places_in_page(page, value) == []
+        assert recorder.where(value) == []
