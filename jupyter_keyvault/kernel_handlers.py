@@ -93,6 +93,9 @@ class KernelStatusHandler(KernelAPIHandler):
             "allow_direct_access": self.kv.allow_direct_access,
             "notebook_path": await self.notebook_path(),
             "kernel_id": self.kernel_id,
+            # For Connect links the browser opens on its own origin (the kernel's server URL may differ).
+            "base_url": self.base_url,
+            "oauth_providers": [p.to_json() for p in self.kv.oauth.providers.values()],
         })
 
 

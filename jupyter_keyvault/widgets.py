@@ -22,6 +22,11 @@ Selectors (CSS classes, stable; browser tests rely on them)
 ``.keyvault-panel-confirm``    ``Button``: present in the DOM only while a delete awaits confirmation
 ``.keyvault-panel-cancel``     ``Button``: abandons the pending delete
 ``.keyvault-panel-refresh``    ``Button``: reload the list
+``.keyvault-panel-connect``    ``Button``: one per OAuth provider configured on the server ("Connect NAME");
+                               none in local mode or when the server configures none
+``.keyvault-panel-oauth-link`` HTML: after a Connect click, ``<a class="keyvault-panel-oauth-go"
+                               target="_blank">`` to the server's sign-in start page (relative URL, so
+                               it opens on the origin the user is on)
 ``.keyvault-panel-status``     HTML: the status message; also carries ``keyvault-status-ok``,
                                ``keyvault-status-error`` or ``keyvault-status-busy``
 
@@ -30,6 +35,9 @@ Semantics
 - Save, Test and Delete act on the name in ``.keyvault-panel-name`` at the moment of the click.
 - Confirm deletes the name that was in the field when Delete was clicked (shown in the prompt), even
   if the field changed since; Cancel, Save or a second Delete replace the pending deletion.
+- Connect uses the name in ``.keyvault-panel-name`` (or ``<PROVIDER>_TOKEN`` when empty); the sign-in
+  happens in a new tab that ends on this notebook; Refresh then lists the credential as ``OAuth``.
+  OAuth credentials show their provider, token expiry or ``needs reconnecting``.
 - Save clears the password field at once (success or not) and then reports.
 - Status texts: ``Saved NAME (provider).`` (plus `` Warning: …``), ``NAME works: DETAIL``,
   ``NAME failed: ERROR``, ``Delete NAME? This cannot be undone.``, ``Deleted NAME.``,
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import html
 from typing import Any, Callable
+from urllib.parse import quote, urlencode
 
 from . import providers
 from .kernel.errors import InvalidRequest, KeyVaultError
@@ -167,6 +176,13 @@ def render_list(items: list[dict]) -> str:
         presence = "stored" if item.get("present", True) else "missing"
         if source and source not in ("vault", "user"):
             presence = f"{presence} ({html.escape(str(source))})"
+        oauth = item.get("oauth") if item.get("type") == "oauth2" else None
+        if isinstance(oauth, dict):
+            provider = html.escape(f"OAuth: {oauth.get('provider') or '?'}")
+            if oauth.get("needs_reauth"):
+                presence = '<span class="keyvault-panel-reauth">needs reconnecting (Connect again)</span>'
+            elif oauth.get("expires_at"):
+                presence = f"{presence}, token until {html.escape(_format_time(oauth.get('expires_at')))}"
         last_used = html.escape(_format_time(item.get("last_used_at")))
         rows.append(f'<tr class="keyvault-panel-row" data-name="{name}"><td><code>{name}</code></td>'
                     f"<td>{provider}</td><td>{presence}</td><td>{last_used}</td></tr>")
@@ -206,6 +222,10 @@ class KeyVaultPanel:
         self.cancel = widgets.Button(description="Cancel").add_class("keyvault-panel-cancel")
         self.confirm_row = widgets.HBox([]).add_class("keyvault-panel-confirm-row")
         self.status = widgets.HTML(value="").add_class("keyvault-panel-status")
+        self.connect_row = widgets.HBox([]).add_class("keyvault-panel-oauth")
+        self.oauth_link = widgets.HTML(value="").add_class("keyvault-panel-oauth-link")
+        self._oauth_providers: tuple[tuple[str, str], ...] = ()
+        self._server: dict = {}
 
         self.provider.observe(self._on_provider, names="value")
         self.save.on_click(self._guard(self._on_save))
@@ -225,6 +245,8 @@ class KeyVaultPanel:
             self.value,
             widgets.HBox([self.save, self.test, self.delete, self.refresh]),
             self.confirm_row,
+            self.connect_row,
+            self.oauth_link,
             self.status,
         ]).add_class("keyvault-panel")
         self._guard(self._on_refresh)(None)
@@ -267,7 +289,39 @@ class KeyVaultPanel:
         self.confirm_row.children = (self.confirm, self.cancel) if name else ()
 
     def _reload(self) -> None:
-        self.list.value = render_list(self._backend().list())
+        backend = self._backend()
+        self.list.value = render_list(backend.list())
+        self._server = backend.status() if hasattr(backend, "status") else {}
+        found = tuple((str(p.get("id")), str(p.get("display_name") or p.get("id")))
+                      for p in self._server.get("oauth_providers") or () if isinstance(p, dict))
+        if found != self._oauth_providers:
+            self._oauth_providers = found
+            buttons = []
+            for pid, label in found:
+                b = widgets.Button(description=f"Connect {label}", icon="link",
+                                   tooltip=f"Sign in to {label}; the token is stored in the vault, never shown"
+                                   ).add_class("keyvault-panel-connect")
+                b.on_click(self._guard(lambda _b, pid=pid, label=label: self._on_connect(pid, label)))
+                buttons.append(b)
+            self.connect_row.children = tuple(buttons)
+
+    def connect_url(self, provider_id: str, name: str) -> str:
+        """Relative to the server root, so the browser stays on the origin the user is on."""
+        base = str(self._server.get("base_url") or "/")
+        base = base if base.endswith("/") else base + "/"
+        notebook = self._server.get("notebook_path")
+        next_path = base + ("lab/tree/" + quote(str(notebook)) if notebook else "lab")
+        return (f"{base}keyvault/oauth/{quote(provider_id, safe='')}/start?"
+                + urlencode({"name": name, "next": next_path}))
+
+    def _on_connect(self, provider_id: str, label: str) -> None:
+        raw = (self.name.value or "").strip()
+        name = valid_name(raw) if raw else f"{provider_id.upper()}_TOKEN"
+        url = self.connect_url(provider_id, name)
+        self.oauth_link.value = (f'<a class="keyvault-panel-oauth-go" target="_blank" rel="noopener" '
+                                 f'href="{html.escape(url)}">Sign in to {html.escape(label)} as {html.escape(name)}</a>'
+                                 " — opens a new tab; click Refresh here when it is done.")
+        self._say(f"Open the link to connect {name}.", "ok")
 
     # -- actions
     def _on_provider(self, change: dict) -> None:

@@ -247,3 +247,9 @@ async def test_given_a_name_that_looks_like_a_key_when_save_fails_then_the_statu
                 if m["msg_type"] == "comm_msg" and m["content"].get("comm_id") == ui.comm_of("keyvault-panel-status")
                 and "value" in (m["content"]["data"].get("state") or {})]
     assert statuses and all(canary not in s for s in statuses)
+
+
+async def test_given_no_oauth_provider_when_the_panel_opens_then_it_has_no_connect_button(server_kernel):
+    kernel, ui = await open_panel(server_kernel)
+    assert not [s for s in ui.states().values() if "keyvault-panel-connect" in (s.get("_dom_classes") or ())]
+    assert ui.state_of("keyvault-panel-oauth")["children"] == []

@@ -1,5 +1,5 @@
 // The "Key Vault" sidebar. Plain DOM with textContent only: nothing from the server is parsed as HTML.
-import { Dialog, showDialog } from '@jupyterlab/apputils';
+import { Dialog, InputDialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 import { ISignal, Signal } from '@lumino/signaling';
 
@@ -228,7 +228,7 @@ export class KeyVaultPanel extends Widget {
       nameCell.append(el('span', { class: 'kv-badge kv-badge-scoped', title: `Only: ${globs.join(', ')}` }, 'limited'));
     }
     nameCell.append(el('div', { class: 'kv-item-meta' },
-      `${item.provider ?? 'no provider'} · ${item.present ? 'stored' : 'missing'} · last used ${when(item.last_used_at)}`));
+      `${item.oauth?.provider ?? item.provider ?? 'no provider'} · ${item.present ? 'stored' : 'missing'} · last used ${when(item.last_used_at)}`));
     const row = el('tr', { class: 'kv-item', 'data-name': item.name }, nameCell);
     const result = el('div', { class: 'kv-test-result', role: 'status', 'aria-live': 'polite' });
     const actions = el('div', { class: 'kv-actions' },
@@ -299,17 +299,30 @@ export class KeyVaultPanel extends Widget {
     box.hidden = false;
     box.append(el('h3', {}, 'Connect an account'));
     for (const p of providers) {
-      box.append(button(`Connect ${p.display_name}`, 'kv-connect', () => {
-        const name = window.prompt(`Name for the ${p.display_name} credential`, `${p.id.toUpperCase()}_TOKEN`);
-        if (name) {
-          this.connect(p.id, name);
-        }
-      }));
+      box.append(button(`Connect ${p.display_name}`, 'kv-connect', () => void this.askAndConnect(p.id, p.display_name),
+                        `Connect a ${p.display_name} account`));
+    }
+  }
+
+  private async askAndConnect(providerId: string, displayName: string): Promise<void> {
+    const answer = await InputDialog.getText({
+      title: `Connect ${displayName}`,
+      label: 'Name of the credential (letters, digits, _)',
+      text: `${providerId.toUpperCase()}_TOKEN`,
+      okLabel: 'Connect'
+    });
+    const name = (answer.value ?? '').trim();
+    if (answer.button.accept && name) {
+      this.connect(providerId, name);
     }
   }
 
   private connect(providerId: string, name: string): void {
-    const next = window.location.pathname + window.location.search;
+    // Back to the same page, without a ?token= the user may have arrived with.
+    const params = new URLSearchParams(window.location.search);
+    params.delete('token');
+    const query = params.toString();
+    const next = window.location.pathname + (query ? `?${query}` : '');
     window.location.assign(this.api.oauthStartUrl(providerId, name, next));
   }
 
@@ -380,8 +393,8 @@ export class KeyVaultPanel extends Widget {
       await this.api.save(name, value, provider, metadata);
       value = '';
       this.resetForm();
-      this.say(`${verb} ${name}.`, 'ok');
       await this.refresh();
+      this.say(`${verb} ${name}.`, 'ok');
     } catch (error) {
       value = '';
       this.say(`Could not save ${name}: ${message(error)}`, 'error');
@@ -410,13 +423,16 @@ export class KeyVaultPanel extends Widget {
     if (!answer.button.accept) {
       return;
     }
+    // The message comes after the list is redrawn, so "Deleted" never shows next to the old row.
     try {
       await this.api.remove(item.name);
-      this.say(`Deleted ${item.name}.`, 'ok');
     } catch (error) {
+      await this.refresh();
       this.say(`Could not delete ${item.name}: ${message(error)}`, 'error');
+      return;
     }
     await this.refresh();
+    this.say(`Deleted ${item.name}.`, 'ok');
   }
 
   // ------------------------------------------------------------------ access tokens
@@ -436,7 +452,7 @@ export class KeyVaultPanel extends Widget {
       list.append(el('li', { class: 'kv-token', 'data-id': t.id },
         el('span', { class: 'kv-token-name' }, t.name),
         el('span', { class: 'kv-token-meta' },
-          ` ${t.credentials.join(', ')} · used ${when(t.last_used_at)} · expires ${when(t.expires_at)} `),
+          ` scopes: ${t.credentials.join(', ')} · expires ${when(t.expires_at)} · used ${when(t.last_used_at)} `),
         button('Revoke', 'jp-mod-warn kv-token-delete', () => void this.revokeToken(t), `Revoke token ${t.name}`)));
     }
     box.append(list);
@@ -445,7 +461,8 @@ export class KeyVaultPanel extends Widget {
     const name = el('input', { id: nameId, class: 'jp-mod-styled', type: 'text', required: '' });
     const days = el('input', { id: daysId, class: 'jp-mod-styled', type: 'number', min: '1', value: '30' });
     const choices = el('fieldset', { class: 'kv-token-credentials' }, el('legend', {}, 'Credentials'));
-    for (const c of this.credentials) {
+    // A token grants use of keys and OAuth accounts, never of the client secrets behind OAuth.
+    for (const c of this.credentials.filter(c => c.type !== 'oauth_client_secret' && c.type !== 'vault_token')) {
       const id = nextId('kv-token-cred');
       choices.append(el('div', {}, el('input', { id, type: 'checkbox', value: c.name }), el('label', { for: id }, c.name)));
     }
@@ -498,10 +515,12 @@ export class KeyVaultPanel extends Widget {
     }
     try {
       await this.api.deleteToken(token.id);
-      this.say(`Revoked ${token.name}.`, 'ok');
     } catch (error) {
+      await this.refresh();
       this.say(`Could not revoke ${token.name}: ${message(error)}`, 'error');
+      return;
     }
     await this.refresh();
+    this.say(`Revoked ${token.name}.`, 'ok');
   }
 }
