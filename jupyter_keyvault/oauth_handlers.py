@@ -24,7 +24,7 @@ from tornado import web
 from .handlers import AUTH_RESOURCE, KeyVaultHandler
 from .kernel_handlers import KernelAPIHandler
 from .oauth import NeedsReauth, OAuthError, safe_next
-from .proxy import _UNSAFE_PATH, DROP_QUERY, FORWARD_HEADERS, ProxyHandler
+from .proxy import FORWARD_HEADERS, ProxyHandler, proxied_url
 from .store import InvalidInput, NoCredential, NotFound, VaultError
 from .store.tokens import TokenRefused, TokenScopeError, looks_like_token
 
@@ -115,11 +115,19 @@ class OAuthProxyHandler(TokenProxyHandler):
     async def _handle(self, name: str):
         await self.authenticate_caller(name)
         kv: KeyVaultApp = self.settings["keyvault"]
-        await self.check_notebook_access(name, await kv.credential_metadata(name))
-        prefix = f"{self.base_url.rstrip('/')}/keyvault/proxy/oauth/{name}"
-        rest = self.request.path[len(prefix):].lstrip("/") if self.request.path.startswith(prefix) else None
-        if rest is None or _UNSAFE_PATH.search(rest):
-            raise web.HTTPError(400, "refused: the path must stay under the provider's API base URL")
+        metadata = await kv.credential_metadata(name)
+        await self.check_notebook_access(name, metadata)
+        prefix = f"{self.base_url.rstrip('/')}/keyvault/proxy/oauth/{name}/"
+        path = self.request.path if self.request.path != prefix.rstrip("/") else prefix
+        oauth_meta = metadata.get("oauth")
+        if not isinstance(oauth_meta, dict):
+            raise web.HTTPError(404, f"no OAuth credential named {name}")
+        try:
+            configured = kv.oauth.provider(str(oauth_meta.get("provider", "")))
+        except OAuthError as exc:
+            raise web.HTTPError(502, str(exc)) from None
+        # The path is checked before any token is read, as the provider proxy does.
+        url = proxied_url(path, self.request.query, prefix, None, configured.api_base_url)
         try:
             access, provider = await kv.oauth.access_token(name, actor=self.caller())
         except NeedsReauth as exc:
@@ -132,10 +140,6 @@ class OAuthProxyHandler(TokenProxyHandler):
             raise web.HTTPError(502, str(exc)) from None
         except VaultError as exc:
             raise web.HTTPError(503, str(exc)) from None
-        from urllib.parse import parse_qsl, urlencode
-
-        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k not in DROP_QUERY]
-        url = provider.api_base_url.rstrip("/") + ("/" + rest if rest else "") + ("?" + urlencode(query) if query else "")
         headers = {k: v for k, v in self.request.headers.get_all() if k.lower() in FORWARD_HEADERS}
         headers["Accept-Encoding"] = "identity"
         headers["Authorization"] = f"Bearer {access}"

@@ -61,25 +61,7 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
 
     def upstream_url(self, provider: providers.Provider, base_url: str) -> str:
         prefix = f"{self.base_url.rstrip('/')}/keyvault/proxy/{provider.id}/"
-        raw_path = self.request.path
-        if not raw_path.startswith(prefix):
-            raise web.HTTPError(404, "not a proxy path")
-        rest = raw_path[len(prefix):]
-        # Checked before the provider prefix is cut off: stripping it must not hide a `//`.
-        if _UNSAFE_PATH.search(rest):
-            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
-        if provider.proxy_prefix:
-            if not (rest == provider.proxy_prefix or rest.startswith(provider.proxy_prefix + "/")):
-                raise web.HTTPError(404, f"proxy paths for {provider.id} start with /{provider.proxy_prefix}/")
-            rest = rest[len(provider.proxy_prefix):].lstrip("/")
-        if _UNSAFE_PATH.search(rest):
-            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
-        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k not in DROP_QUERY]
-        url = base_url.rstrip("/") + ("/" + rest if rest else "") + (("?" + urlencode(query)) if query else "")
-        base, target = urlsplit(base_url), urlsplit(url)
-        if (target.scheme, target.netloc) != (base.scheme, base.netloc) or not target.path.startswith(base.path):
-            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
-        return url
+        return proxied_url(self.request.path, self.request.query, prefix, provider, base_url)
 
     def upstream_headers(self, provider: providers.Provider, key: str | None) -> dict[str, str]:
         headers = {k: v for k, v in self.request.headers.get_all()
@@ -193,3 +175,28 @@ class ProxyHandler(KernelAuthenticatedMixin, JupyterHandler):
 
 
 handlers = [(r"/keyvault/proxy/(?P<provider_id>[a-z_]+)(?P<path>/.*)?", ProxyHandler)]
+
+
+def proxied_url(raw_path: str, raw_query: str, prefix: str, provider: providers.Provider | None,
+                base_url: str) -> str:
+    """The upstream URL for a proxy request under `prefix`, refusing any path that could leave
+    the base URL (shared by this server's proxies and the hub service's); `provider` None for
+    OAuth APIs, which have no path prefix of their own."""
+    if not raw_path.startswith(prefix):
+        raise web.HTTPError(404, "not a proxy path")
+    rest = raw_path[len(prefix):]
+    # Checked before the provider prefix is cut off: stripping it must not hide a `//`.
+    if _UNSAFE_PATH.search(rest):
+        raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
+    if provider is not None and provider.proxy_prefix:
+        if not (rest == provider.proxy_prefix or rest.startswith(provider.proxy_prefix + "/")):
+            raise web.HTTPError(404, f"proxy paths for {provider.id} start with /{provider.proxy_prefix}/")
+        rest = rest[len(provider.proxy_prefix):].lstrip("/")
+    if _UNSAFE_PATH.search(rest):
+        raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
+    query = [(k, v) for k, v in parse_qsl(raw_query, keep_blank_values=True) if k not in DROP_QUERY]
+    url = base_url.rstrip("/") + ("/" + rest if rest else "") + (("?" + urlencode(query)) if query else "")
+    base, target = urlsplit(base_url), urlsplit(url)
+    if (target.scheme, target.netloc) != (base.scheme, base.netloc) or not target.path.startswith(base.path):
+        raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
+    return url

@@ -219,6 +219,25 @@ async def test_given_an_expired_access_token_when_the_credential_is_used_then_it
     assert any(e["action"] == "refresh" for e in await audit(jp_fetch))
 
 
+async def test_given_a_path_that_leaves_the_api_base_when_proxied_then_it_is_refused_before_any_token_is_used(
+        open_browser, server_url, jp_base_url, jp_fetch, oauth_as, keyvault_app):
+    browser = await open_browser()
+    await connect(browser, server_url, jp_base_url)
+    token = await make_token(jp_fetch, "DRIVE")
+    oauth_as.expire_access_tokens()
+    skip_clock(keyvault_app, 3600)  # a use would refresh: a refused path must not
+    before = len(oauth_as.api_requests)
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as tool:
+        for escape in ("..%2F..%2Ftoken", "%2e%2e/revoke", "a//evil.example/x", "files/..%2f..%2fadmin"):
+            refused = await tool.get(server_url + f"keyvault/proxy/oauth/DRIVE/{escape}",
+                                     headers={"Authorization": f"Bearer {token}"})
+            assert refused.status_code in (400, 404), (escape, refused.status_code)
+        missing = await tool.get(server_url + "keyvault/proxy/oauth/NOPE/files",
+                                 headers={"Authorization": f"Bearer {token}"})
+    assert missing.status_code in (403, 404)
+    assert oauth_as.refresh_calls == 0 and len(oauth_as.api_requests) == before
+
+
 async def test_given_20_concurrent_uses_of_an_expired_credential_then_the_as_sees_exactly_one_refresh(
         open_browser, server_url, jp_base_url, jp_fetch, oauth_as, keyvault_app):
     browser = await open_browser()

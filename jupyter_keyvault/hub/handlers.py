@@ -11,7 +11,6 @@ import html
 import json
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 from jupyterhub.services.auth import HubAuthenticated, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
@@ -20,7 +19,7 @@ from tornado.iostream import StreamClosedError
 
 from .. import __version__, providers
 from ..handlers import ascii_header_value, store_errors_as_http
-from ..proxy import DROP_QUERY, DROP_RESPONSE_HEADERS, FORWARD_HEADERS, FORWARD_PREFIXES, MAX_ERROR_BODY, _UNSAFE_PATH
+from ..proxy import DROP_RESPONSE_HEADERS, FORWARD_HEADERS, FORWARD_PREFIXES, MAX_ERROR_BODY, proxied_url
 from ..ratelimit import RateLimiter
 from ..store import InvalidInput, NoCredential, NotFound, VaultError
 from ..store.model import validate_name
@@ -443,22 +442,7 @@ class ProxyHandler(ServiceBase):
 
     def upstream_url(self, provider: providers.Provider, base_url: str) -> str:
         prefix = f"{self.kv.service_prefix.rstrip('/')}/proxy/{provider.id}/"
-        raw_path = self.request.path
-        if not raw_path.startswith(prefix):
-            raise web.HTTPError(404, "not a proxy path")
-        rest = raw_path[len(prefix):]
-        if _UNSAFE_PATH.search(rest):
-            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
-        if provider.proxy_prefix:
-            if not (rest == provider.proxy_prefix or rest.startswith(provider.proxy_prefix + "/")):
-                raise web.HTTPError(404, f"proxy paths for {provider.id} start with /{provider.proxy_prefix}/")
-            rest = rest[len(provider.proxy_prefix):].lstrip("/")
-        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k not in DROP_QUERY]
-        url = base_url.rstrip("/") + ("/" + rest if rest else "") + (("?" + urlencode(query)) if query else "")
-        base, target = urlsplit(base_url), urlsplit(url)
-        if (target.scheme, target.netloc) != (base.scheme, base.netloc) or not target.path.startswith(base.path):
-            raise web.HTTPError(400, "refused: the path must stay under the provider's base URL")
-        return url
+        return proxied_url(self.request.path, self.request.query, prefix, provider, base_url)
 
     async def _handle(self, provider_id: str):
         try:
