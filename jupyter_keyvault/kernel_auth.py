@@ -38,6 +38,7 @@ class KernelAuthenticator:
         self._clock = clock
         self._max_skew = max_skew
         self._seen: dict[tuple[str, str], float] = {}
+        self._next_prune = 0.0
         self._lock = threading.Lock()
 
     @staticmethod
@@ -79,5 +80,7 @@ class KernelAuthenticator:
 
     def _prune(self, now: float) -> None:
         # Past its expiry a nonce's timestamp is refused anyway, so it can be forgotten.
-        if len(self._seen) >= 1024:
+        # At most once a second: with over 1,024 live nonces a prune on every call cost ~0.4 ms each.
+        if len(self._seen) >= 1024 and now >= self._next_prune:
             self._seen = {item: expiry for item, expiry in self._seen.items() if expiry >= now}
+            self._next_prune = now + 1.0
