@@ -195,6 +195,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         raise urllib.error.HTTPError(req.full_url, code, f"refused to follow a redirect ({code})", headers, fp)
 
 
+def secret_safe_opener() -> urllib.request.OpenerDirector:
+    """An opener for requests that carry a secret: no env proxies (they could see it), no redirects."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect(),
+                                       urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+
+
 def run_key_test(provider: Provider, key: str | None, base_url: str, *, timeout: float = 10.0) -> TestResult:
     """Run the provider's cheap test request. Blocking: call it off the event loop."""
     redact = Scrubber()
@@ -203,11 +209,8 @@ def run_key_test(provider: Provider, key: str | None, base_url: str, *, timeout:
     url = validate_base_url(base_url) + "/" + provider.test_path
     request = urllib.request.Request(url, method="GET", headers={**provider.auth_headers(key), "Accept": "application/json",
                                                                     "User-Agent": "jupyter-keyvault"})
-    # No env proxies (they could see the key) and no redirects.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect(),
-                                         urllib.request.HTTPSHandler(context=ssl.create_default_context()))
     try:
-        with opener.open(request, timeout=timeout) as response:
+        with secret_safe_opener().open(request, timeout=timeout) as response:
             body = response.read(1_000_000)
             return TestResult(True, detail=redact.scrub(_describe_success(provider, body)), status=response.status)
     except urllib.error.HTTPError as exc:

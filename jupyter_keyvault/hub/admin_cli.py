@@ -14,6 +14,8 @@ import sys
 import urllib.error
 import urllib.request
 
+from ..providers import secret_safe_opener
+
 
 def _request(args, method: str, path: str, body=None):
     url = args.url.rstrip("/") + "/" + path.lstrip("/")
@@ -21,7 +23,8 @@ def _request(args, method: str, path: str, body=None):
     req = urllib.request.Request(url, data=data, method=method, headers={
         "Authorization": f"token {args.token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # nosec B310
+        # Carries an admin token and, for `set`, a shared key: never via env proxies or a redirect.
+        with secret_safe_opener().open(req, timeout=30) as resp:
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:

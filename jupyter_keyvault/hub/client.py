@@ -15,6 +15,7 @@ import urllib.request
 from typing import Any, Mapping
 from urllib.parse import quote
 
+from ..providers import secret_safe_opener
 from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
 from ..store.model import AuditEvent, CredentialInfo
 from ..store.vault import ResolvedCredential
@@ -43,8 +44,7 @@ class HubServiceError(VaultError):
 class HubVaultClient:
     """A `Vault`-shaped client of the keyvault hub service, for one hub user."""
 
-    def __init__(self, service_url: str, api_token: str, username: str, *, timeout: float = 30.0,
-                 list_cache_seconds: float = 2.0):
+    def __init__(self, service_url: str, api_token: str, username: str, *, timeout: float = 30.0):
         if not service_url:
             raise VaultError("c.KeyVault.backend = 'hub' needs the service URL (c.KeyVault.hub_url or "
                              "$KEYVAULT_HUB_URL), e.g. http://127.0.0.1:10101/services/keyvault/")
@@ -55,8 +55,6 @@ class HubVaultClient:
         self.username = username
         self.timeout = timeout
         self.env_credential_names: set[str] = set()
-        self._list_cache: tuple[float, list] | None = None
-        self._list_cache_seconds = list_cache_seconds
 
     # -- transport
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -64,7 +62,8 @@ class HubVaultClient:
         req = urllib.request.Request(self.service_url + path, data=data, method=method, headers={
             "Authorization": f"token {self._token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # nosec B310
+            # The server's hub token rides on every call: never via env proxies or a redirect.
+            with secret_safe_opener().open(req, timeout=self.timeout) as resp:
                 raw = resp.read()
                 return resp.status, (json.loads(raw) if raw else None)
         except urllib.error.HTTPError as exc:

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from tornado import ioloop, web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -153,7 +153,7 @@ class KeyVaultHubService(Application):
         now = time.monotonic()
         if hit and hit[0] > now:
             return hit[1]
-        req = HTTPRequest(f"{hub_auth.api_url.rstrip('/')}/users/{username}", headers={
+        req = HTTPRequest(f"{hub_auth.api_url.rstrip('/')}/users/{quote(username, safe='')}", headers={
             "Authorization": f"token {hub_auth.api_token}"}, request_timeout=15)
         resp = await AsyncHTTPClient().fetch(req, raise_error=False)
         if resp.code == 200:
