@@ -4,7 +4,7 @@ from ._version import __version__
 
 
 def _jupyter_server_extension_points():
-    from .app import KeyVaultApp
+    from .server.app import KeyVaultApp
 
     return [{"module": "jupyter_keyvault", "app": KeyVaultApp}]
 

@@ -12,8 +12,9 @@ from traitlets.config import Configurable
 
 from . import providers
 from .scrub import Scrubber, default_scrubber, install_log_filter
-from .store import SQLiteBackend, Vault
+from .store import SQLiteBackend
 from .store.masterkey import SOURCES
+from .vaults import ServerVault
 
 # Env vars that must never reach kernels or terminals, besides every credential name.
 DEFAULT_SECRET_ENV_PATTERNS = [
@@ -172,6 +173,59 @@ class KeyVault(Configurable):
 
     test_timeout = Float(10.0, help="Seconds to wait for a provider's test request.").tag(config=True)
 
+    # -- the server extension (read by KeyVaultManager)
+    max_request_bytes = Int(
+        64 * 1024, help="Largest request body accepted by the REST API, in bytes (413 above it)."
+    ).tag(config=True)
+    write_rate_per_minute = Float(
+        60.0, help="Credential writes and deletes allowed per user per minute (429 with Retry-After above it)."
+    ).tag(config=True)
+    test_rate_per_minute = Float(
+        20.0, help="Credential tests allowed per user per minute (429 with Retry-After above it)."
+    ).tag(config=True)
+    show_masked_hint = Bool(
+        False, help="Show a masked hint (last 4 characters) of each stored value in listings. Off by default: "
+        "the browser then learns nothing about a value but its presence."
+    ).tag(config=True)
+    scrub_server_environ = Bool(
+        True, help="Remove the master key, passphrases and API keys from this server's own os.environ at start "
+        "(after reading them), so nothing it spawns (kernels, terminals, subprocesses) can inherit them.",
+    ).tag(config=True)
+    allow_direct_access = Bool(
+        True, help="Let kernels fetch stored values (keyvault.get, keyvault.env, mode='direct'). When False only "
+        "proxy mode works, and the key never enters any kernel.",
+    ).tag(config=True)
+    proxy_read_timeout = Float(
+        600.0, help="Seconds the proxy waits for the next bytes from an upstream (long generations stream slowly)."
+    ).tag(config=True)
+    proxy_max_connections = Int(
+        0, help="Upper bound on concurrent upstream connections of the proxy (0 = no limit)."
+    ).tag(config=True)
+    resolve_cache_seconds = Float(
+        5.0, help="How long the proxy may reuse a decrypted key before reading the vault again. Writes through "
+        "this server invalidate it at once; writes by another process (the CLI) are seen after this delay.",
+    ).tag(config=True)
+    autoload = Bool(
+        True, help="Load the kernel helper and its output scrubber in every IPython kernel this server starts "
+        "(through PYTHONSTARTUP; a user's own PYTHONSTARTUP file still runs after it).",
+    ).tag(config=True)
+    scrub_iopub = Bool(
+        True, help="Scrub every output message on its way from a kernel to the browser, with the server's "
+        "knowledge of all stored values, so even a kernel without the helper cannot show one.",
+    ).tag(config=True)
+    scrub_sources = Enum(
+        ["warn", "redact", "off"], default_value="warn",
+        help="On notebook save, a secret found in a cell's source is reported ('warn', the default: server log, "
+        "notebook metadata and /keyvault/api/status), replaced ('redact'), or ignored ('off'). Outputs are "
+        "always scrubbed.",
+    ).tag(config=True)
+    token_failures_per_minute = Float(
+        10.0, help="Failed vault-access-token attempts allowed per client address per minute (429 above it)."
+    ).tag(config=True)
+    server_url = Unicode(
+        "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
+    ).tag(config=True)
+
     def credential_env_names(self) -> set[str]:
         return providers.credential_env_names() | set(self.env_credentials)
 
@@ -180,18 +234,23 @@ class KeyVault(Configurable):
             return Scrubber(extra_patterns=self.extra_secret_patterns)
         return default_scrubber
 
-    def open_vault(self, env=None, scrubber: Scrubber | None = None) -> Vault:
-        """Open (creating if needed) the configured vault; known values feed the scrubber."""
+    def open_vault(self, env=None, scrubber: Scrubber | None = None) -> ServerVault:
+        """Open (creating if needed) the configured vault; known values feed the scrubber.
+        The one place that picks the implementation of `ServerVault`."""
         scrubber = scrubber or self.make_scrubber()
         install_log_filter(scrubber, ["jupyter_keyvault"])
+        env = os.environ if env is None else env
         if self.backend == "hub":
-            from .hub.client import HubVaultClient
+            from .vaults.hub import HubVaultClient
 
-            env = os.environ if env is None else env
             return HubVaultClient(self.hub_url, env.get("JUPYTERHUB_API_TOKEN", ""), self.owner)
-        return Vault(
+        from .vaults.local import LocalVault
+
+        return LocalVault(
             SQLiteBackend(self.vault_path),
-            env=os.environ if env is None else env,
+            base_url_for=lambda provider: self.base_url_for(provider, env),
+            test_timeout=self.test_timeout,
+            env=env,
             preferred_source=self.master_key_source,
             use_keyring=self.use_keyring,
             env_credential_names=self.credential_env_names(),

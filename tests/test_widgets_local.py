@@ -57,7 +57,7 @@ def test_given_no_server_when_a_key_is_saved_and_deleted_in_the_panel_then_the_l
 
 def test_given_ipywidgets_is_missing_when_panel_is_called_then_a_clear_error_says_how_to_install_it(monkeypatch):
     import keyvault
-    from jupyter_keyvault import widgets
+    from jupyter_keyvault.kernel import widgets
 
     real_import = builtins.__import__
 
@@ -67,12 +67,12 @@ def test_given_ipywidgets_is_missing_when_panel_is_called_then_a_clear_error_say
         return real_import(name, *args, **kwargs)
 
     # A fresh import of the module in a process without ipywidgets; monkeypatch puts the real one back.
-    monkeypatch.delitem(sys.modules, "jupyter_keyvault.widgets")
+    monkeypatch.delitem(sys.modules, "jupyter_keyvault.kernel.widgets")
     monkeypatch.setattr(builtins, "__import__", no_ipywidgets)
     with pytest.raises(keyvault.KeyVaultError, match=r"pip install 'jupyter-keyvault\[widgets\]'"):
         keyvault.panel()
     monkeypatch.setattr(builtins, "__import__", real_import)
-    assert sys.modules["jupyter_keyvault.widgets"] is not widgets  # the test really re-imported it
+    assert sys.modules["jupyter_keyvault.kernel.widgets"] is not widgets  # the test really re-imported it
 
 
 class _EchoingBackend:
@@ -93,7 +93,7 @@ def keyvault_error(message):
 
 @pytest.mark.parametrize("value", ["plain-canary-0123456789abcdef", "sk-proj-CANARY" + "Ab1" * 15])
 def test_given_an_error_that_quotes_the_value_when_save_fails_then_the_status_shows_it_redacted(value):
-    from jupyter_keyvault.widgets import KeyVaultPanel
+    from jupyter_keyvault.kernel.widgets import KeyVaultPanel
 
     ui = KeyVaultPanel(backend_factory=_EchoingBackend)
     ui.name.value = "OPENAI_API_KEY"
@@ -105,7 +105,7 @@ def test_given_an_error_that_quotes_the_value_when_save_fails_then_the_status_sh
 
 
 def test_given_a_key_pasted_into_the_name_field_when_save_fails_then_the_status_does_not_show_it():
-    from jupyter_keyvault.widgets import KeyVaultPanel
+    from jupyter_keyvault.kernel.widgets import KeyVaultPanel
 
     key = "sk-proj-CANARY" + "Zz9" * 15
     ui = KeyVaultPanel(backend_factory=_EchoingBackend)

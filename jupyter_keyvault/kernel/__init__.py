@@ -24,8 +24,8 @@ from .secret import Secret
 
 
 def panel():
-    """The ipywidgets Key Vault panel (see `jupyter_keyvault.widgets`); needs ipywidgets 8."""
-    from ..widgets import panel as build_panel
+    """The ipywidgets Key Vault panel (see `jupyter_keyvault.kernel.widgets`); needs ipywidgets 8."""
+    from .widgets import panel as build_panel
 
     return build_panel()
 

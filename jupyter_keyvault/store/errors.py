@@ -42,3 +42,23 @@ class StaleMasterKey(VaultError):
 
 class StaleValue(VaultError):
     """A compare-and-swap found the value changed by another writer; nothing was written."""
+
+
+class NotAvailable(VaultError):
+    """The operation does not exist for this kind of vault (e.g. access tokens in hub mode)."""
+
+
+class AccessDenied(VaultError):
+    """The caller may not use this credential from here (e.g. a notebook outside its access list)."""
+
+
+class RateLimited(VaultError):
+    """Too many attempts; `retry_after` seconds until the next one is accepted."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BadUpstream(VaultError):
+    """The configured upstream (e.g. a provider base URL) is unusable; a 502 for the caller."""

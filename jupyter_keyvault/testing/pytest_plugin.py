@@ -115,8 +115,8 @@ def jp_server_config(keyvault_config, master_key, monkeypatch):
 
 @pytest.fixture
 def keyvault_app(jp_serverapp):
-    """The running KeyVaultApp of the in-process server."""
-    return jp_serverapp.web_app.settings["keyvault"]
+    """The KeyVaultManager of the in-process server."""
+    return jp_serverapp.web_app.settings["keyvault_manager"]
 
 
 @pytest.fixture

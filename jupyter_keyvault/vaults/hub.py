@@ -1,9 +1,9 @@
 """The single-user server's side of `c.KeyVault.backend = "hub"`: a vault that lives in the service.
 
-`HubVaultClient` offers the methods of `store.Vault` the extension uses, each one a blocking
-HTTP call to the service (callers already run vault work off the event loop), authenticated
-with the server's own JupyterHub token. It holds no master key and decrypts nothing; the
-proxy forwards to the service's proxy instead (see `proxy_target`).
+`HubVaultClient` implements `ServerVault`, each method a blocking HTTP call to the service
+(callers run vault work off the event loop), authenticated with the server's own JupyterHub
+token. It holds no master key and decrypts nothing; the proxy forwards to the service's
+proxy instead (see `upstream`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,16 @@ import urllib.request
 from typing import Any, Mapping
 from urllib.parse import quote
 
-from ..providers import secret_safe_opener
+from ..providers import Provider, secret_safe_opener
 from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
+from ..store.errors import NotAvailable
 from ..store.model import AuditEvent, CredentialInfo
+from ..store.tokens import TokenInfo
 from ..store.vault import ResolvedCredential
+from . import Upstream
+
+TOKENS_NOT_AVAILABLE = ("vault access tokens are not available when this server uses the JupyterHub keyvault "
+                        "service (c.KeyVault.backend = 'hub'); use a JupyterHub API token with the service instead")
 
 
 def _ts(iso: str | None) -> float | None:
@@ -42,7 +48,9 @@ class HubServiceError(VaultError):
 
 
 class HubVaultClient:
-    """A `Vault`-shaped client of the keyvault hub service, for one hub user."""
+    """The `ServerVault` of a single-user server whose credentials live in the keyvault hub service."""
+
+    kind = "hub"
 
     def __init__(self, service_url: str, api_token: str, username: str, *, timeout: float = 30.0):
         if not service_url:
@@ -78,6 +86,8 @@ class HubVaultClient:
                 raise InvalidInput(message) from None
             if exc.code == 409:
                 raise DecryptionError(message) from None
+            if exc.code == 403:
+                raise NotAvailable(message) from None
             raise HubServiceError(f"keyvault service: {exc.code} {message}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise HubServiceError(f"keyvault service unreachable at {self.service_url}: "
@@ -108,6 +118,16 @@ class HubVaultClient:
         status, _ = self._call("PUT", self._credential_path(name), body)
         return self.info(owner, name), status == 201
 
+    def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *,
+                        actor: str | None = None) -> CredentialInfo:
+        _, body = self._call("PATCH", self._credential_path(name), {"metadata": dict(metadata)})
+        return info_from_json(owner, body)
+
+    def replace_value(self, owner: str, name: str, expected: str, value: str, metadata: Mapping[str, Any], *,
+                      actor: str | None = None, action: str = "refresh") -> CredentialInfo:
+        raise NotAvailable("OAuth2 token refresh is not available when this server uses the JupyterHub keyvault "
+                           "service (c.KeyVault.backend = 'hub')")
+
     def delete(self, owner: str, name: str, *, actor: str | None = None) -> None:
         self._call("DELETE", self._credential_path(name))
 
@@ -125,9 +145,21 @@ class HubVaultClient:
     def get_value(self, owner: str, name: str, **_: Any) -> str:
         return self.resolve(owner, name).value
 
-    def test(self, name: str) -> dict:
+    def test(self, owner: str, name: str, *, actor: str) -> dict:
+        """The service tests it: this server never decrypts."""
         _, body = self._call("POST", self._credential_path(name, "/test"))
         return body
+
+    def learn_values(self, owner: str) -> None:
+        """Values stay in the service; provider patterns still scrub here."""
+
+    def upstream(self, owner: str, provider: Provider, name: str, *, actor: str) -> Upstream:
+        """The service's proxy injects the key (personal or shared) and counts usage."""
+        base = self.service_url + "proxy/" + provider.id + ("/" + provider.proxy_prefix if provider.proxy_prefix else "")
+        return Upstream(base, {"X-KeyVault-Credential": name, "Authorization": f"token {self._token}"}, None)
+
+    def access_tokens(self) -> "UnavailableTokens":
+        return UnavailableTokens()
 
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", **_: Any) -> None:
         """The service audits every use itself; local events (e.g. notebook denials) go to the server log."""
@@ -156,14 +188,25 @@ class HubVaultClient:
     def usage(self) -> dict:
         return self._call("GET", "api/usage")[1]
 
-    def proxy_base(self) -> str:
-        return self.service_url + "proxy/"
-
-    def auth_header(self) -> dict[str, str]:
-        return {"Authorization": f"token {self._token}"}
-
     def count(self, owner: str | None = None) -> int:
         return len(self.list(owner or self.username))
 
     def close(self) -> None:
         pass
+
+
+class UnavailableTokens:
+    """Access tokens in hub mode: every call is a clear refusal (403), never a 500."""
+
+    def create(self, owner: str, name: str, credentials: list[str], expires_in_seconds: int, *,
+               actor: str | None = None) -> tuple[str, TokenInfo]:
+        raise NotAvailable(TOKENS_NOT_AVAILABLE)
+
+    def list(self, owner: str) -> list[TokenInfo]:
+        raise NotAvailable(TOKENS_NOT_AVAILABLE)
+
+    def delete(self, owner: str, token_id: str, *, actor: str | None = None) -> None:
+        raise NotAvailable(TOKENS_NOT_AVAILABLE)
+
+    def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo:
+        raise NotAvailable(TOKENS_NOT_AVAILABLE)

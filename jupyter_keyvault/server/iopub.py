@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from jupyter_client.session import DELIM
 
-from .nbscrub import scrub_output, scrub_value
-from .scrub import Scrubber, StreamScrubber
+from ..nbscrub import scrub_output, scrub_value
+from ..scrub import Scrubber, StreamScrubber
 
 OUTPUT_TYPES = {"display_data", "update_display_data", "execute_result", "error"}
 

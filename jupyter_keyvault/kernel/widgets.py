@@ -51,10 +51,10 @@ import html
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
-from . import providers
-from .kernel.errors import InvalidRequest, KeyVaultError
-from .kernel.mode import current_backend, valid_name
-from .scrub import default_scrubber
+from .. import providers
+from .errors import InvalidRequest, KeyVaultError
+from .mode import current_backend, valid_name
+from ..scrub import default_scrubber
 
 try:
     import ipywidgets as widgets

@@ -1,0 +1,96 @@
+"""The jupyter_server extension app: wires a KeyVaultManager into the server and adds routes.
+Configuration is `c.KeyVault.*` (settings.KeyVault); this class adds nothing of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from functools import partial
+
+from jupyter_server.extension.application import ExtensionApp
+
+from .. import __version__, envguard
+from ..scrub import install_log_filter
+from ..settings import KERNEL_ENV_ALLOWLIST
+from . import kernel_api, oauth_pages, proxy, rest
+from .iopub import scrubbing_connection_class
+from .manager import KeyVaultManager
+
+
+class KeyVaultApp(ExtensionApp):
+    """Serves /keyvault/api/*, /keyvault/kernel/*, /keyvault/oauth/* and /keyvault/proxy/*."""
+
+    name = "jupyter_keyvault"
+    extension_url = "/keyvault/api/status"
+    load_other_extensions = True
+
+    def initialize_settings(self):
+        env_snapshot = dict(os.environ)  # read before the secrets are removed from it below
+        server = self.serverapp
+        manager = self.manager = KeyVaultManager(
+            parent=self, log=self.log, kernel_manager=server.kernel_manager,
+            session_manager=server.session_manager, connection_url=server.connection_url, env=env_snapshot)
+        self._install_log_filters(manager)
+        if manager.scrub_server_environ:
+            removed = envguard.remove_secret_env(
+                os.environ, manager.secret_env_patterns, manager.credential_env_names(), KERNEL_ENV_ALLOWLIST)
+            if removed:
+                self.log.info("jupyter-keyvault: removed %d secret variable(s) from the server environment: %s",
+                              len(removed), ", ".join(removed))
+        status = manager.vault.status()
+        for warning in status["warnings"]:
+            self.log.warning("jupyter-keyvault: %s", warning)
+        self.log.info("jupyter-keyvault %s: vault at %s, master key from %s", __version__, status["location"],
+                      status["protection"]["source"])
+        self.settings["keyvault_manager"] = manager
+        self._guard_kernel_env(manager)
+        self._install_output_filters(manager)
+        server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.learn_values()))
+
+    def initialize_handlers(self):
+        self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)
+
+    def _install_log_filters(self, manager: KeyVaultManager):
+        """Redact on every handler of every logger that exists now (the access log included)."""
+        loggers: list[logging.Logger] = [logging.getLogger(), self.log, self.serverapp.log]
+        loggers += [logging.getLogger(n) for n in ("tornado.access", "tornado.application", "tornado.general",
+                                                   "jupyter_keyvault")]
+        loggers += [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+        install_log_filter(manager.scrubber, loggers)
+
+    def _install_output_filters(self, manager: KeyVaultManager):
+        if manager.scrub_iopub:
+            settings = self.settings  # merged into the web app's settings after initialize_settings
+            base = settings.get("kernel_websocket_connection_class")
+            if base is not None and hasattr(base, "handle_outgoing_message"):
+                settings["kernel_websocket_connection_class"] = scrubbing_connection_class(
+                    base, lambda: manager.scrubber)
+            else:
+                self.log.warning("jupyter-keyvault: this server's kernel connection cannot be filtered; "
+                                 "outputs are scrubbed in kernels and on save only")
+        self.serverapp.contents_manager.register_pre_save_hook(manager.pre_save_hook)
+
+    def _guard_kernel_env(self, manager: KeyVaultManager):
+        """Every kernel start (and env update) goes through manager.kernel_env."""
+        km = self.serverapp.kernel_manager
+        start, update = km.start_kernel, getattr(km, "update_env", None)
+
+        async def start_kernel(*args, **kwargs):
+            kwargs["env"] = manager.kernel_env(kwargs.get("env"))
+            return await start(*args, **kwargs)
+
+        km.start_kernel = start_kernel
+        if update is not None:
+            def update_env(*, kernel_id, env):
+                return update(kernel_id=kernel_id, env=manager.kernel_env(env))
+
+            km.update_env = update_env
+
+    async def stop_extension(self):
+        manager = getattr(self, "manager", None)
+        if manager is not None:  # None when start-up failed: jupyter_server's own cleanup must still run
+            await manager.close()
+
+
+main = launch_new_instance = KeyVaultApp.launch_instance

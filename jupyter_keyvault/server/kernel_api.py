@@ -1,0 +1,122 @@
+"""/keyvault/kernel/*: endpoints for this server's kernels, each request signed by the kernel
+(kvk1 HMAC, see `base.CallerMixin`)."""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from .. import __version__, providers
+from ..web.bodies import json_object, parse_credential_write
+from ..web.errors import http_errors
+from .base import CallerMixin, JSONMixin
+
+DIRECT_MODE_DISABLED = "direct access is disabled on this server (c.KeyVault.allow_direct_access = False); "
+
+
+class KernelAPIHandler(CallerMixin, JSONMixin, APIHandler):
+    auth_resource = "keyvault"
+
+    async def prepare(self):
+        await super().prepare()
+        self.authenticate_kernel()
+
+    def json_body(self) -> dict:
+        return json_object(self.request.body, max_bytes=self.kv.max_request_bytes, empty_ok=True)
+
+    def require_direct_mode(self, alternative: str) -> None:
+        if not self.kv.allow_direct_access:
+            raise web.HTTPError(403, DIRECT_MODE_DISABLED + alternative)
+
+
+class KernelStatusHandler(KernelAPIHandler):
+    @allow_unauthenticated
+    async def get(self):
+        status = await self.off_loop(self.kv.vault.status)
+        self.write_json({
+            "mode": "server",
+            "version": __version__,
+            "protection": status["protection"],
+            "warnings": status["warnings"],
+            "allow_direct_access": self.kv.allow_direct_access,
+            "notebook_path": await self.kv.notebook_path(self.kernel_id),
+            "kernel_id": self.kernel_id,
+            # For Connect links the browser opens on its own origin (the kernel's server URL may differ).
+            "base_url": self.base_url,
+            "oauth_providers": [p.to_json() for p in self.kv.oauth.providers.values()],
+        })
+
+
+class KernelCredentialsHandler(KernelAPIHandler):
+    @allow_unauthenticated
+    async def get(self):
+        items = await self.off_loop(self.kv.vault.list, self.kv.owner)
+        self.write_json({"credentials": [i.to_json() for i in items]})
+
+
+class KernelCredentialHandler(KernelAPIHandler):
+    @allow_unauthenticated
+    async def get(self, raw_name: str):
+        """Direct mode: the value itself, only when the admin allows it and the notebook may."""
+        name = self.name_from_path(raw_name)
+        self.require_direct_mode("use proxy mode")
+        await self.check_notebook_access(name)
+        resolved = await self.off_loop(self.kv.vault.resolve, self.kv.owner, name, actor=self.caller,
+                                       purpose="reveal")
+        await self.off_loop(self.kv.vault.audit, self.kv.owner, "reveal", name, "ok", actor=self.caller,
+                            detail=f"source={resolved.source}")
+        pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
+        self.write_json({"name": name, "provider": pid, "type": resolved.type, "value": resolved.value,
+                         "base_url": self.kv.base_url_of(pid)})
+
+    @allow_unauthenticated
+    async def put(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        write = parse_credential_write(name, self.json_body(), max_value_bytes=self.kv.max_value_bytes,
+                                       allowed=("value", "provider"))
+        _, created = await self.off_loop(self.kv.vault.set, self.kv.owner, name, write.value,
+                                         provider=write.provider, actor=self.caller)
+        self.kv.invalidate(name)
+        self.write_json({"name": name, "provider": write.provider, "created": created, "warnings": write.warnings},
+                        status=201 if created else 200)
+
+    @allow_unauthenticated
+    async def delete(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        await self.off_loop(self.kv.vault.delete, self.kv.owner, name, actor=self.caller)
+        self.kv.invalidate(name)
+        self.set_status(204)
+        self.finish()
+
+
+class KernelCredentialTestHandler(KernelAPIHandler):
+    @allow_unauthenticated
+    async def post(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        self.write_json(await self.off_loop_async(self.kv.test_credential(name, actor=self.caller)))
+
+
+class KernelOAuthTokenHandler(KernelAPIHandler):
+    """Direct mode: a fresh OAuth2 access token for the kernel (`keyvault.token(name)`)."""
+
+    @allow_unauthenticated
+    async def get(self, raw_name: str):
+        name = self.name_from_path(raw_name)
+        self.require_direct_mode("use keyvault.http(name)")
+        await self.check_notebook_access(name)
+        with http_errors():
+            access, provider = await self.kv.oauth.access_token(name, actor=self.caller)
+        await self.off_loop(self.kv.vault.audit, self.kv.owner, "reveal", name, "ok", actor=self.caller)
+        self.write_json({"name": name, "provider": provider.id, "value": access,
+                         "api_base_url": provider.api_base_url})
+
+
+_NAME = r"(?P<raw_name>[^/]+)"
+handlers = [
+    (r"/keyvault/kernel/status/?", KernelStatusHandler),
+    (r"/keyvault/kernel/credentials/?", KernelCredentialsHandler),
+    (rf"/keyvault/kernel/credentials/{_NAME}/test/?", KernelCredentialTestHandler),
+    (rf"/keyvault/kernel/credentials/{_NAME}/?", KernelCredentialHandler),
+    (rf"/keyvault/kernel/oauth/{_NAME}/token", KernelOAuthTokenHandler),
+]

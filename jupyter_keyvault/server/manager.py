@@ -1,0 +1,211 @@
+"""`KeyVaultManager`: everything the server extension's handlers use, in one object.
+
+It owns the vault, the scrubber, the rate limiters, kernel authentication, access tokens, OAuth
+and the upstream HTTP session. The app puts it in `settings["keyvault_manager"]`; handlers read
+it from there (as jupyter_server's handlers read `kernel_manager`) and never see the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fnmatch
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from traitlets.config import LoggingConfigurable
+
+from .. import envguard, providers
+from ..kernel_auth import KernelAuthenticator
+from ..nbscrub import scrub_notebook
+from ..oauth import OAuthManager, build_providers
+from ..ratelimit import RateLimiter
+from ..settings import KERNEL_ENV_ALLOWLIST, KeyVault
+from ..store import InvalidInput, NotFound
+from ..store.errors import AccessDenied, RateLimited
+from ..vaults import AccessTokens, ServerVault, Upstream
+from ..web.relay import upstream_session
+
+
+class KeyVaultManager(KeyVault, LoggingConfigurable):
+    """The server extension's state and rules (configured as `c.KeyVault.*`)."""
+
+    def __init__(self, *, kernel_manager, session_manager, connection_url: str,
+                 env: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.kernel_manager = kernel_manager
+        self.session_manager = session_manager
+        self.connection_url = connection_url
+        env = dict(os.environ) if env is None else env
+        self.scrubber = self.make_scrubber()
+        self.vault: ServerVault = self.open_vault(env=env, scrubber=self.scrubber)
+        self.tokens: AccessTokens = self.vault.access_tokens()
+        self.kernel_auth = KernelAuthenticator(self._session_key_for)
+        self.oauth = OAuthManager(self.vault, self.owner, build_providers(self.oauth_providers),
+                                  refresh_skew=self.oauth_refresh_skew, timeout=self.test_timeout)
+        self.write_limiter = RateLimiter(self.write_rate_per_minute, burst=max(1, int(self.write_rate_per_minute)))
+        self.test_limiter = RateLimiter(self.test_rate_per_minute, burst=max(1, int(self.test_rate_per_minute)))
+        self.token_failure_limiter = RateLimiter(self.token_failures_per_minute,
+                                                 burst=max(1, int(self.token_failures_per_minute)))
+        self._token_blocked_until: dict[str, float] = {}
+        self._upstreams: dict[tuple[str, str], tuple[float, Upstream]] = {}
+        self._metadata: dict[str, tuple[float, dict]] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
+
+    # -- kernels
+    def _session_key_for(self, kernel_id: str) -> bytes | None:
+        if kernel_id not in self.kernel_manager:
+            return None
+        return self.kernel_manager.get_kernel(kernel_id).session.key or None
+
+    async def notebook_path(self, kernel_id: str | None) -> str | None:
+        for session in await self.session_manager.list_sessions():
+            if session.get("kernel", {}).get("id") == kernel_id:
+                return session.get("path")
+        return None
+
+    async def check_notebook_access(self, kernel_id: str | None, name: str, *, actor: str) -> None:
+        """Per-notebook access globs of a credential; a kernel outside them gets AccessDenied (audited)."""
+        globs = (await self.credential_metadata(name)).get("notebooks")
+        if not globs:
+            return
+        path = await self.notebook_path(kernel_id)
+        if path is None or not any(fnmatch.fnmatchcase(path, g) for g in globs):
+            await asyncio.to_thread(self.vault.audit, self.owner, "use", name, "denied", actor=actor,
+                                    detail=f"notebook={path}")
+            raise AccessDenied(f"access to {name} is not allowed from this notebook "
+                               f"({path or 'no notebook'}); allowed: {', '.join(globs)}")
+
+    def kernel_env(self, env: dict[str, str] | None) -> dict[str, str]:
+        """The environment a kernel (or terminal) starts with: no secrets, plus how to reach the vault."""
+        base = dict(os.environ if env is None else env)
+        clean = envguard.filtered_env(base, self.secret_env_patterns, self.credential_env_names(),
+                                      KERNEL_ENV_ALLOWLIST)
+        clean["KEYVAULT_SERVER_URL"] = self.server_url or self.connection_url
+        if self.autoload:
+            autoload = str(Path(__file__).parent.parent / "kernel" / "autoload.py")
+            previous = base.get("PYTHONSTARTUP")
+            if previous and previous != autoload:
+                clean["KEYVAULT_PREVIOUS_PYTHONSTARTUP"] = previous
+            clean["PYTHONSTARTUP"] = autoload
+        return clean
+
+    # -- credentials
+    async def credential_metadata(self, name: str) -> dict:
+        """A credential's metadata (e.g. its notebook globs) without decrypting it, cached briefly."""
+        hit = self._metadata.get(name)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        try:
+            metadata = dict((await asyncio.to_thread(self.vault.info, self.owner, name)).metadata)
+        except (NotFound, InvalidInput):
+            metadata = {}  # env-sourced or missing: resolution reports it
+        self._metadata[name] = (now + self.resolve_cache_seconds, metadata)
+        return metadata
+
+    async def upstream(self, provider: providers.Provider, name: str, *, actor: str) -> Upstream:
+        """Where the proxy sends a request for `name`, cached briefly so a burst decrypts once."""
+        key = (provider.id, name)
+        hit = self._upstreams.get(key)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        upstream = await asyncio.to_thread(self.vault.upstream, self.owner, provider, name, actor=actor)
+        self._upstreams[key] = (now + self.resolve_cache_seconds, upstream)
+        return upstream
+
+    def invalidate(self, name: str) -> None:
+        """A write through this server: forget what was cached about `name` at once."""
+        self._metadata.pop(name, None)
+        for key in [k for k in self._upstreams if k[1] == name]:
+            self._upstreams.pop(key, None)
+
+    async def test_credential(self, name: str, *, actor: str) -> dict:
+        """Run the provider's test request; the result never carries the key."""
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(self.vault.test, self.owner, name, actor=actor),
+                                            self.test_timeout + 1)
+        except asyncio.TimeoutError:
+            result = {"ok": False, "error": f"no answer within {self.test_timeout:g} s (timeout)"}
+        return json.loads(self.scrubber.scrub(json.dumps(result)))
+
+    def base_url_of(self, provider_id: str | None) -> str | None:
+        """The configured base URL of a provider, or None (the SDK's default then applies)."""
+        if provider_id not in providers.PROVIDERS:
+            return None
+        try:
+            return self.base_url_for(providers.PROVIDERS[provider_id])
+        except InvalidInput:
+            return None
+
+    # -- vault access tokens
+    async def verify_token(self, token: str, credential: str, client: str):
+        """The token's info, or TokenRefused/TokenScopeError; repeated failures from one client
+        raise RateLimited for a while (audited either way)."""
+        from ..store import VaultError
+        from ..store.tokens import TokenRefused, TokenScopeError
+
+        blocked = self._token_blocked_until.get(client, 0.0)
+        if blocked > time.monotonic():
+            raise RateLimited("too many failed token attempts", blocked - time.monotonic())
+        try:
+            return await asyncio.to_thread(self.tokens.verify, self.owner, token, credential)
+        except TokenScopeError:
+            await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "denied",
+                                    actor="token", detail="out of scope")
+            raise
+        except VaultError as exc:
+            await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "refused",
+                                    actor="token", detail=f"from {client}")
+            wait = self.token_failure_limiter.take(client)
+            if wait:
+                self._token_blocked_until[client] = time.monotonic() + wait
+                raise RateLimited("too many failed token attempts", wait) from None
+            if isinstance(exc, TokenRefused):
+                raise
+            raise TokenRefused("vault access token refused") from None
+
+    # -- upstream HTTP
+    async def http_session(self) -> aiohttp.ClientSession:
+        """One pooled keep-alive client for every upstream (created on the server's loop)."""
+        if self._http is None or self._http.closed:
+            self._http = upstream_session(self.proxy_read_timeout, self.proxy_max_connections)
+        return self._http
+
+    # -- notebooks
+    def pre_save_hook(self, model: dict, path: str, **kwargs: Any) -> None:
+        """Scrub every notebook on save, whichever kernel (or none) produced it."""
+        if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+            return
+        report = scrub_notebook(model["content"], self.scrubber, sources=self.scrub_sources)
+        if report.outputs_redacted or report.metadata_redacted:
+            self.log.info("jupyter-keyvault: redacted %d output(s) of %s before saving",
+                          report.outputs_redacted + report.metadata_redacted, path)
+        if report.sources_with_secrets:
+            cells = [w["cell"] + 1 for w in report.sources_with_secrets]
+            action = "redacted" if self.scrub_sources == "redact" else "left in place (scrub_sources = 'warn')"
+            self.log.warning("jupyter-keyvault: %s: cell(s) %s contain a secret in their source; %s. "
+                             "Store it with `jupyter keyvault set NAME` and use keyvault.get(NAME) instead.",
+                             path, ", ".join(map(str, cells)), action)
+            self.notebook_warnings.append({"path": path, "cells": cells, "action": self.scrub_sources,
+                                           "at": time.time()})
+            meta = model["content"].setdefault("metadata", {})
+            meta["keyvault"] = {"source_warnings": report.sources_with_secrets}
+        elif isinstance(model["content"].get("metadata"), dict):
+            model["content"]["metadata"].pop("keyvault", None)
+
+    # -- life cycle
+    async def learn_values(self) -> None:
+        """Feed the scrubber every stored value, so logs redact even values never used here."""
+        await asyncio.to_thread(self.vault.learn_values, self.owner)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        self.vault.close()

@@ -1,0 +1,80 @@
+"""The vault interface the server extension (and the CLI) use, and its two implementations:
+
+- `LocalVault` (`vaults/local.py`): the embedded store; values are decrypted in this process.
+- `HubVaultClient` (`vaults/hub.py`): the JupyterHub keyvault service; this process holds no
+  master key and decrypts nothing, the service's proxy injects keys.
+
+Which one runs is decided in one place, `KeyVault.open_vault()` (settings.py). Every caller
+uses only the `ServerVault` protocol below; no caller asks which implementation it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+from ..providers import Provider
+from ..store import AuditEvent, CredentialInfo, ResolvedCredential
+from ..store.tokens import TokenInfo
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the proxy sends a request and what it adds: `injected` is the secret value put in
+    `headers` (None when another process injects it), scrubbed from whatever comes back."""
+
+    base_url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    injected: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Upstream(base_url={self.base_url!r}, injected={'***' if self.injected else None})"
+
+
+class AccessTokens(Protocol):
+    def create(self, owner: str, name: str, credentials: list[str], expires_in_seconds: int, *,
+               actor: str | None = None) -> tuple[str, TokenInfo]: ...
+    def list(self, owner: str) -> list[TokenInfo]: ...
+    def delete(self, owner: str, token_id: str, *, actor: str | None = None) -> None: ...
+    def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo: ...
+
+
+@runtime_checkable
+class ServerVault(Protocol):
+    """Everything the server asks of a vault. Blocking: call it off the event loop.
+    A call an implementation cannot serve raises `store.errors.NotAvailable` (a clear 403)."""
+
+    kind: str  # "sqlite" or "hub", reported by status
+
+    # -- credentials
+    def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]: ...
+    def info(self, owner: str, name: str) -> CredentialInfo: ...
+    def set(self, owner: str, name: str, value: str, *, provider: str | None = None, type: str = "api_key",
+            metadata: Mapping[str, Any] | None = None, actor: str | None = None,
+            action: str = "set") -> tuple[CredentialInfo, bool]: ...
+    def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *,
+                        actor: str | None = None) -> CredentialInfo: ...
+    def replace_value(self, owner: str, name: str, expected: str, value: str, metadata: Mapping[str, Any], *,
+                      actor: str | None = None, action: str = "refresh") -> CredentialInfo: ...
+    def delete(self, owner: str, name: str, *, actor: str | None = None) -> None: ...
+    def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None,
+                purpose: str = "use") -> ResolvedCredential: ...
+    def get_value(self, owner: str, name: str, *, purpose: str = "use", actor: str | None = None,
+                  touch: bool = True) -> str: ...
+
+    # -- audit and status
+    def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *,
+              actor: str | None = None, detail: str | None = None) -> None: ...
+    def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]: ...
+    def status(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+    # -- what differs with where values live
+    def learn_values(self, owner: str) -> None:
+        """Decrypt every stored value once so this process's scrubber knows them (or nothing)."""
+    def test(self, owner: str, name: str, *, actor: str) -> dict[str, Any]:
+        """Run the provider's cheap test request: `{"ok": ..., "detail"|"error": ...}`, never the value."""
+    def upstream(self, owner: str, provider: Provider, name: str, *, actor: str) -> Upstream:
+        """Where the proxy sends a request for `name` and the headers that authenticate it."""
+    def access_tokens(self) -> AccessTokens:
+        """Vault access tokens (kvt1) for this vault."""

@@ -1,0 +1,68 @@
+"""The embedded vault as the server uses it: values are decrypted here, keys injected here."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .. import providers
+from ..store import Vault
+from ..store.errors import BadUpstream
+from ..store.tokens import TokenStore
+from . import Upstream
+
+
+class LocalVault(Vault):
+    """A `Vault` that also tests credentials and resolves proxy upstreams (`ServerVault`)."""
+
+    kind = "sqlite"
+
+    def __init__(self, *args: Any, base_url_for: Callable[[providers.Provider], str], test_timeout: float = 10.0,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._base_url_for = base_url_for
+        self._test_timeout = test_timeout
+        self._tokens = TokenStore(self)
+
+    def learn_values(self, owner: str) -> None:
+        from ..store import VaultError
+
+        for info in self.list(owner, include_env=False):
+            try:
+                self.get_value(owner, info.name, purpose="scrub", touch=False)  # on_value feeds the scrubber
+            except VaultError:  # a damaged row is reported when used; keep learning the rest
+                continue
+
+    def test(self, owner: str, name: str, *, actor: str) -> dict[str, Any]:
+        resolved = self.resolve(owner, name, actor=actor, purpose="test")
+        pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
+        if pid is None:
+            raise providers.InvalidInput(f"{name} has no provider; set it again with a provider to test it")
+        provider = providers.get_provider(pid)
+        value = resolved.value
+        if value and not (value.isascii() and value.isprintable()):
+            # http.client raises on a header it cannot encode, with the value in the message.
+            result = providers.TestResult(False, error=f"{name} contains non-ASCII or control characters, which "
+                                          f"cannot be sent in an HTTP header; it is not a valid {provider.label} key")
+        else:
+            result = providers.run_key_test(provider, value, self._base_url_for(provider),
+                                            timeout=self._test_timeout)
+        self.audit(owner, "test", name, "ok" if result.ok else "failed", actor=actor)
+        payload = result.to_json()
+        if value:
+            for key in ("detail", "error"):
+                if isinstance(payload.get(key), str):
+                    payload[key] = payload[key].replace(value, "[REDACTED]")
+        return payload
+
+    def upstream(self, owner: str, provider: providers.Provider, name: str, *, actor: str) -> Upstream:
+        try:
+            base_url = self._base_url_for(provider)
+        except providers.InvalidInput as exc:
+            raise BadUpstream(str(exc)) from None
+        if not provider.needs_key:
+            return Upstream(base_url, provider.auth_headers(None), None)
+        key = self.resolve(owner, name, actor=actor).value
+        return Upstream(base_url, provider.auth_headers(key), key)
+
+    def access_tokens(self) -> TokenStore:
+        return self._tokens

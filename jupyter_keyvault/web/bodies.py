@@ -1,0 +1,83 @@
+"""One reader for JSON request bodies and one parser for a credential write (REST PUT on the
+server, the hub service's personal and shared PUT, a kernel's `%keyvault set`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from tornado import web
+
+from .. import providers
+from ..store import InvalidInput
+
+MAX_METADATA_BYTES = 4096
+CREDENTIAL_FIELDS = frozenset({"value", "provider", "type", "metadata"})
+
+
+def json_object(raw: bytes | None, *, max_bytes: int, empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, or a 400/413 that says what is wrong."""
+    raw = raw or b""
+    if len(raw) > max_bytes:
+        raise web.HTTPError(413, f"request body is larger than {max_bytes} bytes")
+    if not raw.strip():
+        if empty_ok:
+            return {}
+        raise web.HTTPError(400, "request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise web.HTTPError(400, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPError(400, "request body must be a JSON object")
+    return body
+
+
+def metadata_object(metadata: Any) -> dict[str, Any]:
+    """Client metadata: a JSON object under 4 KiB; `hint` is server-made and dropped."""
+    if metadata is None:  # absent or null: none (`or {}` would let [], "", 0 and false through)
+        return {}
+    if not isinstance(metadata, dict) or len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
+    return {k: v for k, v in metadata.items() if k != "hint"}
+
+
+@dataclass
+class CredentialWrite:
+    value: str
+    provider: str | None
+    type: str
+    metadata: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_credential_write(name: str, body: dict[str, Any], *, max_value_bytes: int,
+                           allowed: Iterable[str] = CREDENTIAL_FIELDS, extra: Iterable[str] = ()) -> CredentialWrite:
+    """Validate a credential write; raise 413/422 with a clear message, never store half of it."""
+    allowed, extra = frozenset(allowed), frozenset(extra)
+    unknown = set(body) - allowed - extra
+    if unknown:
+        raise web.HTTPError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
+    value = body.get("value")
+    if not isinstance(value, str):
+        raise web.HTTPError(422, "field 'value' is required and must be a string")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_value_bytes:
+        raise web.HTTPError(413, f"value is {size} bytes; the limit is {max_value_bytes} bytes")
+    kind = body.get("type", "api_key")
+    if not isinstance(kind, str):
+        raise web.HTTPError(422, "field 'type' must be a string")
+    provider = body.get("provider")
+    if provider is None:
+        guess = providers.provider_for_env_var(name)
+        provider = guess.id if guess else providers.detect_provider(value.strip())
+    elif not isinstance(provider, str) or provider not in providers.PROVIDERS:
+        raise web.HTTPError(422, f"unknown provider; known: {', '.join(providers.PROVIDERS)}")
+    metadata = metadata_object(body.get("metadata"))
+    try:
+        warnings = providers.check_key_format(provider, value) if kind == "api_key" else []
+    except InvalidInput as exc:
+        raise web.HTTPError(422, str(exc)) from None
+    return CredentialWrite(value, provider, kind, metadata, warnings, {k: body[k] for k in extra if k in body})

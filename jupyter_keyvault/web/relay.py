@@ -1,0 +1,94 @@
+"""The one relay: send a request upstream and stream the response back, chunk by chunk.
+
+Used by the server's provider proxy (local and hub backends), its OAuth proxy, and the hub
+service's proxy. Bodies stream both ways without buffering; only error bodies (small) are
+read whole, so the injected value and anything key-shaped can be redacted from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Protocol
+
+import aiohttp
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from .headers import relayed_response_headers
+
+MAX_ERROR_BODY = 256 * 1024
+
+
+class UsageMeter(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+    def finish(self) -> int: ...
+
+
+def upstream_session(read_timeout: float, max_connections: int = 0) -> aiohttp.ClientSession:
+    """One pooled keep-alive client for every upstream (create it on the loop that uses it)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=read_timeout),
+        auto_decompress=False,
+        trust_env=False,  # never env proxies: they would see the injected key
+    )
+
+
+class RelayMixin:
+    """For a tornado RequestHandler that relays: a client that leaves cancels the upstream read."""
+
+    _relay_task: asyncio.Future | None = None
+    _client_gone = False
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+        super().on_connection_close()  # type: ignore[misc]
+
+    async def relay(self, session: aiohttp.ClientSession, url: str, headers: dict[str, str], *,
+                    injected: str | None, scrub: Callable[[str], str],
+                    meter: Callable[[str], UsageMeter] | None = None) -> int:
+        """Relay this request to `url`; returns the tokens the meter counted (0 without one)."""
+        handler: web.RequestHandler = self  # type: ignore[assignment]
+        body = handler.request.body if handler.request.method not in ("GET", "HEAD") else None
+        self._relay_task = asyncio.ensure_future(
+            _relay(handler, session, url, headers, body, injected, scrub, meter))
+        try:
+            return await self._relay_task
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+            return 0
+
+
+async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                 body: bytes | None, injected: str | None, scrub: Callable[[str], str],
+                 meter_for: Callable[[str], UsageMeter] | None) -> int:
+    try:
+        async with session.request(handler.request.method, url, data=body, headers=headers,
+                                   allow_redirects=False) as upstream:
+            handler.set_status(upstream.status, upstream.reason or None)
+            for name, value in relayed_response_headers(upstream.headers.items()):
+                handler.add_header(name, value)
+            if upstream.status >= 400:
+                # Error bodies are small: read, redact anything key-like (some providers echo it), send.
+                text = (await upstream.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+                handler.finish(scrub(text.replace(injected, "[REDACTED]") if injected else text).encode("utf-8"))
+                return 0
+            meter = meter_for(upstream.headers.get("Content-Type", "")) if meter_for else None
+            # Small SSE writes must leave at once, not wait for Nagle's algorithm.
+            handler.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+            async for chunk in upstream.content.iter_any():
+                if meter is not None:
+                    meter.feed(chunk)
+                handler.write(chunk)
+                await handler.flush()
+            handler.finish()
+            return meter.finish() if meter is not None else 0
+    except StreamClosedError:
+        return 0
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        if handler._headers_written:
+            return 0
+        raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
