@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_keyvault.peruser import derive_user_key, generate_secret, parse_hub_secret
+from jupyter_keyvault.hub.peruser import derive_user_key, generate_secret, parse_hub_secret
 from jupyter_keyvault.store import SQLiteBackend, Vault, WrongMasterKey
 from jupyter_keyvault.store.crypto import encode_master_key
 from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT, FakeUpstream

@@ -100,7 +100,7 @@ def test_a_database_from_a_newer_version_is_refused_and_left_unchanged(tmp_path)
 def test_limits_from_the_admin_api_reject_negative_fractional_and_unknown_values():
     from tornado.web import HTTPError
 
-    from jupyter_keyvault.hub.handlers import parse_limits
+    from jupyter_keyvault.hub.apihandlers.admin import parse_limits
 
     assert parse_limits({"requests_per_day": 3, "rate_per_minute": 1.5}) == Limits(1.5, 3, None)
     for bad in ({"requests_per_day": -1}, {"tokens_per_day": 1.5}, {"requests_per_day": True}, {"nope": 1},

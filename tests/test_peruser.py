@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
-from jupyter_keyvault.peruser import (
+from jupyter_keyvault.hub.peruser import (
     INFO_LABEL,
     WeakHubSecret,
     configure_per_user_keys,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from . import SERVICE_NAME_DEFAULT
+from .common import SERVICE_NAME_DEFAULT
 
 # What the service itself must be able to read about users: their names, groups and admin flag.
 SERVICE_SCOPES = ["read:users", "read:users:groups", "read:groups", "list:users"]

@@ -25,23 +25,11 @@ from .. import __version__, envguard, providers
 from ..ratelimit import RateLimiter
 from ..scrub import Scrubber, install_log_filter
 from ..settings import DEFAULT_SECRET_ENV_PATTERNS
-from ..store import Vault
-from . import SERVICE_NAME_DEFAULT
+from ..vaults.local import LocalVault
+from ..web.relay import upstream_session
+from .common import SERVICE_NAME_DEFAULT, SHARED_OWNER, QuotaExceeded, personal_owner
 from .db import HubStore, Limits
 from .ledger import UsageLedger
-
-SHARED_OWNER = "shared"  # personal owners are "user:<name>", so no hub user name can collide
-USER_OWNER_PREFIX = "user:"
-
-
-def personal_owner(username: str) -> str:
-    return USER_OWNER_PREFIX + username
-
-
-class QuotaExceeded(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class KeyVaultHubService(Application):
@@ -123,28 +111,28 @@ class KeyVaultHubService(Application):
                       "(c.JupyterHub.services[...]['environment']); see docs/jupyterhub.md")
         self.scrubber = Scrubber()
         install_log_filter(self.scrubber, [self.log, "tornado.access", "tornado.application", "jupyter_keyvault"])
+        self._base_urls: dict[str, str] = {}
+        for entry in self.provider_base_urls:
+            pid, _, url = entry.partition("=")
+            self._base_urls[pid.strip()] = providers.validate_base_url(url.strip())
         self.vault = self._open_vault(env)
         # Nothing this process starts may inherit the master key.
         envguard.remove_secret_env(os.environ, DEFAULT_SECRET_ENV_PATTERNS, set(), ["JUPYTERHUB_API_TOKEN"])
         self.store = HubStore(self.db_url)
         self.ledger = UsageLedger(self.store, self._append_audit_batch)
         self._policy: dict = {}
-        self._base_urls = {}
-        for entry in self.provider_base_urls:
-            pid, _, url = entry.partition("=")
-            self._base_urls[pid.strip()] = providers.validate_base_url(url.strip())
         self._identity_cache: dict[str, tuple[float, dict]] = {}
         self._resolved: dict[tuple[str, str], tuple[float, object]] = {}
         self._limiters: dict[tuple, RateLimiter] = {}
         self._http = None
         self._flushing = False
 
-    def _open_vault(self, env) -> Vault:
+    def _open_vault(self, env) -> LocalVault:
         from ..store.sql import SQLBackend
 
-        return Vault(SQLBackend(self.db_url), env=env, preferred_source="env", use_keyring=False,
-                     max_value_bytes=self.max_value_bytes,
-                     on_value=lambda name, value: self.scrubber.add_known(value, name))
+        return LocalVault(SQLBackend(self.db_url), base_url_for=self.base_url_for, test_timeout=self.test_timeout,
+                          env=env, preferred_source="env", use_keyring=False, max_value_bytes=self.max_value_bytes,
+                          on_value=lambda name, value: self.scrubber.add_known(value, name))
 
     # -- identity
     async def identity(self, hub_auth, username: str) -> dict:
@@ -292,12 +280,7 @@ class KeyVaultHubService(Application):
 
     async def http_session(self):
         if self._http is None or self._http.closed:
-            import aiohttp
-
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=self.proxy_read_timeout),
-                auto_decompress=False, trust_env=False)
+            self._http = upstream_session(self.proxy_read_timeout)
         return self._http
 
     def _append_audit_batch(self, events) -> None:
@@ -333,7 +316,7 @@ class KeyVaultHubService(Application):
     def make_app(self) -> web.Application:
         from jupyterhub.services.auth import HubAuth, HubOAuth
 
-        from .handlers import make_handlers
+        from .apihandlers import make_handlers
 
         hub_auth = HubAuth(parent=self)  # API: JupyterHub tokens only (no cookies, so no CSRF)
         hub_oauth = HubOAuth(parent=self, cache_max_age=60)  # the admin page in a browser
@@ -383,7 +366,3 @@ def main(argv=None):
     app = KeyVaultHubService.instance()
     app.initialize(argv)
     app.start()
-
-
-async def run_blocking(fn, *args, **kwargs):
-    return await asyncio.to_thread(fn, *args, **kwargs)

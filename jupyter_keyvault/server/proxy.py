@@ -14,7 +14,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
 
 from .. import providers
-from ..web.errors import TooManyRequests, error_message, http_errors, provider_error_body
+from ..web.errors import error_message, http_errors, provider_error_body, set_retry_after
 from ..web.headers import forwarded_headers
 from ..web.paths import proxied_path, upstream_url
 from ..web.relay import RelayMixin
@@ -31,9 +31,7 @@ class ProxyHandler(CallerMixin, RelayMixin, JupyterHandler):
         self.clear_header("Content-Type")
 
     def write_error(self, status_code: int, **kwargs):
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, TooManyRequests):
-            self.set_header("Retry-After", exc.retry_after)
+        set_retry_after(self, kwargs)
         self.set_header("Content-Type", "application/json")
         self.finish(provider_error_body(status_code, error_message(self, kwargs)))
 

@@ -60,11 +60,16 @@ def provider_error_body(status: int, message: str) -> str:
     return json.dumps({"error": {"message": message, "type": "keyvault_error", "code": status}})
 
 
+def set_retry_after(handler: web.RequestHandler, kwargs: dict) -> None:
+    """Call from write_error: a TooManyRequests being rendered gets its Retry-After header."""
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    if isinstance(exc, TooManyRequests):
+        handler.set_header("Retry-After", exc.retry_after)
+
+
 class RetryAfterMixin:
-    """Renders a TooManyRequests with its Retry-After header."""
+    """For handlers that render errors with their base class's write_error."""
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, TooManyRequests):
-            self.set_header("Retry-After", exc.retry_after)  # type: ignore[attr-defined]
+        set_retry_after(self, kwargs)  # type: ignore[arg-type]
         super().write_error(status_code, **kwargs)  # type: ignore[misc]

@@ -48,10 +48,14 @@ class RelayMixin:
 
     async def relay(self, session: aiohttp.ClientSession, url: str, headers: dict[str, str], *,
                     injected: str | None, scrub: Callable[[str], str],
-                    meter: Callable[[str], UsageMeter] | None = None) -> int:
-        """Relay this request to `url`; returns the tokens the meter counted (0 without one)."""
+                    meter: Callable[[str], UsageMeter] | None = None, body: bytes | None = None) -> int:
+        """Relay this request (or `body` instead of its body) to `url`; returns the tokens the
+        meter counted (0 without one)."""
         handler: web.RequestHandler = self  # type: ignore[assignment]
-        body = handler.request.body if handler.request.method not in ("GET", "HEAD") else None
+        if handler.request.method in ("GET", "HEAD"):
+            body = None
+        elif body is None:
+            body = handler.request.body
         self._relay_task = asyncio.ensure_future(
             _relay(handler, session, url, headers, body, injected, scrub, meter))
         try:
