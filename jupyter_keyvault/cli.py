@@ -17,7 +17,8 @@ from jupyter_core.application import JupyterApp
 from traitlets import Bool, Int, List, Unicode
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from . import __version__, dotenv, providers
+from ._version import __version__
+from . import dotenv, providers
 from .settings import KeyVault
 from .store import InvalidInput, VaultError
 from .store.backup import export_backup, import_backup

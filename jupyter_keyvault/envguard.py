@@ -35,10 +35,6 @@ def remove_secret_env(environ: MutableMapping[str, str], patterns: Iterable[str]
     return sorted(removed)
 
 
-def snapshot_environ() -> dict[str, str]:
-    return dict(os.environ)
-
-
 def wipe_process_env_value(name: str) -> bool:
     """Overwrite a variable's value in this process's C environment, in place.
 

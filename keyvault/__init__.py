@@ -13,6 +13,8 @@
 The implementation lives in `jupyter_keyvault.kernel`; this module only re-exports it.
 """
 
+import sys
+
 from jupyter_keyvault._version import __version__
 from jupyter_keyvault.kernel import (
     AccessDenied,
@@ -32,17 +34,27 @@ from jupyter_keyvault.kernel import (
     env,
     get,
     http,
-    load_ipython_extension,
     openai,
     panel,
     status,
     token,
-    unload_ipython_extension,
 )
 from jupyter_keyvault.kernel import delete_credential as delete
 from jupyter_keyvault.kernel import list_credentials as list  # noqa: A004 - the documented public name
 from jupyter_keyvault.kernel import set_credential as set  # noqa: A004
 from jupyter_keyvault.kernel import test_credential as test
+from jupyter_keyvault.kernel.magics import load_ipython_extension as _load
+from jupyter_keyvault.kernel.magics import unload_ipython_extension as _unload
+
+
+def load_ipython_extension(ip) -> None:
+    """`%load_ext keyvault`: the magic, the output and history scrubbers, and `keyvault` in the namespace."""
+    _load(ip, sys.modules[__name__])
+
+
+def unload_ipython_extension(ip) -> None:
+    _unload(ip, sys.modules[__name__])
+
 
 __all__ = [
     "AccessDenied",

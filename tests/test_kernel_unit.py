@@ -28,7 +28,8 @@ import keyvault
 from jupyter_keyvault.kernel import clients, identity as identity_mod, mode
 from jupyter_keyvault.kernel.auth import KernelAuth
 from jupyter_keyvault.kernel.identity import KernelIdentity, authorization_header, detect_identity, join_url
-from jupyter_keyvault.kernel.magics import keyvault_magic, load_ipython_extension, unload_ipython_extension
+from jupyter_keyvault.kernel.magics import keyvault_magic
+from keyvault import load_ipython_extension, unload_ipython_extension
 from jupyter_keyvault.kernel.remote import RemoteBackend
 from jupyter_keyvault.scrub import default_scrubber
 

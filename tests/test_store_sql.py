@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed: pip install jupyter-keyvault[hub]")
 
-from jupyter_keyvault.store.sql import SQLBackend  # noqa: E402
+from jupyter_keyvault.store.sql import SQLBackend, migrate_command  # noqa: E402
 
 from store_suite import StorageBackendSuite  # noqa: E402
 
@@ -272,9 +272,9 @@ def test_given_an_old_database_and_auto_migrate_off_then_it_is_refused_until_the
         SQLBackend(db_url, auto_migrate=False)
 
     monkeypatch.setenv("KEYVAULT_DB_URL", db_url)
-    assert migrate.main(["current"]) == 1
+    assert migrate_command(["current"]) == 1
     assert "schema is at 0001" in capsys.readouterr().err
-    assert migrate.main(["upgrade"]) == 0
+    assert migrate_command(["upgrade"]) == 0
     assert capsys.readouterr().out.strip() == "0002"
     SQLBackend(db_url, auto_migrate=False).close()
 

@@ -131,11 +131,11 @@ def _print_status(st: dict) -> None:
         print(f"warning: {warning}")
 
 
-def load_ipython_extension(ip) -> None:
-    import importlib
-
-    module = sys.modules.get("keyvault") or importlib.import_module("keyvault")
-    ip.push({"keyvault": module})
+def load_ipython_extension(ip, module=None) -> None:
+    """Register `%keyvault` and the scrubbing hooks. `module` is what the name `keyvault` means in
+    the user's namespace: the public `keyvault` module passes itself (this package never imports it)."""
+    if module is not None:
+        ip.push({"keyvault": module})
     ip.register_magic_function(keyvault_magic, magic_kind="line", magic_name="keyvault")
     # Scrub every message the kernel sends and what IPython's history keeps (outputs.py, history.py).
     from . import history, outputs
@@ -148,7 +148,7 @@ def load_ipython_extension(ip) -> None:
                  f"{type(exc).__name__}: {exc}")
 
 
-def unload_ipython_extension(ip) -> None:
+def unload_ipython_extension(ip, module=None) -> None:
     from . import history, outputs
 
     for hooks in (outputs, history):
@@ -157,5 +157,5 @@ def unload_ipython_extension(ip) -> None:
         except Exception as exc:  # noqa: BLE001
             _err(f"warning: could not remove the {hooks.__name__.rsplit('.', 1)[-1]} hook: {type(exc).__name__}")
     ip.magics_manager.magics["line"].pop("keyvault", None)
-    if ip.user_ns.get("keyvault") is sys.modules.get("keyvault"):
+    if module is not None and ip.user_ns.get("keyvault") is module:
         ip.user_ns.pop("keyvault", None)

@@ -75,36 +75,12 @@ def check_and_upgrade(conn: Connection, *, auto_migrate: bool, where: str) -> No
     upgrade(conn)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jupyter_keyvault.store.migrate upgrade|current`: the URL comes from
-    KEYVAULT_DB_URL (not argv, where other users could read a password in `ps`)."""
-    args = sys.argv[1:] if argv is None else argv
-    if args not in (["upgrade"], ["current"]):
-        print("usage: KEYVAULT_DB_URL=... python -m jupyter_keyvault.store.migrate upgrade|current", file=sys.stderr)
-        return 2
-    url = os.environ.get("KEYVAULT_DB_URL")
-    if not url:
-        print("error: set KEYVAULT_DB_URL to the database URL", file=sys.stderr)
-        return 2
-    from .sql import SQLBackend
-
-    try:
-        backend = SQLBackend(url, auto_migrate=args == ["upgrade"])
-    except VaultLocked as exc:
-        if args == ["current"]:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
-    try:
-        print(" ".join(backend.schema_revision()) or "empty")
-    finally:
-        backend.close()
-    return 0
-
-
 if __name__ == "__main__":
+    # Runs as the program, not as the module sql.py imports: no import cycle.
+    from jupyter_keyvault.store.sql import migrate_command
+
     try:
-        sys.exit(main())
+        sys.exit(migrate_command())
     except VaultLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

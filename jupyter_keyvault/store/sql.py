@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import stat
 import threading
 import time
@@ -512,3 +513,27 @@ def _reason(exc: DBAPIError) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
+
+def migrate_command(argv: list[str] | None = None) -> int:
+    """`python -m jupyter_keyvault.store.migrate upgrade|current`: the URL comes from
+    KEYVAULT_DB_URL (not argv, where other users could read a password in `ps`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args not in (["upgrade"], ["current"]):
+        print("usage: KEYVAULT_DB_URL=... python -m jupyter_keyvault.store.migrate upgrade|current", file=sys.stderr)
+        return 2
+    url = os.environ.get("KEYVAULT_DB_URL")
+    if not url:
+        print("error: set KEYVAULT_DB_URL to the database URL", file=sys.stderr)
+        return 2
+    try:
+        backend = SQLBackend(url, auto_migrate=args == ["upgrade"])
+    except VaultLocked as exc:
+        if args == ["current"]:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    try:
+        print(" ".join(backend.schema_revision()) or "empty")
+    finally:
+        backend.close()
+    return 0

@@ -8,7 +8,7 @@ import json
 
 from tornado import web
 
-from ... import __version__
+from ..._version import __version__
 from ...web.bodies import metadata_object
 from ...web.errors import http_errors
 from ..common import personal_owner
