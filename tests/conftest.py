@@ -53,3 +53,31 @@ def pytest_runtest_makereport(item, call):
     if not any(expected in reason for expected in _EXPECTED_SKIP_REASONS):
         report.outcome = "failed"
         report.longrepr = f"skipped where every real part is installed (KEYVAULT_STRICT_SKIPS=1): {reason}"
+
+
+# Test tiers. `pytest -m "not (e2e or browser or hub or postgres)"` is the fast tier (under a
+# minute); scripts/test.sh runs everything. A test is marked by the real parts it starts: by the
+# fixtures it uses, else by its module (which starts the part itself).
+_MARKER_FIXTURES = {
+    "postgres": {"postgres_cluster", "postgres_url"},
+    "e2e": {"server_kernel"},
+}
+_MARKER_MODULES = {
+    "browser": {"test_browser_oauth_tokens", "test_browser_panel", "test_browser_sidebar"},
+    "hub": {"test_hub_e2e", "test_hub_per_user_e2e", "test_hub_harness", "test_hub_service_postgres"},
+    "postgres": {"test_hub_service_postgres", "test_store_sql_concurrency"},
+    "e2e": {"test_binder", "test_examples_ui", "test_install", "test_kernel_e2e", "test_scrub_kernel",
+            "test_terminal_env", "test_widgets_kernel", "test_widgets_oauth_kernel", "test_openapi_fuzz",
+            "test_store_durability"},
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        for marker, fixtures in _MARKER_FIXTURES.items():
+            if fixtures & set(getattr(item, "fixturenames", ())):
+                item.add_marker(marker)
+        for marker, modules in _MARKER_MODULES.items():
+            if module in modules:
+                item.add_marker(marker)
