@@ -116,8 +116,9 @@ export class KeyVaultApi {
   }
 
   async credentials(): Promise<Credential[]> {
-    return (await this.call<{ credentials: Credential[] }>('GET', ['credentials']))
-      .credentials;
+    return (
+      await this.call<{ credentials: Credential[] }>('GET', ['credentials'])
+    ).credentials;
   }
 
   /** Store a value. The caller has already cleared its input; the value lives only in this call. */
@@ -127,7 +128,11 @@ export class KeyVaultApi {
     provider: string | null,
     metadata: Record<string, unknown>
   ): Promise<unknown> {
-    return this.call('PUT', ['credentials', name], { value, provider, metadata });
+    return this.call('PUT', ['credentials', name], {
+      value,
+      provider,
+      metadata
+    });
   }
 
   test(name: string): Promise<TestResult> {
@@ -138,16 +143,23 @@ export class KeyVaultApi {
     return this.call('DELETE', ['credentials', name]);
   }
 
-  updateMetadata(name: string, metadata: Record<string, unknown>): Promise<Credential> {
+  updateMetadata(
+    name: string,
+    metadata: Record<string, unknown>
+  ): Promise<Credential> {
     return this.call<Credential>('PATCH', ['credentials', name], { metadata });
   }
 
   /** null when the server has no token routes (404): the UI then hides the section. */
   async tokens(): Promise<AccessToken[] | null> {
     try {
-      return (await this.call<{ tokens: AccessToken[] }>('GET', ['tokens'])).tokens;
+      return (await this.call<{ tokens: AccessToken[] }>('GET', ['tokens']))
+        .tokens;
     } catch (error) {
-      if (error instanceof ApiError && (error.status === 404 || error.status === 405)) {
+      if (
+        error instanceof ApiError &&
+        (error.status === 404 || error.status === 405)
+      ) {
         return null;
       }
       throw error;
