@@ -51,12 +51,20 @@ function button(
   return b;
 }
 
-function when(iso: string | null): string {
+function when(iso: string | null | undefined): string {
   if (!iso) {
     return 'never';
   }
   const date = new Date(iso);
   return isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+/** metadata.notebooks: the globs of the notebooks allowed to use a credential (none: every notebook). */
+function notebookGlobs(item: Credential): string[] {
+  const globs = item.metadata?.notebooks;
+  return Array.isArray(globs)
+    ? globs.filter((glob): glob is string => typeof glob === 'string')
+    : [];
 }
 
 function message(error: unknown): string {
@@ -221,11 +229,11 @@ export class KeyVaultPanel extends Widget {
       this.statusChanged_.emit(null);
       return;
     }
-    let tokens: AccessToken[] | null = null;
+    let tokens: AccessToken[] | null;
     try {
       tokens = await this.api.tokens();
-    } catch (error) {
-      tokens = null; // no token routes on this server: the section stays hidden
+    } catch {
+      tokens = null; // the token list failed: the section stays hidden
     }
     if (generation !== this.refreshGeneration) {
       return;
@@ -332,7 +340,7 @@ export class KeyVaultPanel extends Widget {
         el('span', { class: 'kv-badge kv-badge-oauth' }, 'OAuth')
       );
     }
-    const globs = item.metadata?.notebooks ?? [];
+    const globs = notebookGlobs(item);
     if (globs.length) {
       nameCell.append(
         el(
@@ -373,12 +381,14 @@ export class KeyVaultPanel extends Widget {
       )
     );
     if (item.type === 'oauth2' && item.oauth) {
-      if (item.oauth.needs_reauth) {
+      // openapi.json allows a null provider: then there is nothing to reconnect to.
+      const oauthProvider = item.oauth.provider;
+      if (item.oauth.needs_reauth && oauthProvider) {
         actions.append(
           button(
             'Reconnect',
             'kv-reconnect',
-            () => this.connect(item.oauth!.provider, item.name),
+            () => this.connect(oauthProvider, item.name),
             `Reconnect ${item.name}`
           )
         );
@@ -439,7 +449,7 @@ export class KeyVaultPanel extends Widget {
       spellcheck: 'false',
       placeholder: 'course/*.ipynb, projects/**'
     });
-    input.value = (item.metadata?.notebooks ?? []).join(', ');
+    input.value = notebookGlobs(item).join(', ');
     const form = el(
       'form',
       { class: 'kv-access-form' },
@@ -598,10 +608,13 @@ export class KeyVaultPanel extends Widget {
 
   /** Read the value, clear the input at once (before the request, so also on failure), send it. */
   private async submit(): Promise<void> {
-    let value = this.valueInput.value;
+    const value = this.valueInput.value;
     this.valueInput.value = '';
     const name = this.nameInput.value.trim();
-    const provider = this.providerSelect.value || null;
+    // The options are the server's providers; '' (detect) matches none and sends null.
+    const provider =
+      this.providers().find(p => p.id === this.providerSelect.value)?.id ??
+      null;
     const metadata: Record<string, unknown> = {
       ...(this.replacing?.metadata ?? {})
     };
@@ -613,12 +626,10 @@ export class KeyVaultPanel extends Widget {
     const verb = this.replacing ? 'Replaced' : 'Saved';
     try {
       await this.api.save(name, value, provider, metadata);
-      value = '';
       this.resetForm();
       await this.refresh();
       this.say(`${verb} ${name}.`, 'ok');
     } catch (error) {
-      value = '';
       this.say(`Could not save ${name}: ${message(error)}`, 'error');
     }
   }
@@ -716,8 +727,9 @@ export class KeyVaultPanel extends Widget {
       el('legend', {}, 'Credentials')
     );
     // A token grants use of keys and OAuth accounts, never of the client secrets behind OAuth.
+    // (Vault tokens themselves are never listed: the server hides records of type vault_token.)
     for (const c of this.credentials.filter(
-      c => c.type !== 'oauth_client_secret' && c.type !== 'vault_token'
+      c => c.type !== 'oauth_client_secret'
     )) {
       const id = nextId('kv-token-cred');
       choices.append(
