@@ -38,8 +38,12 @@ def test_given_a_plain_wheel_installed_into_a_fresh_venv_when_labextensions_are_
     if not shutil.which("npm"):
         pytest.skip("building the wheel needs npm (the wheel's users do not)")
     repo = Path(__file__).resolve().parent.parent
+    lock = repo / "labextension" / "package-lock.json"
+    lock_before = lock.read_bytes()
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(repo)],
                    check=True, timeout=900)
+    # The build installs with npm ci: it never rewrites the lock file of the source checkout.
+    assert lock.read_bytes() == lock_before
     wheel = glob.glob(str(tmp_path / "dist" / "jupyter_keyvault-*.whl"))[0]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

@@ -1,60 +1,64 @@
 // Calls /keyvault/api through Jupyter's ServerConnection (token, XSRF cookie, base URL handled).
+// Every path, request body and response type comes from openapi.d.ts, generated from
+// jupyter_keyvault/openapi.json (npm run generate:api; npm run check:api fails when it is stale).
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import type { components, paths } from './openapi';
+
+type Schemas = components['schemas'];
+
+export type Credential = Schemas['Credential'];
+export type AccessToken = Schemas['AccessToken'];
+export type CreatedAccessToken = Schemas['CreatedAccessToken'];
+export type TestResult = Schemas['TestResult'];
+/** The provider ids the server accepts in a write. */
+export type ProviderId = NonNullable<Schemas['CredentialWrite']['provider']>;
+
+/**
+ * One entry of Status.providers. openapi.json describes the items only as objects:
+ * these fields are what the server sends (providers.Provider.to_json) and the UI reads.
+ */
 export interface ProviderInfo {
-  id: string;
+  id: ProviderId;
   label: string;
   env_var: string | null;
   key_hint: string | null;
   needs_key: boolean;
 }
 
-export interface OAuthInfo {
-  provider: string;
-  scopes?: string[];
-  expires_at?: string | null;
-  needs_reauth?: boolean;
-}
-
-export interface Credential {
-  name: string;
-  provider: string | null;
-  type: string;
-  present: boolean;
-  source: string;
-  created_at: string | null;
-  updated_at: string | null;
-  last_used_at: string | null;
-  metadata: { notebooks?: string[]; [key: string]: unknown };
-  oauth?: OAuthInfo;
-}
-
-export interface Status {
-  protection: { source: string; strong: boolean; detail: string };
-  backend: string;
-  credentials: number;
-  warnings: string[];
+/** GET status as served: the documented schema plus what openapi.json leaves undescribed. */
+export type Status = Omit<Schemas['Status'], 'providers'> & {
+  providers?: ProviderInfo[];
   notebook_warnings?: string[];
-  providers: ProviderInfo[];
-  oauth_providers?: { id: string; display_name: string }[];
-  version?: string;
-}
+};
 
-export interface AccessToken {
-  id: string;
-  name: string;
-  credentials: string[];
-  created_at: string | null;
-  last_used_at: string | null;
-  expires_at: string | null;
+type ApiPath = keyof paths;
+type Method = 'get' | 'put' | 'post' | 'delete' | 'patch';
+/** The methods openapi.json documents for a path (the others are generated as `?: never`). */
+type MethodOf<P extends ApiPath> = {
+  [M in Method]: paths[P][M] extends undefined ? never : M;
+}[Method];
+type Operation<P extends ApiPath, M extends Method> = NonNullable<paths[P][M]>;
+type PathParams<P extends ApiPath> = paths[P]['parameters'] extends {
+  path: infer Params;
 }
-
-export interface TestResult {
-  ok: boolean;
-  detail?: string;
-  error?: string;
+  ? Params
+  : Record<string, never>;
+type JsonContent<R> = R extends { content: { 'application/json': infer Body } }
+  ? Body
+  : never;
+/** The JSON of the documented 200/201 response; null where a 204 (no body) is documented. */
+type ResponseJson<O> = O extends { responses: infer R }
+  ? | JsonContent<R[Extract<keyof R, 200 | 201>]>
+    | (204 extends keyof R ? null : never)
+  : never;
+/** The JSON request body as a rest argument: absent where openapi.json documents none. */
+type BodyArgument<O> = O extends {
+  requestBody: { content: { 'application/json': infer Body } };
 }
+  ? [body: Body]
+  : [];
 
 export class ApiError extends Error {
   constructor(
@@ -65,36 +69,60 @@ export class ApiError extends Error {
   }
 }
 
+/** The server's message of an error response (tornado's JSON error: message, else reason). */
+function serverMessage(data: unknown): string | null {
+  if (typeof data !== 'object' || data === null) {
+    return null;
+  }
+  const { message, reason } = data as Schemas['Error'];
+  return message || reason || null;
+}
+
 export class KeyVaultApi {
   readonly settings = ServerConnection.makeSettings();
 
-  url(...parts: string[]): string {
-    return URLExt.join(
-      this.settings.baseUrl,
-      'keyvault/api',
-      ...parts.map(encodeURIComponent)
-    );
+  /** The URL of a documented path, each {parameter} percent-encoded. */
+  url<P extends ApiPath>(path: P, params: PathParams<P>): string {
+    const values = params as Record<string, string>;
+    const filled = path
+      .slice(1)
+      .replace(/\{(\w+)\}/g, (_, key: string) =>
+        encodeURIComponent(values[key])
+      );
+    return URLExt.join(this.settings.baseUrl, filled);
   }
 
   /** One request; JSON in and out; a non-2xx status becomes an ApiError with the server's message. */
-  async call<T>(method: string, parts: string[], body?: unknown): Promise<T> {
-    const init: RequestInit = { method, cache: 'no-store' };
-    if (body !== undefined) {
-      init.body = JSON.stringify(body);
+  async call<P extends ApiPath, M extends MethodOf<P>>(
+    method: M,
+    path: P,
+    params: PathParams<P>,
+    ...body: BodyArgument<Operation<P, M>>
+  ): Promise<ResponseJson<Operation<P, M>>> {
+    // fetch upper-cases only some methods itself: PATCH must be sent upper-case.
+    const init: RequestInit = {
+      method: method.toUpperCase(),
+      cache: 'no-store'
+    };
+    if (body.length) {
+      init.body = JSON.stringify(body[0]);
       init.headers = { 'Content-Type': 'application/json' };
     }
     let response: Response;
     try {
       response = await ServerConnection.makeRequest(
-        this.url(...parts),
+        this.url(path, params),
         init,
         this.settings
       );
     } catch (error) {
-      throw new ApiError(0, `the Jupyter server did not answer (${error})`);
+      throw new ApiError(
+        0,
+        `the Jupyter server did not answer (${String(error)})`
+      );
     }
     const text = await response.text();
-    let data: any = null;
+    let data: unknown = null;
     if (text) {
       try {
         data = JSON.parse(text);
@@ -104,19 +132,21 @@ export class KeyVaultApi {
     }
     if (!response.ok) {
       const message =
-        (data && (data.message || data.reason)) ||
-        `${response.status} ${response.statusText}`;
+        serverMessage(data) || `${response.status} ${response.statusText}`;
       throw new ApiError(response.status, message);
     }
-    return data as T;
+    // The one unchecked step: the server's answer is trusted to match openapi.json
+    // (tests/test_server_rest.py validates real responses against it).
+    return data as ResponseJson<Operation<P, M>>;
   }
 
-  status(): Promise<Status> {
-    return this.call<Status>('GET', ['status']);
+  async status(): Promise<Status> {
+    // openapi.json types Status.providers only as objects: narrowed to ProviderInfo here.
+    return (await this.call('get', '/keyvault/api/status', {})) as Status;
   }
 
   async credentials(): Promise<Credential[]> {
-    return (await this.call<{ credentials: Credential[] }>('GET', ['credentials']))
+    return (await this.call('get', '/keyvault/api/credentials', {}))
       .credentials;
   }
 
@@ -124,52 +154,85 @@ export class KeyVaultApi {
   save(
     name: string,
     value: string,
-    provider: string | null,
+    provider: ProviderId | null,
     metadata: Record<string, unknown>
   ): Promise<unknown> {
-    return this.call('PUT', ['credentials', name], { value, provider, metadata });
+    return this.call(
+      'put',
+      '/keyvault/api/credentials/{name}',
+      { name },
+      {
+        value,
+        provider,
+        metadata
+      }
+    );
   }
 
   test(name: string): Promise<TestResult> {
-    return this.call<TestResult>('POST', ['credentials', name, 'test'], {});
+    return this.call('post', '/keyvault/api/credentials/{name}/test', {
+      name
+    });
   }
 
   remove(name: string): Promise<unknown> {
-    return this.call('DELETE', ['credentials', name]);
+    return this.call('delete', '/keyvault/api/credentials/{name}', { name });
   }
 
-  updateMetadata(name: string, metadata: Record<string, unknown>): Promise<Credential> {
-    return this.call<Credential>('PATCH', ['credentials', name], { metadata });
+  updateMetadata(
+    name: string,
+    metadata: Schemas['MetadataWrite']['metadata']
+  ): Promise<Credential> {
+    return this.call(
+      'patch',
+      '/keyvault/api/credentials/{name}',
+      { name },
+      {
+        metadata
+      }
+    );
   }
 
   /** null when the server has no token routes (404): the UI then hides the section. */
   async tokens(): Promise<AccessToken[] | null> {
     try {
-      return (await this.call<{ tokens: AccessToken[] }>('GET', ['tokens'])).tokens;
+      return (await this.call('get', '/keyvault/api/tokens', {})).tokens;
     } catch (error) {
-      if (error instanceof ApiError && (error.status === 404 || error.status === 405)) {
+      if (
+        error instanceof ApiError &&
+        (error.status === 404 || error.status === 405)
+      ) {
         return null;
       }
       throw error;
     }
   }
 
+  /** expiresInDays null: the field is left out and the server's default applies. */
   createToken(
     name: string,
     credentials: string[],
     expiresInDays: number | null
-  ): Promise<AccessToken & { token: string }> {
-    return this.call('POST', ['tokens'], {
-      name,
-      credentials,
-      expires_in_days: expiresInDays
-    });
+  ): Promise<CreatedAccessToken> {
+    return this.call(
+      'post',
+      '/keyvault/api/tokens',
+      {},
+      {
+        name,
+        credentials,
+        ...(expiresInDays === null ? {} : { expires_in_days: expiresInDays })
+      }
+    );
   }
 
   deleteToken(id: string): Promise<unknown> {
-    return this.call('DELETE', ['tokens', id]);
+    return this.call('delete', '/keyvault/api/tokens/{token_id}', {
+      token_id: id
+    });
   }
 
+  /** Not an operation of openapi.json: a browser navigation that ends in a redirect back to `next`. */
   oauthStartUrl(providerId: string, name: string, next: string): string {
     const base = URLExt.join(
       this.settings.baseUrl,

@@ -15,13 +15,20 @@ const KEY_SVG =
   '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><path class="jp-icon3" fill="#616161" ' +
   'd="M7 14a2 2 0 1 1 0-4 2 2 0 0 1 0 4zm5.65-4A6 6 0 1 0 12.65 14H17v4h4v-4h2v-4z"/></svg>';
 
-export const keyIcon = new LabIcon({ name: 'jupyter-keyvault:key', svgstr: KEY_SVG });
+export const keyIcon = new LabIcon({
+  name: 'jupyter-keyvault:key',
+  svgstr: KEY_SVG
+});
 
 const OPEN = 'keyvault:open';
 
 function protectionText(status: Status | null): [string, string, string] {
   if (!status) {
-    return ['Key Vault: unavailable', 'unavailable', 'The Key Vault server extension did not answer'];
+    return [
+      'Key Vault: unavailable',
+      'unavailable',
+      'The Key Vault server extension did not answer'
+    ];
   }
   const p = status.protection;
   const warn = !p.strong || (status.warnings ?? []).length > 0;
@@ -34,7 +41,8 @@ function protectionText(status: Status | null): [string, string, string] {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-keyvault:sidebar',
-  description: 'A sidebar to manage API keys kept encrypted by the jupyter-keyvault server extension.',
+  description:
+    'A sidebar to manage API keys kept encrypted by the jupyter-keyvault server extension.',
   autoStart: true,
   requires: [ILabShell],
   optional: [ICommandPalette, IStatusBar],
@@ -76,7 +84,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       };
       show(null);
       panel.statusChanged.connect((_, status) => show(status));
-      statusBar.registerStatusItem('jupyter-keyvault:protection', { item, align: 'left', rank: 10 });
+      statusBar.registerStatusItem('jupyter-keyvault:protection', {
+        item,
+        align: 'left',
+        rank: 10
+      });
     }
 
     // Refresh when the panel is shown: last-used times change while notebooks run.

@@ -33,8 +33,17 @@ function el<K extends keyof HTMLElementTagNameMap>(
   return node;
 }
 
-function button(label: string, cls: string, onClick: () => void, aria?: string): HTMLButtonElement {
-  const b = el('button', { type: 'button', class: `jp-Button kv-button ${cls}` }, label);
+function button(
+  label: string,
+  cls: string,
+  onClick: () => void,
+  aria?: string
+): HTMLButtonElement {
+  const b = el(
+    'button',
+    { type: 'button', class: `jp-Button kv-button ${cls}` },
+    label
+  );
   if (aria) {
     b.setAttribute('aria-label', aria);
   }
@@ -42,12 +51,20 @@ function button(label: string, cls: string, onClick: () => void, aria?: string):
   return b;
 }
 
-function when(iso: string | null): string {
+function when(iso: string | null | undefined): string {
   if (!iso) {
     return 'never';
   }
   const date = new Date(iso);
   return isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+/** metadata.notebooks: the globs of the notebooks allowed to use a credential (none: every notebook). */
+function notebookGlobs(item: Credential): string[] {
+  const globs = item.metadata?.notebooks;
+  return Array.isArray(globs)
+    ? globs.filter((glob): glob is string => typeof glob === 'string')
+    : [];
 }
 
 function message(error: unknown): string {
@@ -67,10 +84,23 @@ export class KeyVaultPanel extends Widget {
   private refreshGeneration = 0;
   private readonly statusChanged_ = new Signal<this, Status | null>(this);
 
-  private readonly protectionBox = el('section', { class: 'kv-protection', 'aria-label': 'Vault protection' });
-  private readonly messageBox = el('div', { class: 'kv-message', role: 'status', 'aria-live': 'polite' });
-  private readonly listBox = el('section', { class: 'kv-list', 'aria-label': 'Stored credentials' });
-  private readonly oauthBox = el('section', { class: 'kv-oauth', 'aria-label': 'Connect an account' });
+  private readonly protectionBox = el('section', {
+    class: 'kv-protection',
+    'aria-label': 'Vault protection'
+  });
+  private readonly messageBox = el('div', {
+    class: 'kv-message',
+    role: 'status',
+    'aria-live': 'polite'
+  });
+  private readonly listBox = el('section', {
+    class: 'kv-list',
+    'aria-label': 'Stored credentials'
+  });
+  private readonly oauthBox = el('section', {
+    class: 'kv-oauth',
+    'aria-label': 'Connect an account'
+  });
   private readonly tokensBox = el('details', { class: 'kv-tokens' });
   private readonly form: HTMLFormElement;
   private readonly nameInput: HTMLInputElement;
@@ -91,25 +121,55 @@ export class KeyVaultPanel extends Widget {
     const valueId = nextId('kv-value');
     const hintId = nextId('kv-hint');
     this.nameInput = el('input', {
-      id: nameId, class: 'jp-mod-styled kv-name', type: 'text', autocomplete: 'off', spellcheck: 'false',
-      placeholder: 'e.g. OPENAI_API_KEY', required: '', pattern: '[A-Za-z_][A-Za-z0-9_]{0,63}'
+      id: nameId,
+      class: 'jp-mod-styled kv-name',
+      type: 'text',
+      autocomplete: 'off',
+      spellcheck: 'false',
+      placeholder: 'e.g. OPENAI_API_KEY',
+      required: '',
+      pattern: '[A-Za-z_][A-Za-z0-9_]{0,63}'
     });
-    this.providerSelect = el('select', { id: providerId, class: 'jp-mod-styled kv-provider' });
+    this.providerSelect = el('select', {
+      id: providerId,
+      class: 'jp-mod-styled kv-provider'
+    });
     this.providerHint = el('div', { id: hintId, class: 'kv-hint' });
     this.valueInput = el('input', {
-      id: valueId, class: 'jp-mod-styled kv-value', type: 'password', autocomplete: 'new-password',
-      spellcheck: 'false', required: '', 'aria-describedby': hintId
+      id: valueId,
+      class: 'jp-mod-styled kv-value',
+      type: 'password',
+      autocomplete: 'new-password',
+      spellcheck: 'false',
+      required: '',
+      'aria-describedby': hintId
     });
     this.formTitle = el('h3', { class: 'kv-form-title' }, 'Add a key');
     const cancel = button('Cancel', 'kv-cancel', () => this.resetForm());
     this.form = el(
-      'form', { class: 'kv-form', 'aria-label': 'Add or replace a key' },
+      'form',
+      { class: 'kv-form', 'aria-label': 'Add or replace a key' },
       this.formTitle,
-      el('label', { for: nameId }, 'Name'), this.nameInput,
-      el('label', { for: providerId }, 'Provider'), this.providerSelect, this.providerHint,
-      el('label', { for: valueId }, 'Value (never shown again)'), this.valueInput,
-      el('div', { class: 'kv-row' },
-        el('button', { type: 'submit', class: 'jp-Button kv-button jp-mod-accept kv-save' }, 'Save'), cancel)
+      el('label', { for: nameId }, 'Name'),
+      this.nameInput,
+      el('label', { for: providerId }, 'Provider'),
+      this.providerSelect,
+      this.providerHint,
+      el('label', { for: valueId }, 'Value (never shown again)'),
+      this.valueInput,
+      el(
+        'div',
+        { class: 'kv-row' },
+        el(
+          'button',
+          {
+            type: 'submit',
+            class: 'jp-Button kv-button jp-mod-accept kv-save'
+          },
+          'Save'
+        ),
+        cancel
+      )
     );
     this.form.addEventListener('submit', event => {
       event.preventDefault();
@@ -119,11 +179,26 @@ export class KeyVaultPanel extends Widget {
     this.nameInput.addEventListener('change', () => this.guessProvider());
 
     this.tokensBox.hidden = true;
-    const header = el('header', { class: 'kv-header' },
+    const header = el(
+      'header',
+      { class: 'kv-header' },
       el('h2', {}, 'Key Vault'),
-      button('Refresh', 'kv-refresh', () => void this.refresh(), 'Refresh the key list'));
-    this.node.append(header, this.protectionBox, this.messageBox, this.listBox, this.oauthBox, this.form,
-                     this.tokensBox);
+      button(
+        'Refresh',
+        'kv-refresh',
+        () => void this.refresh(),
+        'Refresh the key list'
+      )
+    );
+    this.node.append(
+      header,
+      this.protectionBox,
+      this.messageBox,
+      this.listBox,
+      this.oauthBox,
+      this.form,
+      this.tokensBox
+    );
   }
 
   get statusChanged(): ISignal<this, Status | null> {
@@ -139,7 +214,10 @@ export class KeyVaultPanel extends Widget {
     // Refreshes overlap (a click, an action's own refresh): only the newest may render.
     const generation = ++this.refreshGeneration;
     try {
-      const [status, credentials] = await Promise.all([this.api.status(), this.api.credentials()]);
+      const [status, credentials] = await Promise.all([
+        this.api.status(),
+        this.api.credentials()
+      ]);
       if (generation !== this.refreshGeneration) {
         return;
       }
@@ -151,11 +229,11 @@ export class KeyVaultPanel extends Widget {
       this.statusChanged_.emit(null);
       return;
     }
-    let tokens: AccessToken[] | null = null;
+    let tokens: AccessToken[] | null;
     try {
       tokens = await this.api.tokens();
-    } catch (error) {
-      tokens = null; // no token routes on this server: the section stays hidden
+    } catch {
+      tokens = null; // the token list failed: the section stays hidden
     }
     if (generation !== this.refreshGeneration) {
       return;
@@ -184,15 +262,28 @@ export class KeyVaultPanel extends Widget {
     }
     const p = this.status.protection;
     box.dataset.strong = String(p.strong);
-    box.append(el('div', { class: 'kv-protection-source' },
-      `${p.strong ? 'Protected' : 'Weak protection'}: master key from ${p.source}`));
+    box.append(
+      el(
+        'div',
+        { class: 'kv-protection-source' },
+        `${p.strong ? 'Protected' : 'Weak protection'}: master key from ${p.source}`
+      )
+    );
     if (p.detail) {
       box.append(el('div', { class: 'kv-protection-detail' }, p.detail));
     }
-    const warnings = [...(this.status.warnings ?? []), ...(this.status.notebook_warnings ?? [])];
+    const warnings = [
+      ...(this.status.warnings ?? []),
+      ...(this.status.notebook_warnings ?? [])
+    ];
     if (warnings.length) {
-      box.append(el('ul', { class: 'kv-warnings', 'aria-label': 'Warnings' },
-        ...warnings.map(w => el('li', {}, w))));
+      box.append(
+        el(
+          'ul',
+          { class: 'kv-warnings', 'aria-label': 'Warnings' },
+          ...warnings.map(w => el('li', {}, w))
+        )
+      );
     }
   }
 
@@ -204,8 +295,19 @@ export class KeyVaultPanel extends Widget {
       return;
     }
     // One column: the sidebar is narrow; name first, then provider, presence and last use.
-    const table = el('table', { class: 'kv-table' },
-      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Name · provider · stored · last used'))));
+    const table = el(
+      'table',
+      { class: 'kv-table' },
+      el(
+        'thead',
+        {},
+        el(
+          'tr',
+          {},
+          el('th', { scope: 'col' }, 'Name · provider · stored · last used')
+        )
+      )
+    );
     const body = el('tbody');
     for (const item of this.credentials) {
       body.append(...this.renderItem(item));
@@ -216,43 +318,120 @@ export class KeyVaultPanel extends Widget {
 
   private renderItem(item: Credential): HTMLElement[] {
     const shared = item.source === 'shared';
-    const nameCell = el('th', { scope: 'row', class: 'kv-item-name' }, item.name);
+    const nameCell = el(
+      'th',
+      { scope: 'row', class: 'kv-item-name' },
+      item.name
+    );
     if (shared) {
-      nameCell.append(el('span', { class: 'kv-badge kv-badge-shared', title: 'Shared by your administrator (read-only)' }, 'shared'));
+      nameCell.append(
+        el(
+          'span',
+          {
+            class: 'kv-badge kv-badge-shared',
+            title: 'Shared by your administrator (read-only)'
+          },
+          'shared'
+        )
+      );
     }
     if (item.type === 'oauth2') {
-      nameCell.append(el('span', { class: 'kv-badge kv-badge-oauth' }, 'OAuth'));
+      nameCell.append(
+        el('span', { class: 'kv-badge kv-badge-oauth' }, 'OAuth')
+      );
     }
-    const globs = item.metadata?.notebooks ?? [];
+    const globs = notebookGlobs(item);
     if (globs.length) {
-      nameCell.append(el('span', { class: 'kv-badge kv-badge-scoped', title: `Only: ${globs.join(', ')}` }, 'limited'));
+      nameCell.append(
+        el(
+          'span',
+          {
+            class: 'kv-badge kv-badge-scoped',
+            title: `Only: ${globs.join(', ')}`
+          },
+          'limited'
+        )
+      );
     }
-    nameCell.append(el('div', { class: 'kv-item-meta' },
-      `${item.oauth?.provider ?? item.provider ?? 'no provider'} · ${item.present ? 'stored' : 'missing'} · last used ${when(item.last_used_at)}`));
-    const row = el('tr', { class: 'kv-item', 'data-name': item.name }, nameCell);
-    const result = el('div', { class: 'kv-test-result', role: 'status', 'aria-live': 'polite' });
-    const actions = el('div', { class: 'kv-actions' },
-      button('Test', 'kv-test', () => void this.test(item, result), `Test ${item.name}`));
+    nameCell.append(
+      el(
+        'div',
+        { class: 'kv-item-meta' },
+        `${item.oauth?.provider ?? item.provider ?? 'no provider'} · ${item.present ? 'stored' : 'missing'} · last used ${when(item.last_used_at)}`
+      )
+    );
+    const row = el(
+      'tr',
+      { class: 'kv-item', 'data-name': item.name },
+      nameCell
+    );
+    const result = el('div', {
+      class: 'kv-test-result',
+      role: 'status',
+      'aria-live': 'polite'
+    });
+    const actions = el(
+      'div',
+      { class: 'kv-actions' },
+      button(
+        'Test',
+        'kv-test',
+        () => void this.test(item, result),
+        `Test ${item.name}`
+      )
+    );
     if (item.type === 'oauth2' && item.oauth) {
-      if (item.oauth.needs_reauth) {
-        actions.append(button('Reconnect', 'kv-reconnect', () => this.connect(item.oauth!.provider, item.name),
-                              `Reconnect ${item.name}`));
+      // openapi.json allows a null provider: then there is nothing to reconnect to.
+      const oauthProvider = item.oauth.provider;
+      if (item.oauth.needs_reauth && oauthProvider) {
+        actions.append(
+          button(
+            'Reconnect',
+            'kv-reconnect',
+            () => this.connect(oauthProvider, item.name),
+            `Reconnect ${item.name}`
+          )
+        );
       }
-      result.textContent = item.oauth.needs_reauth ? 'Needs to be reconnected'
-        : item.oauth.expires_at ? `Token expires ${when(item.oauth.expires_at)}` : '';
+      result.textContent = item.oauth.needs_reauth
+        ? 'Needs to be reconnected'
+        : item.oauth.expires_at
+          ? `Token expires ${when(item.oauth.expires_at)}`
+          : '';
     }
     if (!shared) {
       if (item.type !== 'oauth2') {
-        actions.append(button('Replace', 'kv-replace', () => this.startReplace(item), `Replace ${item.name}`));
+        actions.append(
+          button(
+            'Replace',
+            'kv-replace',
+            () => this.startReplace(item),
+            `Replace ${item.name}`
+          )
+        );
       }
       actions.append(
-        button('Access', 'kv-access', () => this.toggleAccess(item, accessBox), `Notebooks allowed to use ${item.name}`),
-        button('Delete', 'jp-mod-warn kv-delete', () => void this.remove(item), `Delete ${item.name}`));
+        button(
+          'Access',
+          'kv-access',
+          () => this.toggleAccess(item, accessBox),
+          `Notebooks allowed to use ${item.name}`
+        ),
+        button(
+          'Delete',
+          'jp-mod-warn kv-delete',
+          () => void this.remove(item),
+          `Delete ${item.name}`
+        )
+      );
     }
     const accessBox = el('div', { class: 'kv-access-editor' });
     accessBox.hidden = true;
-    const detail = el('tr', { class: 'kv-item-detail', 'data-name': item.name },
-      el('td', {}, actions, result, accessBox));
+    const detail = el(
+      'tr',
+      { class: 'kv-item-detail', 'data-name': item.name },
+      el('td', {}, actions, result, accessBox)
+    );
     return [row, detail];
   }
 
@@ -264,24 +443,58 @@ export class KeyVaultPanel extends Widget {
     }
     const id = nextId('kv-globs');
     const input = el('input', {
-      id, class: 'jp-mod-styled kv-globs', type: 'text', spellcheck: 'false',
+      id,
+      class: 'jp-mod-styled kv-globs',
+      type: 'text',
+      spellcheck: 'false',
       placeholder: 'course/*.ipynb, projects/**'
     });
-    input.value = (item.metadata?.notebooks ?? []).join(', ');
-    const form = el('form', { class: 'kv-access-form' },
-      el('label', { for: id }, 'Notebooks allowed (globs, comma-separated; empty = all)'), input,
-      el('button', { type: 'submit', class: 'jp-Button kv-button jp-mod-accept kv-access-save' }, 'Save access'));
+    input.value = notebookGlobs(item).join(', ');
+    const form = el(
+      'form',
+      { class: 'kv-access-form' },
+      el(
+        'label',
+        { for: id },
+        'Notebooks allowed (globs, comma-separated; empty = all)'
+      ),
+      input,
+      el(
+        'button',
+        {
+          type: 'submit',
+          class: 'jp-Button kv-button jp-mod-accept kv-access-save'
+        },
+        'Save access'
+      )
+    );
     form.addEventListener('submit', event => {
       event.preventDefault();
-      const globs = input.value.split(',').map(g => g.trim()).filter(Boolean);
-      const metadata: Record<string, unknown> = { ...item.metadata, notebooks: globs };
+      const globs = input.value
+        .split(',')
+        .map(g => g.trim())
+        .filter(Boolean);
+      const metadata: Record<string, unknown> = {
+        ...item.metadata,
+        notebooks: globs
+      };
       delete metadata.hint;
       this.api.updateMetadata(item.name, metadata).then(
         () => {
-          this.say(globs.length ? `${item.name}: only ${globs.join(', ')}` : `${item.name}: every notebook`, 'ok');
+          this.say(
+            globs.length
+              ? `${item.name}: only ${globs.join(', ')}`
+              : `${item.name}: every notebook`,
+            'ok'
+          );
           void this.refresh();
         },
-        error => this.say(`Could not change access of ${item.name}: ${message(error)}`, 'error'));
+        error =>
+          this.say(
+            `Could not change access of ${item.name}: ${message(error)}`,
+            'error'
+          )
+      );
     });
     box.replaceChildren(form);
     box.hidden = false;
@@ -299,12 +512,21 @@ export class KeyVaultPanel extends Widget {
     box.hidden = false;
     box.append(el('h3', {}, 'Connect an account'));
     for (const p of providers) {
-      box.append(button(`Connect ${p.display_name}`, 'kv-connect', () => void this.askAndConnect(p.id, p.display_name),
-                        `Connect a ${p.display_name} account`));
+      box.append(
+        button(
+          `Connect ${p.display_name}`,
+          'kv-connect',
+          () => void this.askAndConnect(p.id, p.display_name),
+          `Connect a ${p.display_name} account`
+        )
+      );
     }
   }
 
-  private async askAndConnect(providerId: string, displayName: string): Promise<void> {
+  private async askAndConnect(
+    providerId: string,
+    displayName: string
+  ): Promise<void> {
     const answer = await InputDialog.getText({
       title: `Connect ${displayName}`,
       label: 'Name of the credential (letters, digits, _)',
@@ -328,7 +550,9 @@ export class KeyVaultPanel extends Widget {
 
   private renderProviders(): void {
     const current = this.providerSelect.value;
-    this.providerSelect.replaceChildren(el('option', { value: '' }, 'Detect from name or key'));
+    this.providerSelect.replaceChildren(
+      el('option', { value: '' }, 'Detect from name or key')
+    );
     for (const p of this.providers()) {
       this.providerSelect.append(el('option', { value: p.id }, p.label));
     }
@@ -339,8 +563,12 @@ export class KeyVaultPanel extends Widget {
   private showHint(): void {
     const p = this.providers().find(x => x.id === this.providerSelect.value);
     this.providerHint.textContent = p
-      ? [p.key_hint ? `Format: ${p.key_hint}` : '', p.env_var ? `Usual name: ${p.env_var}` : '']
-          .filter(Boolean).join(' · ')
+      ? [
+          p.key_hint ? `Format: ${p.key_hint}` : '',
+          p.env_var ? `Usual name: ${p.env_var}` : ''
+        ]
+          .filter(Boolean)
+          .join(' · ')
       : 'The provider is guessed from the name (OPENAI_API_KEY, …) or the key.';
   }
 
@@ -348,7 +576,9 @@ export class KeyVaultPanel extends Widget {
     if (this.providerSelect.value) {
       return;
     }
-    const p = this.providers().find(x => x.env_var === this.nameInput.value.trim());
+    const p = this.providers().find(
+      x => x.env_var === this.nameInput.value.trim()
+    );
     if (p) {
       this.providerSelect.value = p.id;
       this.showHint();
@@ -378,11 +608,16 @@ export class KeyVaultPanel extends Widget {
 
   /** Read the value, clear the input at once (before the request, so also on failure), send it. */
   private async submit(): Promise<void> {
-    let value = this.valueInput.value;
+    const value = this.valueInput.value;
     this.valueInput.value = '';
     const name = this.nameInput.value.trim();
-    const provider = this.providerSelect.value || null;
-    const metadata: Record<string, unknown> = { ...(this.replacing?.metadata ?? {}) };
+    // The options are the server's providers; '' (detect) matches none and sends null.
+    const provider =
+      this.providers().find(p => p.id === this.providerSelect.value)?.id ??
+      null;
+    const metadata: Record<string, unknown> = {
+      ...(this.replacing?.metadata ?? {})
+    };
     delete metadata.hint;
     if (!value) {
       this.say('Enter a value to store.', 'error');
@@ -391,12 +626,10 @@ export class KeyVaultPanel extends Widget {
     const verb = this.replacing ? 'Replaced' : 'Saved';
     try {
       await this.api.save(name, value, provider, metadata);
-      value = '';
       this.resetForm();
       await this.refresh();
       this.say(`${verb} ${name}.`, 'ok');
     } catch (error) {
-      value = '';
       this.say(`Could not save ${name}: ${message(error)}`, 'error');
     }
   }
@@ -406,7 +639,9 @@ export class KeyVaultPanel extends Widget {
     result.dataset.kind = 'info';
     try {
       const outcome = await this.api.test(item.name);
-      result.textContent = outcome.ok ? `OK: ${outcome.detail ?? ''}` : `Failed: ${outcome.error ?? ''}`;
+      result.textContent = outcome.ok
+        ? `OK: ${outcome.detail ?? ''}`
+        : `Failed: ${outcome.error ?? ''}`;
       result.dataset.kind = outcome.ok ? 'ok' : 'error';
     } catch (error) {
       result.textContent = `Failed: ${message(error)}`;
@@ -445,41 +680,97 @@ export class KeyVaultPanel extends Widget {
     }
     const wasOpen = box.open;
     box.hidden = false;
-    box.replaceChildren(el('summary', {}, `Access tokens (${this.tokens.length})`));
+    box.replaceChildren(
+      el('summary', {}, `Access tokens (${this.tokens.length})`)
+    );
     box.open = wasOpen;
     const list = el('ul', { class: 'kv-token-list' });
     for (const t of this.tokens) {
-      list.append(el('li', { class: 'kv-token', 'data-id': t.id },
-        el('span', { class: 'kv-token-name' }, t.name),
-        el('span', { class: 'kv-token-meta' },
-          ` scopes: ${t.credentials.join(', ')} · expires ${when(t.expires_at)} · used ${when(t.last_used_at)} `),
-        button('Revoke', 'jp-mod-warn kv-token-delete', () => void this.revokeToken(t), `Revoke token ${t.name}`)));
+      list.append(
+        el(
+          'li',
+          { class: 'kv-token', 'data-id': t.id },
+          el('span', { class: 'kv-token-name' }, t.name),
+          el(
+            'span',
+            { class: 'kv-token-meta' },
+            ` scopes: ${t.credentials.join(', ')} · expires ${when(t.expires_at)} · used ${when(t.last_used_at)} `
+          ),
+          button(
+            'Revoke',
+            'jp-mod-warn kv-token-delete',
+            () => void this.revokeToken(t),
+            `Revoke token ${t.name}`
+          )
+        )
+      );
     }
     box.append(list);
     const nameId = nextId('kv-token-name');
     const daysId = nextId('kv-token-days');
-    const name = el('input', { id: nameId, class: 'jp-mod-styled', type: 'text', required: '' });
-    const days = el('input', { id: daysId, class: 'jp-mod-styled', type: 'number', min: '1', value: '30' });
-    const choices = el('fieldset', { class: 'kv-token-credentials' }, el('legend', {}, 'Credentials'));
+    const name = el('input', {
+      id: nameId,
+      class: 'jp-mod-styled',
+      type: 'text',
+      required: ''
+    });
+    const days = el('input', {
+      id: daysId,
+      class: 'jp-mod-styled',
+      type: 'number',
+      min: '1',
+      value: '30'
+    });
+    const choices = el(
+      'fieldset',
+      { class: 'kv-token-credentials' },
+      el('legend', {}, 'Credentials')
+    );
     // A token grants use of keys and OAuth accounts, never of the client secrets behind OAuth.
-    for (const c of this.credentials.filter(c => c.type !== 'oauth_client_secret' && c.type !== 'vault_token')) {
+    // (Vault tokens themselves are never listed: the server hides records of type vault_token.)
+    for (const c of this.credentials.filter(
+      c => c.type !== 'oauth_client_secret'
+    )) {
       const id = nextId('kv-token-cred');
-      choices.append(el('div', {}, el('input', { id, type: 'checkbox', value: c.name }), el('label', { for: id }, c.name)));
+      choices.append(
+        el(
+          'div',
+          {},
+          el('input', { id, type: 'checkbox', value: c.name }),
+          el('label', { for: id }, c.name)
+        )
+      );
     }
-    const form = el('form', { class: 'kv-token-form', 'aria-label': 'Create an access token' },
-      el('label', { for: nameId }, 'Token name'), name, choices,
-      el('label', { for: daysId }, 'Expires in days'), days,
-      el('button', { type: 'submit', class: 'jp-Button kv-button jp-mod-accept' }, 'Create token'));
+    const form = el(
+      'form',
+      { class: 'kv-token-form', 'aria-label': 'Create an access token' },
+      el('label', { for: nameId }, 'Token name'),
+      name,
+      choices,
+      el('label', { for: daysId }, 'Expires in days'),
+      days,
+      el(
+        'button',
+        { type: 'submit', class: 'jp-Button kv-button jp-mod-accept' },
+        'Create token'
+      )
+    );
     form.addEventListener('submit', event => {
       event.preventDefault();
-      const picked = [...choices.querySelectorAll<HTMLInputElement>('input:checked')].map(i => i.value);
+      const picked = [
+        ...choices.querySelectorAll<HTMLInputElement>('input:checked')
+      ].map(i => i.value);
       const n = parseInt(days.value, 10);
       void this.createToken(name.value.trim(), picked, isNaN(n) ? null : n);
     });
     box.append(form);
   }
 
-  private async createToken(name: string, credentials: string[], days: number | null): Promise<void> {
+  private async createToken(
+    name: string,
+    credentials: string[],
+    days: number | null
+  ): Promise<void> {
     let created: { token: string; name: string };
     try {
       created = await this.api.createToken(name, credentials, days);
@@ -489,11 +780,20 @@ export class KeyVaultPanel extends Widget {
     }
     await this.refresh();
     // Shown once; removed from the DOM when dismissed.
-    const shown = el('div', { class: 'kv-token-once', role: 'alert' },
-      el('p', {}, `Token ${created.name} — copy it now, it is not shown again:`),
-      el('code', { class: 'kv-token-value' }, created.token));
+    const shown = el(
+      'div',
+      { class: 'kv-token-once', role: 'alert' },
+      el(
+        'p',
+        {},
+        `Token ${created.name} — copy it now, it is not shown again:`
+      ),
+      el('code', { class: 'kv-token-value' }, created.token)
+    );
     const copy = button('Copy', 'kv-token-copy', () => {
-      void navigator.clipboard?.writeText(created.token).then(() => this.say('Token copied.', 'ok'));
+      void navigator.clipboard
+        ?.writeText(created.token)
+        .then(() => this.say('Token copied.', 'ok'));
     });
     const dismiss = button('Dismiss', 'kv-token-dismiss', () => {
       shown.remove();
