@@ -58,13 +58,14 @@ def status() -> dict:
 
 def read_value(name: str) -> str:
     """Prompt for a value without echo (in Jupyter: the frontend's password prompt)."""
+    no_stdin: type[Exception]
     try:
-        from IPython.core.error import StdinNotImplementedError
+        from IPython.core.error import StdinNotImplementedError as no_stdin
     except ImportError:  # pragma: no cover - IPython is always there in a kernel
-        StdinNotImplementedError = NotImplementedError  # noqa: N806
+        no_stdin = NotImplementedError
     try:
         value = getpass.getpass(f"Value for {name} (input hidden): ")
-    except StdinNotImplementedError:
+    except no_stdin:
         raise InvalidRequest(
             "this frontend cannot prompt for input; use the Key Vault panel, or "
             f"`jupyter keyvault set {name}` in a terminal"

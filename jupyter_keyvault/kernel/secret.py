@@ -15,6 +15,8 @@ class Secret:
     """
 
     __slots__ = ("_name", "_value")
+    _name: str
+    _value: str
 
     def __init__(self, name: str, value: str):
         object.__setattr__(self, "_name", name)

@@ -47,6 +47,7 @@ Semantics
 
 from __future__ import annotations
 
+import functools
 import html
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
@@ -301,7 +302,7 @@ class KeyVaultPanel:
                 b = widgets.Button(description=f"Connect {label}", icon="link",
                                    tooltip=f"Sign in to {label}; the token is stored in the vault, never shown"
                                    ).add_class("keyvault-panel-connect")
-                b.on_click(self._guard(lambda _b, pid=pid, label=label: self._on_connect(pid, label)))
+                b.on_click(self._guard(functools.partial(self._on_connect_clicked, pid, label)))
                 buttons.append(b)
             self.connect_row.children = tuple(buttons)
 
@@ -313,6 +314,9 @@ class KeyVaultPanel:
         next_path = base + ("lab/tree/" + quote(str(notebook)) if notebook else "lab")
         return (f"{base}keyvault/oauth/{quote(provider_id, safe='')}/start?"
                 + urlencode({"name": name, "next": next_path}))
+
+    def _on_connect_clicked(self, provider_id: str, label: str, _button: Any) -> None:
+        self._on_connect(provider_id, label)
 
     def _on_connect(self, provider_id: str, label: str) -> None:
         raw = (self.name.value or "").strip()

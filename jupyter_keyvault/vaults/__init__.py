@@ -10,6 +10,8 @@ uses only the `ServerVault` protocol below; no caller asks which implementation 
 
 from __future__ import annotations
 
+import builtins
+
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -65,7 +67,7 @@ class ServerVault(Protocol):
     # -- audit and status
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *,
               actor: str | None = None, detail: str | None = None) -> None: ...
-    def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]: ...
+    def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEvent]: ...
     def status(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 

@@ -8,6 +8,8 @@ proxy instead (see `upstream`).
 
 from __future__ import annotations
 
+import builtins
+
 import json
 import time
 import urllib.error
@@ -164,7 +166,7 @@ class HubVaultClient:
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", **_: Any) -> None:
         """The service audits every use itself; local events (e.g. notebook denials) go to the server log."""
 
-    def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
+    def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEvent]:
         _, body = self._call("GET", f"api/audit?limit={int(limit)}")
         events = []
         for e in body["events"]:

@@ -82,7 +82,7 @@ async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, ur
                 return 0
             meter = meter_for(upstream.headers.get("Content-Type", "")) if meter_for else None
             # Small SSE writes must leave at once, not wait for Nagle's algorithm.
-            handler.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+            handler.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
             async for chunk in upstream.content.iter_any():
                 if meter is not None:
                     meter.feed(chunk)
