@@ -6,6 +6,8 @@ bash scripts/setup.sh
 bash scripts/install-postgresql.sh
 bash scripts/install-chp.sh
 bash scripts/install-chromium.sh  # browser tests (tests/test_browser_*.py)
+echo "== static checks (ruff, mypy, labextension lint)"
+bash scripts/lint.sh
 echo "== pytest (a skip for a missing real part fails here: everything is installed above)"
 KEYVAULT_STRICT_SKIPS=1 .venv/bin/python -m pytest -q -rs "$@"
 echo "== bandit (fails on medium/high findings)"
