@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-
 from jupyter_keyvault.kernel_auth import make_credential  # noqa: E402
 from jupyter_keyvault.store import SQLiteBackend, Vault  # noqa: E402
 from jupyter_keyvault.testing.live_server import JupyterServer  # noqa: E402
@@ -124,10 +123,10 @@ def main() -> None:
 
             small = {"direct": [], "proxied": []}
             ttfc = {"direct": [], "proxied": []}
-            for i in range(args.requests):  # interleaved so drift hits both paths alike
+            for _ in range(args.requests):  # interleaved so drift hits both paths alike
                 for label, client in (("direct", direct), ("proxied", proxied)):
                     small[label].append(client.request("GET", "/models")[1])
-            for i in range(100):
+            for _ in range(100):
                 for label, client in (("direct", direct), ("proxied", proxied)):
                     t_first, _, status = client.request("POST", "/chat/completions", CHAT)
                     assert status == 200

@@ -15,7 +15,6 @@ import time
 
 import httpx
 
-
 from jupyter_keyvault.store import SQLiteBackend, Vault  # noqa: E402
 from jupyter_keyvault.testing.live_server import JupyterServer  # noqa: E402
 

@@ -24,7 +24,7 @@ from .store import InvalidInput, NotFound, VaultError
 from .store.errors import StaleValue
 from .store.model import validate_name
 
-CLIENT_SECRET_TYPE = "oauth_client_secret"
+CLIENT_SECRET_TYPE = "oauth_client_secret"  # noqa: S105 - a name, not a secret
 OAUTH_TYPE = "oauth2"
 STATE_TTL_SECONDS = 600
 _AUTH_METHODS = ("client_secret_post", "client_secret_basic", "none")
@@ -63,7 +63,7 @@ class OAuthProvider:
     revoke_url: str | None = None
     extra_authorize_params: dict[str, str] = field(default_factory=dict)
     client_secret_credential: str = ""
-    token_endpoint_auth_method: str = "client_secret_post"
+    token_endpoint_auth_method: str = "client_secret_post"  # noqa: S105 - an auth method name
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.id, "display_name": self.display_name}
@@ -212,7 +212,7 @@ class OAuthManager:
         )
 
     def _client_secret(self, provider: OAuthProvider) -> str | None:
-        if provider.token_endpoint_auth_method == "none":
+        if provider.token_endpoint_auth_method == "none":  # noqa: S105 - an auth method name
             return None
         try:
             return self.vault.get_value(self.owner, provider.client_secret_credential, purpose="oauth_client",
@@ -257,7 +257,7 @@ class OAuthManager:
                 token = await client.fetch_token(provider.token_url, code=code, code_verifier=flow.verifier)
             except AuthlibError as exc:
                 raise OAuthError(f"{provider.display_name} refused the code exchange: {exc.error}") from None
-            except Exception as exc:  # transport errors of httpx: a clear, value-free line
+            except Exception as exc:  # noqa: BLE001 - httpx transport errors: a clear, value-free line
                 raise OAuthError(f"{provider.display_name} token endpoint failed: {type(exc).__name__}") from None
         payload = token_payload(dict(token), self._clock())
         scopes = (payload["scope"] or " ".join(provider.scopes)).split()
@@ -310,7 +310,7 @@ class OAuthManager:
                     raise NeedsReauth(f"{name} needs to be connected again: {provider.display_name} refused the "
                                       f"refresh token ({exc.error})") from None
                 raise OAuthError(f"refreshing {name} failed: {exc.error}") from None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - httpx transport errors: a clear, value-free line
                 raise OAuthError(f"refreshing {name} failed: {provider.display_name} token endpoint "
                                  f"unreachable ({type(exc).__name__})") from None
         new = token_payload(dict(token), self._clock(), payload.get("refresh_token"))

@@ -16,14 +16,18 @@ import sys
 import urllib.request
 
 import pytest
+from test_browser_sidebar import SIDEBAR, notebook, open_notebook, open_sidebar, run_cell, save_key
 
-from jupyter_keyvault.testing.browser import PageRecorder, launch_chromium, places_in_page, require_chromium
-from jupyter_keyvault.testing.browser import write_lab_settings
+from jupyter_keyvault.testing.browser import (
+    PageRecorder,
+    launch_chromium,
+    places_in_page,
+    require_chromium,
+    write_lab_settings,
+)
 from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
 from jupyter_keyvault.testing.live_server import JupyterLab
 from jupyter_keyvault.testing.oauth_server import OAuthTestServer
-
-from test_browser_sidebar import SIDEBAR, notebook, open_notebook, open_sidebar, run_cell, save_key
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -13,14 +13,17 @@ import secrets
 import time
 
 import pytest
-
-from jupyter_keyvault.testing.browser import places_in_page
-from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
-
 from test_browser_sidebar import (  # noqa: F401 - fixtures
-    IMAGES, USE_CELL, browser_page, notebook, open_notebook, run_cell,
+    IMAGES,
+    USE_CELL,
+    browser_page,
+    notebook,
+    open_notebook,
+    run_cell,
 )
-from jupyter_keyvault.testing.browser import require_chromium, write_lab_settings
+
+from jupyter_keyvault.testing.browser import places_in_page, require_chromium, write_lab_settings
+from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
 from jupyter_keyvault.testing.live_server import JupyterLab
 
 PANEL = ".keyvault-panel"
@@ -49,7 +52,7 @@ def wait_status(page, text: str):
 
 
 def test_given_a_canary_key_entered_in_the_widget_panel_when_saved_tested_used_and_deleted_then_the_browser_and_notebook_never_hold_it(
-        lab, browser_page, fake_upstream):
+        lab, browser_page, fake_upstream):  # noqa: F811 - a pytest fixture
     page, recorder = browser_page
     canary = "sk-proj-CANARY" + secrets.token_hex(20)
     fake_upstream.valid_keys.add(canary)

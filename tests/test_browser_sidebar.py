@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 
 from jupyter_keyvault.testing.browser import (
-    PageRecorder, launch_chromium, places_in_page, require_chromium, write_lab_settings,
+    PageRecorder,
+    launch_chromium,
+    places_in_page,
+    require_chromium,
+    write_lab_settings,
 )
 from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
 from jupyter_keyvault.testing.live_server import JupyterLab

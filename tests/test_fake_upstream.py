@@ -44,7 +44,7 @@ def claude(fake):
 def test_lifecycle_and_urls():
     server = FakeUpstream(valid_keys={KEY})
     with pytest.raises(RuntimeError):
-        server.url  # not started yet
+        _ = server.url  # not started yet
     assert server.start() is server
     url = server.url
     try:
@@ -111,7 +111,7 @@ def test_openai_chat_streaming_is_not_buffered(fake, oai):
     assert "".join(deltas) == REPLY_TEXT
     assert finish == "stop"
     assert usage is not None and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     # Each chunk is flushed on its own: arrivals are spread by ~chunk_interval.
     assert all(gap >= 0.07 for gap in gaps), gaps
     assert arrivals[0] < arrivals[-1] - 0.3, arrivals
@@ -237,7 +237,7 @@ def test_anthropic_messages_stream(fake, claude):
     assert final.content[0].text == REPLY_TEXT
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens > 0
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert all(gap >= 0.07 for gap in gaps), arrivals
 
 

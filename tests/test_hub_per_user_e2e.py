@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_store_durability import assert_absent_from_text
 
 from jupyter_keyvault.hub.peruser import derive_user_key, generate_secret, parse_hub_secret
 from jupyter_keyvault.store import SQLiteBackend, Vault, WrongMasterKey
@@ -22,8 +23,6 @@ from jupyter_keyvault.store.crypto import encode_master_key
 from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT, FakeUpstream
 from jupyter_keyvault.testing.hub import JupyterHubHarness, missing_requirements
 from jupyter_keyvault.testing.terminal_client import run_in_terminal
-
-from test_store_durability import assert_absent_from_text
 
 pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
 

@@ -111,8 +111,8 @@ def test_limits_from_the_admin_api_reject_negative_fractional_and_unknown_values
 
 
 def test_a_hub_client_reports_an_unreachable_service_in_its_status_instead_of_failing():
-    from jupyter_keyvault.vaults.hub import HubServiceError, HubVaultClient
     from jupyter_keyvault.testing.live_server import free_port
+    from jupyter_keyvault.vaults.hub import HubServiceError, HubVaultClient
 
     client = HubVaultClient(f"http://127.0.0.1:{free_port()}/services/keyvault/", "token", "alice", timeout=2)
     status = client.status()
@@ -122,8 +122,8 @@ def test_a_hub_client_reports_an_unreachable_service_in_its_status_instead_of_fa
 
 
 def test_a_hub_client_without_a_url_or_token_says_what_to_configure():
-    from jupyter_keyvault.vaults.hub import HubVaultClient
     from jupyter_keyvault.store import VaultError
+    from jupyter_keyvault.vaults.hub import HubVaultClient
 
     with pytest.raises(VaultError, match="hub_url"):
         HubVaultClient("", "token", "alice")

@@ -94,7 +94,7 @@ async def test_given_an_async_client_when_used_concurrently_then_every_call_succ
         "import asyncio, keyvault\n"
         "client = keyvault.async_openai()\n"
         "rs = await asyncio.gather(*(client.chat.completions.create(model='m', messages=[{'role': 'user', 'content': str(i)}]) for i in range(5)))\n"
-        "print('OK', sum(r.choices[0].message.content == %r for r in rs))\n" % REPLY_TEXT
+        f"print('OK', sum(r.choices[0].message.content == {REPLY_TEXT!r} for r in rs))\n"
     )
     assert result.error is None, result.text
     assert "OK 5" in result.stdout

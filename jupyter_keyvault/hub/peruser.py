@@ -30,7 +30,7 @@ from ..store.crypto import KEY_BYTES, encode_master_key
 from ..store.errors import MasterKeyError
 from ..store.masterkey import ENV_MASTER_KEY
 
-DEFAULT_SECRET_ENV = "KEYVAULT_HUB_SECRET"
+DEFAULT_SECRET_ENV = "KEYVAULT_HUB_SECRET"  # noqa: S105 - a name, not a secret
 INFO_LABEL = "jupyter-keyvault/per-user-master-key/v1"
 MIN_SECRET_BYTES = 32
 MIN_DISTINCT_BYTES = 16  # 32 random bytes have ~30 distinct values; "aaaa..." or a counter has few
@@ -122,7 +122,7 @@ def generate_secret() -> str:
     return base64.urlsafe_b64encode(os.urandom(MIN_SECRET_BYTES)).decode().rstrip("=")
 
 
-NEW_SECRET_ENV = "KEYVAULT_HUB_SECRET_NEW"
+NEW_SECRET_ENV = "KEYVAULT_HUB_SECRET_NEW"  # noqa: S105 - a name, not a secret
 
 
 def rekey_vault(vault_path: str, user: str, *, secret: bytes, new_secret: bytes | None = None,

@@ -21,8 +21,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Bool, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
-from .._version import __version__
 from .. import envguard, providers
+from .._version import __version__
 from ..ratelimit import RateLimiter
 from ..scrub import Scrubber, install_log_filter
 from ..settings import DEFAULT_SECRET_ENV_PATTERNS

@@ -108,7 +108,7 @@ def _print_list(items: list[dict]) -> None:
                      str(item.get("updated_at") or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _print_status(st: dict) -> None:

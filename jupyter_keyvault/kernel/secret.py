@@ -64,8 +64,8 @@ class Secret:
     def __reduce_ex__(self, protocol):
         return self.__reduce__()
 
-    def __copy__(self) -> "Secret":
+    def __copy__(self) -> Secret:
         return self
 
-    def __deepcopy__(self, memo) -> "Secret":
+    def __deepcopy__(self, memo) -> Secret:
         return self

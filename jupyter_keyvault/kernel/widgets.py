@@ -53,9 +53,9 @@ from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 from .. import providers
+from ..scrub import default_scrubber
 from .errors import InvalidRequest, KeyVaultError
 from .mode import current_backend, valid_name
-from ..scrub import default_scrubber
 
 try:
     import ipywidgets as widgets

@@ -10,8 +10,8 @@ from functools import partial
 
 from jupyter_server.extension.application import ExtensionApp
 
-from .._version import __version__
 from .. import envguard
+from .._version import __version__
 from ..scrub import install_log_filter
 from ..settings import KERNEL_ENV_ALLOWLIST
 from . import kernel_api, oauth_pages, proxy, rest

@@ -26,7 +26,7 @@ class ManagerMixin:
     """Handlers depend on the manager, never on the app."""
 
     @property
-    def kv(self) -> "KeyVaultManager":
+    def kv(self) -> KeyVaultManager:
         return self.settings["keyvault_manager"]  # type: ignore[attr-defined]
 
 

@@ -7,8 +7,8 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from .._version import __version__
 from .. import providers
+from .._version import __version__
 from ..web.bodies import json_object, parse_credential_write
 from ..web.errors import http_errors
 from .base import CallerMixin, JSONMixin

@@ -8,8 +8,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from .._version import __version__
 from .. import providers
+from .._version import __version__
 from ..store import NotFound
 from ..web.bodies import metadata_object, parse_credential_write
 from ..web.headers import ascii_header_value

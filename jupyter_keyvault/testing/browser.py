@@ -70,7 +70,7 @@ class PageRecorder:
                 continue
             try:
                 self.responses.append((response.url, response.body()))
-            except Exception as exc:  # redirects have no body; evicted bodies are reported
+            except Exception as exc:  # noqa: BLE001 - redirects have no body; evicted bodies are reported
                 self.unread.append(f"{response.request.method} {response.url} {response.status}: {exc}".splitlines()[0])
 
     def watch(self, page) -> None:
@@ -96,7 +96,9 @@ STORAGE_DUMP = """async () => {
   for (let i = 0; i < sessionStorage.length; i++) { const k = sessionStorage.key(i); out.session[k] = sessionStorage.getItem(k); }
   const dbs = indexedDB.databases ? await indexedDB.databases() : [];
   for (const info of dbs) {
-    const db = await new Promise((ok, fail) => { const r = indexedDB.open(info.name); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
+    const db = await new Promise((ok, fail) => {
+      const r = indexedDB.open(info.name); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error);
+    });
     const stores = {};
     for (const name of Array.from(db.objectStoreNames)) {
       stores[name] = await new Promise((ok) => {

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import tornado.httpserver
 import tornado.netutil
@@ -100,7 +100,7 @@ class RecordedRequest:
         return keys
 
 
-def _bearer_token(value: Optional[str]) -> Optional[str]:
+def _bearer_token(value: str | None) -> str | None:
     if not value:
         return None
     scheme, _, token = value.partition(" ")
@@ -151,9 +151,9 @@ class _CountingHTTPServer(tornado.httpserver.HTTPServer):
 
 
 class _BaseHandler(tornado.web.RequestHandler):
-    upstream: "FakeUpstream"
+    upstream: FakeUpstream
 
-    def initialize(self, upstream: "FakeUpstream") -> None:
+    def initialize(self, upstream: FakeUpstream) -> None:
         self.upstream = upstream
         self._client_gone = False
 
@@ -196,7 +196,7 @@ class _BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": {"message": self._reason, "type": "server_error", "code": status_code}}))
 
-    def json_body(self) -> Optional[dict]:
+    def json_body(self) -> dict | None:
         """The parsed JSON object body, or None after sending a 400 response."""
         try:
             body = json.loads(self.request.body or b"null")
@@ -207,12 +207,12 @@ class _BaseHandler(tornado.web.RequestHandler):
             return None
         return body
 
-    def bad_request(self, message: str, param: Optional[str] = None) -> None:
+    def bad_request(self, message: str, param: str | None = None) -> None:
         self.send_json(
             {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}, 400
         )
 
-    async def send_event(self, data: str, event: Optional[str] = None) -> bool:
+    async def send_event(self, data: str, event: str | None = None) -> bool:
         """Write one SSE event and flush it; False once the client has gone."""
         if self._client_gone:
             return False
@@ -389,7 +389,7 @@ class _EmbeddingsHandler(_OpenAIHandler):
 
 
 class _MessagesHandler(_AnthropicHandler):
-    def bad_request(self, message: str, param: Optional[str] = None) -> None:
+    def bad_request(self, message: str, param: str | None = None) -> None:
         self.send_json({"type": "error", "error": {"type": "invalid_request_error", "message": message}}, 400)
 
     async def post(self) -> None:
@@ -471,7 +471,7 @@ class _EchoHeadersHandler(_BaseHandler):
 class _StatsHandler(tornado.web.RequestHandler):
     """Counters for benchmarks that run the fake in another process (not recorded as a request)."""
 
-    def initialize(self, upstream: "FakeUpstream") -> None:
+    def initialize(self, upstream: FakeUpstream) -> None:
         self.upstream = upstream
 
     def get(self) -> None:
@@ -528,17 +528,17 @@ class FakeUpstream:
         self.connections_opened = 0
         self.client_disconnects = 0  # responses cut off by the client
         self._requested_port = port
-        self._port: Optional[int] = None
+        self._port: int | None = None
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._thread: Optional[threading.Thread] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._stopping: Optional[asyncio.Event] = None
-        self._startup_error: Optional[BaseException] = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         """Start serving in a daemon thread; returns once the port is listening."""
         if self._thread is not None:
             raise RuntimeError("FakeUpstream is already running")
@@ -566,7 +566,7 @@ class FakeUpstream:
         self._thread = self._loop = self._stopping = None
         self._port = None
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self) -> FakeUpstream:
         return self.start() if self._thread is None else self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -668,7 +668,7 @@ class FakeUpstream:
             self.connections_opened += 1
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fake OpenAI/Anthropic-compatible upstream (127.0.0.1 only).")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0 = random)")
     parser.add_argument("--key", action="append", dest="keys", help="accepted API key (repeatable)")

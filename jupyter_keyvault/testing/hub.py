@@ -193,7 +193,7 @@ c.JupyterHub.log_level = "INFO"
         path.write_text(config)
         return path
 
-    def start(self, timeout: float = 90) -> "JupyterHubHarness":
+    def start(self, timeout: float = 90) -> JupyterHubHarness:
         reason = missing_requirements()
         if reason:
             raise RuntimeError(reason)
@@ -229,7 +229,7 @@ c.JupyterHub.log_level = "INFO"
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def __enter__(self) -> "JupyterHubHarness":
+    def __enter__(self) -> JupyterHubHarness:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -62,7 +62,7 @@ class ServerKernel:
         resp = await AsyncHTTPClient().fetch(req, raise_error=True)
         return json.loads(resp.body) if resp.body else None
 
-    async def start(self) -> "ServerKernel":
+    async def start(self) -> ServerKernel:
         session = await self._rest("POST", "api/sessions", {
             "path": self.path, "name": self.path, "type": "notebook", "kernel": {"name": self.kernel_name}})
         self.session_id, self.kernel_id = session["id"], session["kernel"]["id"]
@@ -71,7 +71,8 @@ class ServerKernel:
         return self
 
     async def connect(self) -> None:
-        ws_url = self.base_url.replace("http", "ws", 1) + f"api/kernels/{quote(self.kernel_id)}/channels?session_id={self._client_session}"
+        ws_url = (self.base_url.replace("http", "ws", 1)
+                  + f"api/kernels/{quote(self.kernel_id)}/channels?session_id={self._client_session}")
         self._ws = await websocket_connect(HTTPRequest(ws_url, headers=self.headers), max_message_size=100 * 1024 * 1024)
 
     async def restart(self) -> None:

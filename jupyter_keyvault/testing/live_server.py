@@ -57,7 +57,7 @@ class JupyterServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.root / "server.log"
 
-    def start(self, timeout: float = 60) -> "JupyterServer":
+    def start(self, timeout: float = 60) -> JupyterServer:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
@@ -72,8 +72,8 @@ class Code:
     redirect_uri: str
     scope: str
     user: str
-    code_challenge: Optional[str]
-    code_challenge_method: Optional[str]
+    code_challenge: str | None
+    code_challenge_method: str | None
 
     def get_redirect_uri(self):
         return self.redirect_uri
@@ -88,7 +88,7 @@ class Token(TokenMixin):
     user: str
     scope: str
     access_token: str
-    refresh_token: Optional[str]
+    refresh_token: str | None
     expires_in: int
     issued_at: float = field(default_factory=time.time)
     revoked: bool = False
@@ -138,7 +138,7 @@ class _Request(OAuth2Request):
 
 
 class _Server(AuthorizationServer):
-    def __init__(self, owner: "OAuthTestServer"):
+    def __init__(self, owner: OAuthTestServer):
         super().__init__()
         self.owner = owner
         self.register_token_generator("default", BearerTokenGenerator(
@@ -169,7 +169,7 @@ class _Server(AuthorizationServer):
         pass
 
 
-def _grants(owner: "OAuthTestServer"):
+def _grants(owner: OAuthTestServer):
     class CodeGrant(AuthorizationCodeGrant):
         TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
 
@@ -215,7 +215,7 @@ def _grants(owner: "OAuthTestServer"):
 
 
 class _Handler(tornado.web.RequestHandler):
-    def initialize(self, owner: "OAuthTestServer") -> None:
+    def initialize(self, owner: OAuthTestServer) -> None:
         self.owner = owner
 
     def check_xsrf_cookie(self) -> None:
@@ -310,10 +310,10 @@ class OAuthTestServer:
         self.server.register_grant(code_grant, [CodeChallenge(required=True)])
         self.server.register_grant(refresh_grant)
         self.server.register_endpoint(revocation)
-        self._port: Optional[int] = None
-        self._thread: Optional[threading.Thread] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._stopping: Optional[asyncio.Event] = None
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
 
     # -- data
     def add_client(self, client_id: str, client_secret: str, redirect_uris: list[str]) -> Client:
@@ -321,7 +321,7 @@ class OAuthTestServer:
         self.clients[client_id] = client
         return client
 
-    def find(self, *, access_token: str | None = None, refresh_token: str | None = None) -> Optional[Token]:
+    def find(self, *, access_token: str | None = None, refresh_token: str | None = None) -> Token | None:
         with self.lock:
             for item in self.tokens:
                 if access_token and hmac.compare_digest(item.access_token, access_token):
@@ -351,7 +351,7 @@ class OAuthTestServer:
                 "scopes": ["read", "write"], **extra}
 
     # -- lifecycle
-    def start(self) -> "OAuthTestServer":
+    def start(self) -> OAuthTestServer:
         ready = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve(ready)), name="OAuthTestServer",
                                         daemon=True)

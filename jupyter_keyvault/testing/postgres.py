@@ -74,7 +74,7 @@ class PostgresCluster:
 
     # -- lifecycle
     @classmethod
-    def start(cls) -> "PostgresCluster":
+    def start(cls) -> PostgresCluster:
         if os.environ.get(ENV_URL):
             return cls(os.environ[ENV_URL])
         bindir = find_bindir()
@@ -161,7 +161,7 @@ class PostgresCluster:
             self._stop()
             self._stop = None
 
-    def __enter__(self) -> "PostgresCluster":
+    def __enter__(self) -> PostgresCluster:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,7 +11,6 @@ uses only the `ServerVault` protocol below; no caller asks which implementation 
 from __future__ import annotations
 
 import builtins
-
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 

@@ -9,7 +9,6 @@ proxy instead (see `upstream`).
 from __future__ import annotations
 
 import builtins
-
 import json
 import time
 import urllib.error
@@ -69,7 +68,7 @@ class HubVaultClient:
     # -- transport
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.service_url + path, data=data, method=method, headers={
+        req = urllib.request.Request(self.service_url + path, data=data, method=method, headers={  # noqa: S310 - http(s) URLs only, checked by validate_base_url / the service URL
             "Authorization": f"token {self._token}", "Content-Type": "application/json"})
         try:
             # The server's hub token rides on every call: never via env proxies or a redirect.
@@ -160,7 +159,7 @@ class HubVaultClient:
         base = self.service_url + "proxy/" + provider.id + ("/" + provider.proxy_prefix if provider.proxy_prefix else "")
         return Upstream(base, {"X-KeyVault-Credential": name, "Authorization": f"token {self._token}"}, None)
 
-    def access_tokens(self) -> "UnavailableTokens":
+    def access_tokens(self) -> UnavailableTokens:
         return UnavailableTokens()
 
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", **_: Any) -> None:

@@ -31,7 +31,7 @@ class ServiceBase(HubAuthenticated, web.RequestHandler):
         return self.settings["hub_auth"]
 
     @property
-    def kv(self) -> "KeyVaultHubService":
+    def kv(self) -> KeyVaultHubService:
         return self.settings["keyvault"]
 
     def check_xsrf_cookie(self):

@@ -15,6 +15,7 @@ from ...web.errors import http_errors
 from ..common import GRANT_KINDS, SHARED_OWNER
 from .admin import grant_subject
 
+
 class AdminPageHandler(HubOAuthenticated, web.RequestHandler):
     @property
     def hub_auth(self):
