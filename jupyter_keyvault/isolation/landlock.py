@@ -27,6 +27,9 @@ _RULE_PATH_BENEATH = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # Filesystem access rights (include/uapi/linux/landlock.h), with the ABI that introduced each.
 EXECUTE = 1 << 0
@@ -203,3 +206,36 @@ def set_non_dumpable() -> None:
 def is_dumpable() -> bool:
     return bool(_check(_syscall().prctl(PR_GET_DUMPABLE, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
                                         ctypes.c_ulong(0)), "prctl(PR_GET_DUMPABLE)"))
+
+
+def drop_all_capabilities() -> int:
+    """Empties the capability bounding and ambient sets, so the program this process execs gets none.
+
+    Needed when kernels run as root: Landlock confines root too, but capabilities reach around
+    it (CAP_SYS_ADMIN/CAP_PERFMON read /proc/<pid>/environ and maps of any process, CAP_SYS_MODULE,
+    CAP_BPF, CAP_SYS_RAWIO read kernel or physical memory). uid 0 keeps owning its files.
+    A process without CAP_SETPCAP has nothing to drop (exec under no_new_privs grants no file
+    capabilities), so that case is a no-op. Returns how many capabilities were dropped.
+    """
+    libc = _syscall()
+    # Ambient capabilities survive exec; clearing them needs no privilege.
+    _check(libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                      ctypes.c_ulong(0)), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    with open("/proc/self/status", encoding="ascii") as f:
+        status = f.read()
+    effective = int(status.split("CapEff:")[1].split()[0], 16)
+    bounding = int(status.split("CapBnd:")[1].split()[0], 16)
+    if not effective & (1 << 8):  # without CAP_SETPCAP the bounding set cannot change, and exec grants nothing
+        return 0
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+            last = int(f.read())
+    except OSError:
+        last = 63
+    dropped = 0
+    for cap in range(last + 1):
+        if bounding & (1 << cap):
+            _check(libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                              ctypes.c_ulong(0)), f"prctl(PR_CAPBSET_DROP, {cap})")
+            dropped += 1
+    return dropped

@@ -137,6 +137,7 @@ def main(args: list[str] | None = None) -> int:
                 if policy.ipython_dir:
                     mirror_ipython_dir(policy.ipython_dir, policy.kernel_ipython_dir())
                 os.environ.update(kernel_env_changes(policy, argv))
+                ll.drop_all_capabilities()  # a root kernel would otherwise reach around Landlock
                 apply(policy, found.abi)
             except (OSError, PolicyError) as exc:
                 print(f"jupyter-keyvault: refusing to start the kernel: cannot apply isolation: {exc}",

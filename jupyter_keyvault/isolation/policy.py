@@ -55,6 +55,7 @@ class IsolationPolicy:
     kernel_state_dir: str = ""  # writable, never imported or read by the server: pip target, IPython dir mirror
     ipython_dir: str = ""  # the user's real IPython dir (read-only to kernels; mirrored into kernel_state_dir)
     read_only_prefixes: list[str] = field(default_factory=list)  # interpreters whose kernels get the pip target
+    connection_dir: str = ""  # a denied dir where connection files must live (the Jupyter runtime dir)
     notes: list[str] = field(default_factory=list)  # limitations found while building, for status/logs
     version: int = POLICY_VERSION
 
@@ -234,8 +235,11 @@ def build_policy(
         kernel_state_dir=state_dir,
         ipython_dir=_real(ipython_dir) if ipython_dir else "",
         read_only_prefixes=prefixes,
+        connection_dir=_real(runtime_dir) if runtime_dir else "",
     )
     classes = classify(policy)  # raises on writable-inside-denied, before anything is launched
+    if policy.connection_dir and classes.get(policy.connection_dir) != DENY:
+        raise PolicyError(f"the runtime dir {policy.connection_dir} must be denied to kernels")
     if classes.get(state_dir) != FULL:
         raise PolicyError(f"the kernel state dir {state_dir} must not be inside a protected path")
     policy.notes = limitations(policy)

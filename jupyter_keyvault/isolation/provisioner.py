@@ -61,11 +61,18 @@ class KeyVaultIsolatedProvisioner(LocalProvisioner):
         return default_policy(notebook_root=kwargs.get("cwd") or os.getcwd())
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        kwargs = await super().pre_launch(**kwargs)
         policy = self._make_policy(kwargs)
+        km = self.parent
+        if policy.mode != "off" and km is not None and policy.connection_dir:
+            # jupyter_server writes connection files into the runtime dir, but a bare KernelManager
+            # defaults to a tempfile in /tmp, where every kernel could read every other kernel's key.
+            current = os.path.realpath(km.connection_file) if km.connection_file else ""
+            if not current.startswith(policy.connection_dir.rstrip("/") + "/"):
+                os.makedirs(policy.connection_dir, mode=0o700, exist_ok=True)
+                km.connection_file = os.path.join(policy.connection_dir, f"kernel-{self.kernel_id}.json")
+        kwargs = await super().pre_launch(**kwargs)
         if policy.mode == "off":
             return kwargs
-        km = self.parent
         connection_file = getattr(km, "connection_file", "") or ""
         if not connection_file:
             raise KernelSpecNotWrappable("kernel isolation needs a kernel manager that writes a connection file")
@@ -78,7 +85,7 @@ class KeyVaultIsolatedProvisioner(LocalProvisioner):
         kwargs["cmd"] = wrap_kernel_cmd(
             kwargs.get("cmd") or [],
             self._policy_file,
-            read_files=[connection_file] if connection_file else [],
+            read_files=[connection_file],
             kernel_name=kernel_name,
         )
         return kwargs
