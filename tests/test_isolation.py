@@ -180,6 +180,7 @@ class World:
         (self.runtime / "kernel-other.json").write_text(json.dumps({"key": self.canary}))
         self.server_config = self.config / "jupyter_server_config.py"
         self.server_config.write_text("# user config\n")
+        (self.home / ".bashrc").write_text("# user bashrc\n")
         self.startup = self.ipython / "profile_default/startup"
         self.site_packages = Path(sysconfig.get_path("purelib"))
         self.env = {"HOME": str(self.home), "JUPYTER_DATA_DIR": str(self.data),
@@ -259,6 +260,8 @@ def _canary_attacks(w: World, own_connection_file: str) -> dict[str, str]:
         "new_config": f"open({str(w.config / 'jupyter_notebook_config.py')!r}, 'w').write('x = 1')",
         "ipython_startup": f"open({str(w.startup / '00-evil.py')!r}, 'w').write('print(1)')",
         "site_packages": f"open({str(site_file)!r}, 'w').write('x')",
+        "bashrc": f"open({str(w.home / '.bashrc')!r}, 'a').write('export PYTHONPATH=/tmp/evil\\n')",
+        "new_zshrc": f"open({str(w.home / '.zshrc')!r}, 'w').write('export PYTHONPATH=/tmp/evil\\n')",
         "delete_vault": f"__import__('os').unlink({str(w.vault / 'vault.db')!r})",
         "plant_journal": f"open({str(w.vault / 'vault.db-journal')!r}, 'w').write('x')",
     }
@@ -276,7 +279,8 @@ def _cleanup_after_unconfined(w: World):
     for p in (w.site_packages.glob("keyvault-isolation-*.txt")):
         p.unlink()
     w.server_config.write_text("# user config\n")
-    for p in (w.config / "jupyter_notebook_config.py", w.startup / "00-evil.py", w.vault / "vault.db-journal"):
+    (w.home / ".bashrc").write_text("# user bashrc\n")
+    for p in (w.home / ".zshrc", w.config / "jupyter_notebook_config.py", w.startup / "00-evil.py", w.vault / "vault.db-journal"):
         p.unlink(missing_ok=True)
     (w.vault / "vault.db").write_bytes(b"SQLite format 3\x00" + w.canary.encode())
 
@@ -292,7 +296,8 @@ def test_given_isolation_off_then_every_attack_succeeds_so_the_tests_can_see_a_l
         _cleanup_after_unconfined(world)
     for name in ("master_key", "vault_db", "server_token", "other_kernel"):
         assert results[name].startswith("OK:") and world.canary in results[name], (name, results[name])
-    for name in ("server_config", "new_config", "ipython_startup", "site_packages", "delete_vault", "plant_journal"):
+    for name in ("server_config", "new_config", "ipython_startup", "site_packages", "delete_vault", "plant_journal",
+                 "bashrc", "new_zshrc"):
         assert results[name].startswith("OK:"), (name, results[name])
 
 
@@ -313,6 +318,7 @@ def test_given_isolation_on_then_vault_runtime_config_and_site_packages_are_out_
         assert world.canary not in out
     assert (world.vault / "vault.db").read_bytes().endswith(world.canary.encode())
     assert world.server_config.read_text() == "# user config\n"
+    assert (world.home / ".bashrc").read_text() == "# user bashrc\n" and not (world.home / ".zshrc").exists()
     assert not list(world.site_packages.glob("keyvault-isolation-*.txt"))
 
 
@@ -330,6 +336,8 @@ def test_given_two_isolated_kernels_then_neither_reads_the_others_connection_fil
         assert out == "DENIED:PermissionError"
     finally:
         other.close()
+    policy_file = Path(other.km.connection_file[: -len(".json")] + "-isolation.json")
+    assert not policy_file.exists()  # removed with the kernel
 
 
 def _memory_attack(address: int, length: int) -> str:
@@ -493,3 +501,34 @@ def test_given_isolation_on_then_user_startup_files_run_and_a_planted_one_is_dro
         assert "NameError" in second.run("print(USER_STARTUP)")  # removed from the real dir, gone here too
     finally:
         second.close()
+
+
+@pytest.mark.e2e
+@needs_landlock
+def test_given_a_notebook_root_that_holds_protected_dirs_then_only_new_top_level_entries_are_refused(world):
+    """The documented limitation: the root is an ancestor of the vault, so it keeps listing only."""
+    marker = secrets.token_hex(8)
+    (world.base / "existing.txt").write_text("before")
+    (world.base / "project").mkdir(exist_ok=True)
+    KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(notebook_root=world.base)
+    try:
+        from jupyter_client import KernelManager
+
+        km = KernelManager(kernel_name="isolated")
+        km.start_kernel(cwd=str(world.base), env=dict(os.environ))
+        kernel = Kernel.__new__(Kernel)
+        kernel.km, kernel.kc = km, km.client()
+        kernel.kc.start_channels()
+        kernel.kc.wait_for_ready(timeout=90)
+        try:
+            assert kernel.run(_attempt(f"open('project/{marker}.txt', 'w').write('x')")).strip() == "OK:1"
+            assert kernel.run(_attempt("open('existing.txt', 'a').write('+after')")).strip() == "OK:6"
+            assert kernel.run(_attempt(f"open('new-{marker}.txt', 'w')")).strip() == "DENIED:PermissionError"
+            assert kernel.run(_attempt(f"open('data/keyvault/master.key').read()")).strip() == "DENIED:PermissionError"
+            assert sorted(kernel.run("import os; print(sorted(os.listdir('.')))").strip()[1:-1].split(", "))
+        finally:
+            kernel.close()
+    finally:
+        KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(notebook_root=world.root)
+    assert (world.base / "existing.txt").read_text() == "before+after"
+    assert (world.base / "project" / f"{marker}.txt").exists() and not (world.base / f"new-{marker}.txt").exists()

@@ -260,6 +260,17 @@ def limitations(policy: IsolationPolicy) -> list[str]:
     return notes
 
 
+# Files a later login shell runs: a line added there (PATH, PYTHONPATH) would reach the next server start.
+SHELL_STARTUP_FILES = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zshenv", ".zprofile",
+                       ".zlogin", ".pam_environment")
+
+
+def shell_startup_files(home: str | None = None) -> list[str]:
+    """The user's shell startup files, present or not (a kernel may neither edit nor create them)."""
+    home = home or os.path.expanduser("~")
+    return [os.path.join(home, name) for name in SHELL_STARTUP_FILES]
+
+
 def default_kernel_state_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, KERNEL_STATE_DIRNAME)
@@ -291,7 +302,7 @@ def default_policy(
         ipython_dir=ipython_dir,
         notebook_root=notebook_root or os.getcwd(),
         extra_writable=extra_writable,
-        extra_read_only=extra_read_only,
+        extra_read_only=[*shell_startup_files(), *extra_read_only],
         extra_denied=extra_denied,
     )
 
