@@ -334,6 +334,10 @@ def test_given_two_isolated_kernels_then_neither_reads_the_others_connection_fil
         assert out == "DENIED:PermissionError" and key not in out
         out = other.run(_attempt(f"open({isolated.km.connection_file!r}).read()")).strip()
         assert out == "DENIED:PermissionError"
+        other_pid = other.km.provisioner.pid
+        for name in ("mem", "environ"):  # nor its memory, where the key also lives
+            out = isolated.run(_attempt(f"open('/proc/{other_pid}/{name}', 'rb').read(64)")).strip()
+            assert out == "DENIED:PermissionError", (name, out)
     finally:
         other.close()
     policy_file = Path(other.km.connection_file[: -len(".json")] + "-isolation.json")
@@ -370,12 +374,16 @@ def test_given_isolation_on_then_the_parent_memory_and_environ_are_out_of_reach(
             ll.set_non_dumpable()  # what the server does to itself
         mem = kernel.run(_memory_attack(ctypes.addressof(buffer), len(canary))).strip()
         env = kernel.run(_environ_attack()).strip()
+        others = [kernel.run(_attempt(f"open(f'/proc/{{__import__(\"os\").getppid()}}/{name}', 'rb').read(64)")).strip()
+                  for name in ("maps", "auxv")]
+        others.append(kernel.run(_attempt("__import__('os').readlink(f'/proc/{__import__(\"os\").getppid()}/cwd')")).strip())
     finally:
         if not parent_dumpable:
             ctypes.CDLL(None).prctl(ll.PR_SET_DUMPABLE, 1, 0, 0, 0)
         kernel.close()
     assert mem == "DENIED:PermissionError" and canary.decode() not in mem
     assert env == "DENIED:PermissionError"
+    assert others == ["DENIED:PermissionError"] * 3
 
 
 @pytest.mark.e2e
@@ -395,6 +403,36 @@ def test_given_isolation_on_then_the_kernel_cannot_signal_the_server(world, isol
     out = isolated.run(_attempt("__import__('os').kill(__import__('os').getppid(), 0)")).strip()
     assert out == "DENIED:PermissionError"
     assert isolated.run(_attempt("__import__('os').kill(__import__('os').getpid(), 0)")).strip() == "OK:None"
+
+
+@pytest.mark.e2e
+@needs_landlock
+def test_given_isolation_on_then_abstract_unix_sockets_outside_the_sandbox_are_unreachable(world, isolated):
+    name = "\0keyvault-isolation-" + secrets.token_hex(8)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(name)
+    listener.listen(1)
+    connect = f"(lambda s: s.connect({name!r}))(__import__('socket').socket(__import__('socket').AF_UNIX))"
+    try:
+        plain = Kernel(world, isolated=False)
+        try:
+            assert plain.run(_attempt(connect)).strip() == "OK:None"  # control: reachable unconfined
+        finally:
+            plain.close()
+        assert isolated.run(_attempt(connect)).strip() == "DENIED:PermissionError"
+    finally:
+        listener.close()
+
+
+def test_given_the_servers_own_interpreter_then_its_kernels_get_the_pip_target_and_others_do_not(tmp_path):
+    from jupyter_keyvault.isolation.launch import kernel_env_changes
+
+    policy = build_policy(kernel_state_dir=tmp_path / "state", notebook_root=tmp_path, create_missing=False)
+    env = kernel_env_changes(policy, [sys.executable, "-m", "ipykernel_launcher"])
+    assert env["PIP_TARGET"].startswith(str(tmp_path / "state" / "site-packages"))
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == env["PIP_TARGET"]
+    other = kernel_env_changes(policy, ["/opt/some-other-env/bin/python", "-m", "ipykernel_launcher"])
+    assert "PIP_TARGET" not in other and "PYTHONPATH" not in other
 
 
 def _tiny_wheel(directory: Path, name: str, marker: str) -> Path:

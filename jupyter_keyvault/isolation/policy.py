@@ -37,6 +37,8 @@ _STRICTNESS = {DENY: 0, READ: 1, FULL: 2}
 MODES = ("on", "auto", "off")
 POLICY_VERSION = 1
 KERNEL_STATE_DIRNAME = "jupyter-keyvault-kernel"
+# Granted to kernels (not files this code creates), so /tmp stays usable unless something protected lives there.
+SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # nosec B108
 
 
 class PolicyError(ValueError):
@@ -220,7 +222,7 @@ def build_policy(
         prefixes = [_real(p) for p in {sys.prefix, sys.base_prefix}]
         read_only += interpreter_paths()
     state_dir = _real(kernel_state_dir or default_kernel_state_dir())
-    writable = [state_dir, "/tmp", "/var/tmp", "/dev/shm", *extra_writable]
+    writable = [state_dir, *SHARED_TEMP_DIRS, *extra_writable]
     if notebook_root:
         writable.append(notebook_root)
     if create_missing:
@@ -231,7 +233,7 @@ def build_policy(
         mode=mode,
         deny=[_real(p) for p in deny],
         read_only=[_real(p) for p in read_only],
-        writable=[_real(p) for p in writable if os.path.exists(p)],
+        writable=[_real(p) for p in writable],
         kernel_state_dir=state_dir,
         ipython_dir=_real(ipython_dir) if ipython_dir else "",
         read_only_prefixes=prefixes,
