@@ -570,3 +570,89 @@ def test_given_a_notebook_root_that_holds_protected_dirs_then_only_new_top_level
         KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(notebook_root=world.root)
     assert (world.base / "existing.txt").read_text() == "before+after"
     assert (world.base / "project" / f"{marker}.txt").exists() and not (world.base / f"new-{marker}.txt").exists()
+
+
+def test_given_kernelspecs_when_handed_out_for_isolation_then_each_starts_through_the_launcher_or_is_refused():
+    from jupyter_client.kernelspec import KernelSpec
+
+    from jupyter_keyvault.isolation.provisioner import isolated_spec
+
+    plain = KernelSpec(argv=["python", "-f", "{connection_file}"], display_name="p", language="python")
+    assert isolated_spec(plain, "p", "on").metadata["kernel_provisioner"]["provisioner_name"] == PROVISIONER_NAME
+    remote = KernelSpec(argv=["x"], display_name="r", language="python",
+                        metadata={"kernel_provisioner": {"provisioner_name": "k8s-provisioner"}})
+    with pytest.raises(KernelSpecNotWrappable, match="kernelspec 'remote-k8s' names its own kernel provisioner"):
+        isolated_spec(remote, "remote-k8s", "on")
+    assert isolated_spec(remote, "remote-k8s", "auto") is remote  # left as it is
+    with pytest.raises(KernelSpecNotWrappable, match="kernelspec 'empty' has an empty argv"):
+        isolated_spec(KernelSpec(argv=[], display_name="e", language="python"), "empty", "on")
+    assert "kernel_provisioner" not in isolated_spec(KernelSpec(argv=["x"]), "x", "off").metadata
+
+
+def _port_in_my_range() -> int:
+    for port in range(21000 + secrets.randbelow(900), 22000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 21000-21999")
+
+
+def _server(*args: str):
+    from jupyter_keyvault.testing.live_server import JupyterServer
+
+    server = JupyterServer(*args)
+    server.port = _port_in_my_range()
+    server.url = f"http://127.0.0.1:{server.port}"
+    server.args = [f"--port={server.port}" if a.startswith("--port=") else a for a in server.args]
+    return server
+
+
+@pytest.mark.e2e
+@needs_landlock
+@pytest.mark.parametrize("isolated_server", [False, True], ids=["plain-server", "isolating-server"])
+async def test_given_a_real_jupyter_server_then_its_kernels_cannot_read_its_token_env_or_vault(isolated_server):
+    """The deployment path: jupyter_server's own kernel manager, REST session, websocket."""
+    from jupyter_keyvault.testing.kernel_client import ServerKernel
+
+    args = ["--ServerApp.kernel_spec_manager_class="
+            "jupyter_keyvault.isolation.provisioner.IsolatingKernelSpecManager"] if isolated_server else []
+    server = _server(*args)
+    with server:
+        runtime = server.root / "runtime"
+        kernel = await ServerKernel(server.url, server.token, path="attack.ipynb").start()
+        try:
+            code = (
+                "import glob, os\nfound = []\n"
+                f"for p in glob.glob({str(runtime)!r} + '/jpserver-*.json') + [{str(server.vault_path)!r}]:\n"
+                "    try:\n        found.append(open(p, 'rb').read())\n"
+                "    except OSError as e:\n        print('DENIED', type(e).__name__)\n"
+                "try:\n    found.append(open(f'/proc/{os.getppid()}/environ', 'rb').read())\n"
+                "except OSError as e:\n    print('DENIED', type(e).__name__)\n"
+                "print('LEAK' if any(%r.encode() in f or %r.encode() in f for f in found) else 'NOLEAK')\n"
+                % (server.token, server.master_key)
+            )
+            result = await kernel.execute(code, timeout=120)
+        finally:
+            await kernel.stop()
+    out = result.text
+    if isolated_server:
+        assert out.count("DENIED PermissionError") == 3 and "NOLEAK" in out, out
+        assert server.token not in out and server.master_key not in out
+    else:
+        assert "LEAK" in out.replace("NOLEAK", "") and "DENIED" not in out, out
+
+
+def test_given_a_missing_system_config_dir_when_built_then_it_is_not_created_but_still_cannot_be_created(tmp_path):
+    system_dir = tmp_path / "etc" / "jupyter"
+    (tmp_path / "etc" / "hosts").parent.mkdir()
+    (tmp_path / "etc" / "hosts").write_text("x")
+    user_dir = tmp_path / "home" / ".jupyter"
+    policy = build_policy(config_dirs=[system_dir], user_config_dir=user_dir, kernel_state_dir=tmp_path / "state",
+                          protect_interpreter=False)
+    assert not system_dir.exists() and user_dir.is_dir()  # only the user's own dir is made
+    rules = dict(plan_rules(policy))
+    assert rules[str(tmp_path / "etc")] == ANCESTOR  # so a kernel cannot create etc/jupyter
+    assert rules[str(tmp_path / "etc" / "hosts")] == FULL and rules[str(user_dir)] == READ

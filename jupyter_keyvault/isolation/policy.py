@@ -198,6 +198,7 @@ def build_policy(
     key_files: list[str | os.PathLike] = (),
     runtime_dir: str | os.PathLike | None = None,
     config_dirs: list[str | os.PathLike] = (),
+    user_config_dir: str | os.PathLike | None = None,
     data_dirs: list[str | os.PathLike] = (),
     ipython_dir: str | os.PathLike | None = None,
     notebook_root: str | os.PathLike | None = None,
@@ -208,13 +209,15 @@ def build_policy(
     extra_writable: list[str | os.PathLike] = (),
     create_missing: bool = True,
 ) -> IsolationPolicy:
-    """A policy from plain paths (no traitlets). `create_missing` makes absent protected
-    directories (0700) so that their parent does not lose create rights for nothing and a
-    kernel cannot pre-create them."""
+    """A policy from plain paths (no traitlets). `create_missing` makes the user's absent protected
+    directories (vault, runtime, user config, IPython, 0700) so that their parent does not lose
+    create rights for nothing."""
     if mode not in MODES:
         raise PolicyError(f"isolate_kernels must be one of {', '.join(MODES)}, not {mode!r}")
     deny = [p for p in [vault_dir, runtime_dir, *key_files, *extra_denied] if p]
     read_only = [*config_dirs, *data_dirs, *extra_read_only]
+    if user_config_dir:
+        read_only.append(user_config_dir)
     if ipython_dir:
         read_only.append(ipython_dir)
     prefixes: list[str] = []
@@ -226,9 +229,13 @@ def build_policy(
     if notebook_root:
         writable.append(notebook_root)
     if create_missing:
-        for d in [vault_dir, runtime_dir, *config_dirs, ipython_dir, state_dir]:
+        # Only the user's own places; a missing system dir (/etc/jupyter) just makes its parent an ancestor.
+        for d in [vault_dir, runtime_dir, user_config_dir, ipython_dir, state_dir]:
             if d and not os.path.exists(d):
-                os.makedirs(d, mode=0o700, exist_ok=True)
+                try:
+                    os.makedirs(d, mode=0o700, exist_ok=True)
+                except OSError:
+                    pass  # still protected: a kernel cannot create it either (its parent is an ancestor)
     policy = IsolationPolicy(
         mode=mode,
         deny=[_real(p) for p in deny],
@@ -289,7 +296,13 @@ def default_policy(
     extra_denied: list[str | os.PathLike] = (),
 ) -> IsolationPolicy:
     """The policy for this user's Jupyter paths (honours JUPYTER_*_DIR, IPYTHONDIR, XDG)."""
-    from jupyter_core.paths import jupyter_config_path, jupyter_data_dir, jupyter_path, jupyter_runtime_dir
+    from jupyter_core.paths import (
+        jupyter_config_dir,
+        jupyter_config_path,
+        jupyter_data_dir,
+        jupyter_path,
+        jupyter_runtime_dir,
+    )
 
     data_dir = jupyter_data_dir()
     ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(os.path.expanduser("~"), ".ipython")
@@ -299,6 +312,7 @@ def default_policy(
         key_files=key_files,
         runtime_dir=jupyter_runtime_dir(),
         config_dirs=jupyter_config_path(),
+        user_config_dir=jupyter_config_dir(),
         # kernelspecs (a kernel.json could name another provisioner), lab extensions (browser code), trust db
         data_dirs=jupyter_path(),
         ipython_dir=ipython_dir,

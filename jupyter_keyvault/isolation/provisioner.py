@@ -12,7 +12,9 @@ import os
 import sys
 from typing import Any, Callable, ClassVar
 
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Unicode
 
 from .policy import IsolationPolicy, default_policy
 
@@ -98,3 +100,38 @@ class KeyVaultIsolatedProvisioner(LocalProvisioner):
             except FileNotFoundError:
                 pass
             self._policy_file = None
+
+
+def isolated_spec(kernel_spec: Any, kernel_name: str, mode: str) -> Any:
+    """`kernel_spec` set to start through the isolating provisioner, whatever its kernel.json says.
+
+    A kernelspec that names a provisioner of its own (remote, container, ...) cannot be wrapped:
+    with mode "on" that is an error naming the kernelspec; with "auto" it is left as it is.
+    """
+    if mode == "off":
+        return kernel_spec
+    if not kernel_spec.argv:
+        raise KernelSpecNotWrappable(f"kernelspec {kernel_name!r} has an empty argv: nothing to start under "
+                                     "kernel isolation")
+    named = (kernel_spec.metadata or {}).get("kernel_provisioner", {}).get("provisioner_name")
+    if named not in (None, "local-provisioner", PROVISIONER_NAME):
+        if mode == "on":
+            raise KernelSpecNotWrappable(
+                f"kernelspec {kernel_name!r} names its own kernel provisioner {named!r}, which kernel isolation "
+                "cannot wrap; remove it from the kernel.json or set c.KeyVault.isolate_kernels = 'auto'")
+        return kernel_spec
+    metadata = dict(kernel_spec.metadata or {})
+    metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER_NAME, "config": {}}
+    kernel_spec.metadata = metadata
+    return kernel_spec
+
+
+class IsolatingKernelSpecManager(KernelSpecManager):
+    """Hands out every kernelspec set to start through `keyvault-isolated`, so no kernel.json
+    (including one a kernel wrote) can opt out. Install with
+    `c.ServerApp.kernel_spec_manager_class`, or by replacing the server's instance at start-up."""
+
+    isolate_kernels = Unicode("on", help="'on' | 'auto' | 'off', as c.KeyVault.isolate_kernels").tag(config=True)
+
+    def get_kernel_spec(self, kernel_name: str) -> Any:
+        return isolated_spec(super().get_kernel_spec(kernel_name), kernel_name, self.isolate_kernels)
