@@ -137,14 +137,15 @@ def test_given_mode_on_and_no_landlock_when_launched_then_it_refuses_with_one_cl
     assert "isolate_kernels is 'on' but Landlock is unavailable" in proc.stderr
     assert FORCE_NO_LANDLOCK_ENV in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not marker.exists()
-    # "auto" starts the kernel unconfined, saying so
+    # under "auto" the variable is ignored: it must never be a way to start a kernel unconfined
     policy_file.write_text(IsolationPolicy(mode="auto").to_json())
     proc = subprocess.run(
         [sys.executable, "-m", "jupyter_keyvault.isolation.launch", "--policy", str(policy_file), "--",
-         sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+         sys.executable, "-c", "print(open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0])"],
         capture_output=True, text=True, env=env, timeout=60,
     )
-    assert proc.returncode == 0 and marker.exists() and "WITHOUT isolation" in proc.stderr
+    assert proc.returncode == 0 and "WITHOUT isolation" not in proc.stderr
+    assert proc.stdout.strip() == ("1" if ll.abi_version() else "0")
 
 
 def test_given_a_bad_policy_file_when_launched_then_it_refuses(tmp_path):
@@ -656,3 +657,29 @@ def test_given_a_missing_system_config_dir_when_built_then_it_is_not_created_but
     rules = dict(plan_rules(policy))
     assert rules[str(tmp_path / "etc")] == ANCESTOR  # so a kernel cannot create etc/jupyter
     assert rules[str(tmp_path / "etc" / "hosts")] == FULL and rules[str(user_dir)] == READ
+
+
+@pytest.mark.e2e
+@needs_landlock
+def test_given_a_kernel_plants_symlinks_in_its_ipython_dir_then_the_next_launch_removes_them_unfollowed(world):
+    config_files = sorted(p.name for p in world.config.iterdir())
+    first = Kernel(world, isolated=True)
+    try:
+        out = first.run(
+            "import os\nfrom IPython.paths import get_ipython_dir\nd = get_ipython_dir()\n"
+            "os.rename(os.path.join(d, 'profile_default'), os.path.join(d, 'moved-away'))\n"
+            f"os.symlink({str(world.config)!r}, os.path.join(d, 'profile_default'))\n"
+            f"os.symlink({str(world.vault)!r}, os.path.join(d, 'profile_evil'))\nprint('planted')")
+        assert "planted" in out
+    finally:
+        first.close()
+    second = Kernel(world, isolated=True)  # the launcher (unconfined) syncs the mirror before confining
+    try:
+        assert second.run("print(1 + 1)").strip() == "2"
+    finally:
+        second.close()
+    assert sorted(p.name for p in world.config.iterdir()) == config_files  # nothing deleted or copied there
+    assert (world.config / "jupyter_server_config.py").read_text() == "# user config\n"
+    assert sorted(p.name for p in world.vault.iterdir()) == ["master.key", "vault.db"]
+    mirror = world.home / ".local/share/jupyter-keyvault-kernel/ipython"
+    assert not (mirror / "profile_default").is_symlink() and not (mirror / "profile_evil").is_symlink()

@@ -14,19 +14,22 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import stat
 import sys
 
 from . import landlock as ll
 from .policy import IsolationPolicy, PolicyError, plan_rules, rights_for
 
 REFUSAL_EXIT = 78  # EX_CONFIG: the kernel was not started because isolation was required and impossible
-# Tests only: makes this launcher's detection report "no Landlock" so mode "on" can be seen refusing.
+# Tests only: makes this launcher's detection report "no Landlock" so mode "on" can be seen refusing
+# (ignored in "auto", where pretending Landlock is missing would start the kernel unconfined).
 FORCE_NO_LANDLOCK_ENV = "KEYVAULT_TEST_FORCE_NO_LANDLOCK"
 _CONFIG_SUFFIX = "_config.py"
 
 
-def detect() -> ll.Availability:
-    if os.environ.get(FORCE_NO_LANDLOCK_ENV) == "1":
+def detect(mode: str) -> ll.Availability:
+    # Honoured only for "on", where it can only make a kernel refuse: under "auto" it would unconfine.
+    if mode == "on" and os.environ.get(FORCE_NO_LANDLOCK_ENV) == "1":
         return ll.Availability(0, f"forced unavailable by {FORCE_NO_LANDLOCK_ENV}=1 (tests only)")
     return ll.availability()
 
@@ -47,6 +50,49 @@ def apply(policy: IsolationPolicy, abi: int) -> int:
     return len(rules)
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _own_dir(parent_fd: int, name: str) -> int:
+    """An fd of directory `name` in `parent_fd`, made if missing. The kernels' state dir is written
+    by kernels, and this runs unconfined: a symlink (or file) a kernel left there is removed,
+    never followed, so the copy below cannot be steered into a protected place."""
+    for _ in range(2):
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except (NotADirectoryError, OSError) as exc:
+            if isinstance(exc, PermissionError):
+                raise
+            os.unlink(name, dir_fd=parent_fd)  # a symlink or a file where our directory belongs
+    raise PolicyError(f"cannot make the kernel directory {name!r}")
+
+
+def _clear_dir(fd: int) -> None:
+    for entry in os.listdir(fd):
+        st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(entry, _DIR_FLAGS, dir_fd=fd)
+            try:
+                _clear_dir(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(entry, dir_fd=fd)
+        else:
+            os.unlink(entry, dir_fd=fd)
+
+
+def _copy_into(src_path: str, dst_fd: int, name: str) -> None:
+    with open(src_path, "rb") as src:
+        data = src.read()
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_fd)
+    with os.fdopen(fd, "wb") as dst:
+        dst.write(data)
+
+
 def mirror_ipython_dir(real_dir: str, mirror_dir: str) -> None:
     """Copies the user's IPython startup files and config into the kernels' own IPython dir.
 
@@ -54,25 +100,51 @@ def mirror_ipython_dir(real_dir: str, mirror_dir: str) -> None:
     kernel). Kernels run with IPYTHONDIR=mirror, so history and caches stay writable; startup
     files and config there are reset from the real ones at every launch, dropping any extra.
     """
-    os.makedirs(mirror_dir, mode=0o700, exist_ok=True)
-    real_profiles = set()
-    if os.path.isdir(real_dir):
-        real_profiles = {n for n in os.listdir(real_dir) if n.startswith("profile_")}
-    mirror_profiles = {n for n in os.listdir(mirror_dir) if n.startswith("profile_")}
-    for name in sorted(real_profiles | mirror_profiles | {"profile_default"}):
-        src, dst = os.path.join(real_dir, name), os.path.join(mirror_dir, name)
-        os.makedirs(dst, mode=0o700, exist_ok=True)
-        for entry in os.listdir(dst):
-            if entry.endswith(_CONFIG_SUFFIX):
-                os.unlink(os.path.join(dst, entry))
-        shutil.rmtree(os.path.join(dst, "startup"), ignore_errors=True)
-        if os.path.isdir(src):
-            for entry in os.listdir(src):
-                if entry.endswith(_CONFIG_SUFFIX) and os.path.isfile(os.path.join(src, entry)):
-                    shutil.copyfile(os.path.join(src, entry), os.path.join(dst, entry))
-            if os.path.isdir(os.path.join(src, "startup")):
-                shutil.copytree(os.path.join(src, "startup"), os.path.join(dst, "startup"), symlinks=True)
-        os.makedirs(os.path.join(dst, "startup"), mode=0o700, exist_ok=True)
+    parent, name = os.path.split(mirror_dir.rstrip("/"))
+    parent_fd = os.open(parent, _DIR_FLAGS)
+    try:
+        mirror_fd = _own_dir(parent_fd, name)
+    finally:
+        os.close(parent_fd)
+    try:
+        real_profiles = set()
+        if os.path.isdir(real_dir):
+            real_profiles = {n for n in os.listdir(real_dir) if n.startswith("profile_")}
+        mirror_profiles = {n for n in os.listdir(mirror_fd) if n.startswith("profile_")}
+        for profile in sorted(real_profiles | mirror_profiles | {"profile_default"}):
+            src = os.path.join(real_dir, profile)
+            dst_fd = _own_dir(mirror_fd, profile)
+            try:
+                for entry in os.listdir(dst_fd):
+                    if entry.endswith(_CONFIG_SUFFIX):
+                        st = os.stat(entry, dir_fd=dst_fd, follow_symlinks=False)
+                        if stat.S_ISDIR(st.st_mode):
+                            sub = os.open(entry, _DIR_FLAGS, dir_fd=dst_fd)
+                            _clear_dir(sub)
+                            os.close(sub)
+                            os.rmdir(entry, dir_fd=dst_fd)
+                        else:
+                            os.unlink(entry, dir_fd=dst_fd)
+                startup_fd = _own_dir(dst_fd, "startup")
+                try:
+                    _clear_dir(startup_fd)
+                    if os.path.isdir(src):
+                        for entry in sorted(os.listdir(src)):
+                            path = os.path.join(src, entry)
+                            if entry.endswith(_CONFIG_SUFFIX) and os.path.isfile(path):
+                                _copy_into(path, dst_fd, entry)
+                        real_startup = os.path.join(src, "startup")
+                        if os.path.isdir(real_startup):
+                            for entry in sorted(os.listdir(real_startup)):
+                                path = os.path.join(real_startup, entry)
+                                if os.path.isfile(path):  # IPython runs only the files directly in startup/
+                                    _copy_into(path, startup_fd, entry)
+                finally:
+                    os.close(startup_fd)
+            finally:
+                os.close(dst_fd)
+    finally:
+        os.close(mirror_fd)
 
 
 def kernel_env_changes(policy: IsolationPolicy, argv: list[str]) -> dict[str, str]:
@@ -125,7 +197,7 @@ def main(args: list[str] | None = None) -> int:
     policy.read_files = [*policy.read_files, *(os.path.abspath(f) for f in opts.read_file)]
 
     if policy.mode != "off":
-        found = detect()
+        found = detect(policy.mode)
         if not found.abi:
             if policy.mode == "on":
                 print("jupyter-keyvault: refusing to start the kernel: isolate_kernels is 'on' but Landlock "
