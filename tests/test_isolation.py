@@ -683,3 +683,17 @@ def test_given_a_kernel_plants_symlinks_in_its_ipython_dir_then_the_next_launch_
     assert sorted(p.name for p in world.vault.iterdir()) == ["master.key", "vault.db"]
     mirror = world.home / ".local/share/jupyter-keyvault-kernel/ipython"
     assert not (mirror / "profile_default").is_symlink() and not (mirror / "profile_evil").is_symlink()
+
+
+def test_given_each_mode_then_status_says_whether_kernels_are_confined(tmp_path):
+    from jupyter_keyvault.isolation import isolation_status
+
+    available = ll.abi_version() > 0
+    assert isolation_status("on")["enforced"] is available
+    assert isolation_status("auto")["enforced"] is available
+    off = isolation_status("off")
+    assert off["enforced"] is False and "can read the vault" in off["detail"]
+    t = _tree(tmp_path)
+    policy = build_policy(vault_dir=t["vault"], notebook_root=t["home"], kernel_state_dir=tmp_path / "state",
+                          protect_interpreter=False)
+    assert isolation_status("on", policy)["limitations"] == policy.notes != []
