@@ -192,9 +192,33 @@ class KeyVault(Configurable):
         "(after reading them), so nothing it spawns (kernels, terminals, subprocesses) can inherit them.",
     ).tag(config=True)
     allow_direct_access = Bool(
-        True, help="Let kernels fetch stored values (keyvault.get, keyvault.env, mode='direct'). When False only "
-        "proxy mode works, and the key never enters any kernel.",
+        help="Let kernels fetch stored values (keyvault.get, keyvault.env, mode='direct'). When False only "
+        "proxy mode works, and the key never enters any kernel. Default: True, except where kernels are "
+        "isolated (isolate_kernels), where a kernel that could read values would undo the isolation.",
     ).tag(config=True)
+
+    @default("allow_direct_access")
+    def _default_allow_direct_access(self):
+        return not self.kernels_isolated()
+
+    isolate_kernels = Enum(
+        ["auto", "on", "off"], default_value="auto",
+        help="Kernel isolation (Linux Landlock): every kernel this server starts runs under a launcher that "
+        "denies it the vault, the key file, the runtime dir (server token, other kernels' connection files), "
+        "writes to Jupyter/IPython config and the server's Python, and access to the server's memory. "
+        "'auto': on where Landlock is available, reported loudly where not; 'on': kernels refuse to start "
+        "without it; 'off': kernels run as the server's user can. See docs/isolation.md.",
+    ).tag(config=True)
+
+    isolation_writable_paths = List(
+        Unicode(), help="Extra paths isolated kernels may write, besides the notebook root, /tmp and caches.",
+    ).tag(config=True)
+
+    def kernels_isolated(self) -> bool:
+        """Whether new kernels start confined (or, with 'on' and no Landlock, refuse to start)."""
+        from .isolation import detect, resolve_mode
+
+        return resolve_mode(self.isolate_kernels, detect(self.isolate_kernels).abi)
     proxy_read_timeout = Float(
         600.0, help="Seconds the proxy waits for the next bytes from an upstream (long generations stream slowly)."
     ).tag(config=True)

@@ -5,7 +5,7 @@ No tornado / jupyter_server imports here: the server wires it in (see docs/isola
 
 from __future__ import annotations
 
-from .landlock import abi_version, availability, set_non_dumpable
+from .landlock import abi_version, availability, detect, set_non_dumpable
 from .policy import IsolationPolicy, PolicyError, build_policy, default_policy, resolve_mode
 
 
@@ -14,7 +14,7 @@ def isolation_status(mode: str, policy: IsolationPolicy | None = None) -> dict:
 
     `enforced` is true only when new kernels will actually be confined.
     """
-    found = availability()
+    found = detect(mode)
     enforced = mode in ("on", "auto") and found.abi > 0
     if mode == "off":
         detail = "off by configuration: kernel code can read the vault, the runtime dir and the server's memory"
@@ -40,6 +40,7 @@ __all__ = [
     "availability",
     "build_policy",
     "default_policy",
+    "detect",
     "isolation_status",
     "resolve_mode",
     "set_non_dumpable",

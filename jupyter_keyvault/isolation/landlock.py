@@ -137,6 +137,17 @@ def availability() -> Availability:
     return Availability(0, why)
 
 
+FORCE_NO_LANDLOCK_ENV = "KEYVAULT_TEST_FORCE_NO_LANDLOCK"
+
+
+def detect(mode: str) -> Availability:
+    """Landlock as `isolate_kernels = mode` sees it. The test switch is honoured only for "on",
+    where it can only make kernels refuse to start: under "auto" it would unconfine them."""
+    if mode == "on" and os.environ.get(FORCE_NO_LANDLOCK_ENV) == "1":
+        return Availability(0, f"forced unavailable by {FORCE_NO_LANDLOCK_ENV}=1 (tests only)")
+    return availability()
+
+
 def abi_version() -> int:
     """The Landlock ABI version (1, 2, ...), or 0 when unavailable (see `availability()` for why)."""
     return availability().abi

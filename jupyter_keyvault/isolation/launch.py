@@ -21,17 +21,7 @@ from . import landlock as ll
 from .policy import IsolationPolicy, PolicyError, plan_rules, rights_for
 
 REFUSAL_EXIT = 78  # EX_CONFIG: the kernel was not started because isolation was required and impossible
-# Tests only: makes this launcher's detection report "no Landlock" so mode "on" can be seen refusing
-# (ignored in "auto", where pretending Landlock is missing would start the kernel unconfined).
-FORCE_NO_LANDLOCK_ENV = "KEYVAULT_TEST_FORCE_NO_LANDLOCK"
 _CONFIG_SUFFIX = "_config.py"
-
-
-def detect(mode: str) -> ll.Availability:
-    # Honoured only for "on", where it can only make a kernel refuse: under "auto" it would unconfine.
-    if mode == "on" and os.environ.get(FORCE_NO_LANDLOCK_ENV) == "1":
-        return ll.Availability(0, f"forced unavailable by {FORCE_NO_LANDLOCK_ENV}=1 (tests only)")
-    return ll.availability()
 
 
 def apply(policy: IsolationPolicy, abi: int) -> int:
@@ -197,7 +187,7 @@ def main(args: list[str] | None = None) -> int:
     policy.read_files = [*policy.read_files, *(os.path.abspath(f) for f in opts.read_file)]
 
     if policy.mode != "off":
-        found = detect(policy.mode)
+        found = ll.detect(policy.mode)
         if not found.abi:
             if policy.mode == "on":
                 print("jupyter-keyvault: refusing to start the kernel: isolate_kernels is 'on' but Landlock "
@@ -218,7 +208,7 @@ def main(args: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvp(argv[0], argv)
+        os.execvp(argv[0], argv)  # noqa: S606 - exec the kernelspec argv as given, no shell
     except OSError as exc:
         print(f"jupyter-keyvault: cannot start kernel command {argv[0]!r}: {exc.strerror}", file=sys.stderr)
         return 127

@@ -38,7 +38,7 @@ MODES = ("on", "auto", "off")
 POLICY_VERSION = 1
 KERNEL_STATE_DIRNAME = "jupyter-keyvault-kernel"
 # Granted to kernels (not files this code creates), so /tmp stays usable unless something protected lives there.
-SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # nosec B108
+SHARED_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # nosec B108  # noqa: S108 - granted to kernels
 
 
 class PolicyError(ValueError):

@@ -9,9 +9,12 @@ import os
 from functools import partial
 
 from jupyter_server.extension.application import ExtensionApp
+from tornado import web
 
 from .. import envguard
 from .._version import __version__
+from ..isolation import set_non_dumpable
+from ..isolation.provisioner import KeyVaultIsolatedProvisioner, isolated_spec
 from ..scrub import install_log_filter
 from ..settings import KERNEL_ENV_ALLOWLIST
 from . import kernel_api, oauth_pages, proxy, rest
@@ -30,8 +33,9 @@ class KeyVaultApp(ExtensionApp):
         env_snapshot = dict(os.environ)  # read before the secrets are removed from it below
         server = self.serverapp
         manager = self.manager = KeyVaultManager(
-            parent=self, log=self.log, kernel_manager=server.kernel_manager,
-            session_manager=server.session_manager, connection_url=server.connection_url, env=env_snapshot)
+            parent=self, log=self.log, kernel_manager=server.kernel_manager, session_manager=server.session_manager,
+            connection_url=server.connection_url, root_dir=server.root_dir, env=env_snapshot)
+        self._isolate_kernels(manager)
         self._install_log_filters(manager)
         if manager.scrub_server_environ:
             removed = envguard.remove_secret_env(
@@ -51,6 +55,28 @@ class KeyVaultApp(ExtensionApp):
 
     def initialize_handlers(self):
         self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)
+
+    def _isolate_kernels(self, manager: KeyVaultManager):
+        """Every kernelspec this server hands out starts through the Landlock launcher, and this
+        process becomes non-dumpable (no same-uid ptrace, no core dumps with values in them)."""
+        status = manager.isolation_status()
+        if manager.isolation_policy is None:
+            self.log.warning("jupyter-keyvault: kernels are NOT isolated (%s); code in a notebook can read the "
+                             "vault, the runtime dir and this server's memory", status["detail"])
+            return
+        set_non_dumpable()
+        policy = manager.isolation_policy
+        KeyVaultIsolatedProvisioner.policy_factory = lambda _provisioner, _kwargs: policy
+        specs = self.serverapp.kernel_spec_manager
+        get_spec, mode = specs.get_kernel_spec, manager.isolate_kernels
+
+        def get_kernel_spec(kernel_name, *args, **kwargs):
+            return isolated_spec(get_spec(kernel_name, *args, **kwargs), kernel_name, mode)
+
+        specs.get_kernel_spec = get_kernel_spec  # the instance the kernel manager asks for every start
+        self.log.info("jupyter-keyvault: kernel isolation %s: %s", mode, status["detail"])
+        for note in status["limitations"]:
+            self.log.info("jupyter-keyvault: kernel isolation limit: %s", note)
 
     def _install_log_filters(self, manager: KeyVaultManager):
         """Redact on every handler of every logger that exists now (the access log included)."""
@@ -78,6 +104,9 @@ class KeyVaultApp(ExtensionApp):
         start, update = km.start_kernel, getattr(km, "update_env", None)
 
         async def start_kernel(*args, **kwargs):
+            isolation = manager.isolation_status()
+            if manager.isolate_kernels == "on" and not isolation["enforced"]:
+                raise web.HTTPError(503, f"jupyter-keyvault: no kernel started: {isolation['detail']}")
             kwargs["env"] = manager.kernel_env(kwargs.get("env"))
             return await start(*args, **kwargs)
 

@@ -41,6 +41,7 @@ class KernelStatusHandler(KernelAPIHandler):
             "protection": status["protection"],
             "warnings": status["warnings"],
             "allow_direct_access": self.kv.allow_direct_access,
+            "isolation": self.kv.isolation_status(),
             "notebook_path": await self.kv.notebook_path(self.kernel_id),
             "kernel_id": self.kernel_id,
             # For Connect links the browser opens on its own origin (the kernel's server URL may differ).

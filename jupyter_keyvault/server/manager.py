@@ -20,6 +20,7 @@ import aiohttp
 from traitlets.config import LoggingConfigurable
 
 from .. import envguard, providers
+from ..isolation import IsolationPolicy, default_policy, isolation_status
 from ..kernel_auth import KernelAuthenticator
 from ..nbscrub import scrub_notebook
 from ..oauth import OAuthManager, build_providers
@@ -34,16 +35,18 @@ from ..web.relay import upstream_session
 class KeyVaultManager(KeyVault, LoggingConfigurable):
     """The server extension's state and rules (configured as `c.KeyVault.*`)."""
 
-    def __init__(self, *, kernel_manager, session_manager, connection_url: str,
+    def __init__(self, *, kernel_manager, session_manager, connection_url: str, root_dir: str = "",
                  env: dict[str, str] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.kernel_manager = kernel_manager
         self.session_manager = session_manager
         self.connection_url = connection_url
+        self.root_dir = root_dir or os.getcwd()
         env = dict(os.environ) if env is None else env
         self.scrubber = self.make_scrubber()
         self.vault: ServerVault = self.open_vault(env=env, scrubber=self.scrubber)
         self.tokens: AccessTokens = self.vault.access_tokens()
+        self.isolation_policy = self._isolation_policy()
         self.kernel_auth = KernelAuthenticator(self._session_key_for)
         self.oauth = OAuthManager(self.vault, self.owner, build_providers(self.oauth_providers),
                                   refresh_skew=self.oauth_refresh_skew, timeout=self.test_timeout)
@@ -58,6 +61,19 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
 
     # -- kernels
+    def _isolation_policy(self) -> IsolationPolicy | None:
+        """What isolated kernels may touch; built once, so a bad setting fails at start."""
+        if not self.kernels_isolated():
+            return None
+        key_file = getattr(self.vault, "key_file", None)
+        vault_dir = Path(self.vault_path).parent
+        key_files = [str(key_file)] if key_file and Path(key_file).parent != vault_dir else []
+        return default_policy(mode=self.isolate_kernels, vault_dir=str(vault_dir), key_files=key_files,
+                              notebook_root=self.root_dir, extra_writable=list(self.isolation_writable_paths))
+
+    def isolation_status(self) -> dict[str, Any]:
+        return isolation_status(self.isolate_kernels, self.isolation_policy)
+
     def _session_key_for(self, kernel_id: str) -> bytes | None:
         if kernel_id not in self.kernel_manager:
             return None

@@ -128,6 +128,8 @@ class StatusHandler(RestHandler):
             "providers": [p.to_json() for p in providers.PROVIDERS.values()],
             "notebook_warnings": list(self.kv.notebook_warnings),
             "oauth_providers": [p.to_json() for p in self.kv.oauth.providers.values()],
+            "isolation": self.kv.isolation_status(),
+            "allow_direct_access": self.kv.allow_direct_access,
         })
 
 

@@ -506,6 +506,17 @@ export interface components {
                 id: string;
                 display_name: string;
             }[];
+            /** @description Kernel isolation (c.KeyVault.isolate_kernels): whether new kernels start confined by Landlock. */
+            isolation: {
+                /** @enum {string} */
+                mode: "auto" | "on" | "off";
+                enforced: boolean;
+                landlock_abi: number;
+                detail: string;
+                limitations: string[];
+            };
+            /** @description Whether kernels may fetch values (direct mode). */
+            allow_direct_access: boolean;
         };
         AuditEvent: {
             id: number;

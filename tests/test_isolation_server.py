@@ -1,0 +1,209 @@
+"""The red team's routes to a stored key, run as notebook code in a real kernel of a real
+`jupyter server` on the default set-up (key-file master key next to the vault).
+
+Each route is tried with `c.KeyVault.isolate_kernels = "off"`, where it must succeed (so the
+test can see a leak, and the README's threat-model table says it is possible), and with "on",
+where it must be refused with the canary nowhere in the kernel's output. In the same isolated
+kernel, the proxy (chat and streaming) still works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sys
+
+import pytest
+
+from jupyter_keyvault.isolation import abi_version
+from jupyter_keyvault.testing.fake_upstream import FakeUpstream
+from jupyter_keyvault.testing.hub import http
+from jupyter_keyvault.testing.kernel_client import ServerKernel
+from jupyter_keyvault.testing.live_server import JupyterServer
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not sys.platform.startswith("linux") or abi_version() < 1,
+                                 reason="kernel isolation needs Linux with Landlock")]
+
+CANARY = "sk-proj-ISOLATIONCANARY" + secrets.token_hex(20)
+# Attacks print a digest of what they got (the output scrubber would redact the value itself, and
+# an attacker would simply encode it); the digest proves the kernel held the value.
+PROOF = hashlib.sha256(CANARY.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    server = FakeUpstream(valid_keys=(CANARY,)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["off", "on"])
+def server(request, upstream):
+    # The default set-up: no master key in the environment, so the vault makes a key file beside itself.
+    srv = JupyterServer(f"--KeyVault.isolate_kernels={request.param}", env={"KEYVAULT_MASTER_KEY": ""},
+                        config={"KeyVault": {"provider_base_urls": {"openai": upstream.openai_base_url}}}).start()
+    srv.mode = request.param
+    resp = http("PUT", srv.url + "/keyvault/api/credentials/OPENAI_API_KEY", token=srv.token,
+                body={"value": CANARY, "provider": "openai"})
+    assert resp.status == 201, resp.text
+    yield srv
+    srv.stop()
+
+
+async def run(server, code: str, path: str = "attack.ipynb") -> str:
+    """`code` in a fresh kernel of `server` (a notebook session at `path`); its whole output."""
+    kernel = await ServerKernel(server.url + "/", server.token, path=path).start()
+    try:
+        return (await kernel.execute(code, timeout=120)).text
+    finally:
+        await kernel.stop()
+
+
+def leaked(server, text: str) -> bool:
+    """On 'off' the attack must have worked; on 'on' it must not, and the canary is nowhere."""
+    got = "LEAK:" + PROOF in text
+    if server.mode == "on":
+        assert CANARY not in text, text[-2000:]
+    return got
+
+
+async def test_route_key_file_and_vault_read_side_by_side(server):
+    vault_dir = server.root / "data" / "keyvault"
+    code = f"""
+import getpass, hashlib
+from jupyter_keyvault.store import SQLiteBackend, Vault
+for name in ("master.key", "vault.db"):
+    try:
+        print("READ", name, len(open({str(vault_dir)!r} + "/" + name, "rb").read()))
+    except OSError as exc:
+        print("REFUSED", name, type(exc).__name__)
+try:
+    v = Vault(SQLiteBackend({str(vault_dir / 'vault.db')!r}), key_file={str(vault_dir / 'master.key')!r},
+              env={{}}, use_keyring=False)
+    print("LEAK:" + hashlib.sha256(v.get_value(getpass.getuser(), "OPENAI_API_KEY").encode()).hexdigest())
+except Exception as exc:
+    print("REFUSED", type(exc).__name__, exc)
+"""
+    text = await run(server, code)
+    assert leaked(server, text) == (server.mode == "off"), text[-2000:]
+    if server.mode == "on":
+        assert "REFUSED master.key PermissionError" in text and "REFUSED vault.db PermissionError" in text, text
+
+
+async def test_route_server_memory_scan(server):
+    code = f"""
+import hashlib, os, re
+pid, needle, found = os.getppid(), {CANARY.encode()!r}, False
+try:
+    with open(f"/proc/{{pid}}/maps") as maps, open(f"/proc/{{pid}}/mem", "rb", 0) as mem:
+        for line in maps:
+            m = re.match(r"([0-9a-f]+)-([0-9a-f]+) (r...)", line)
+            if not m or m.group(3)[0] != "r":
+                continue
+            start, end = int(m.group(1), 16), int(m.group(2), 16)
+            if end - start > 1 << 28:
+                continue
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    found = True
+                    break
+            except (OSError, ValueError, OverflowError):
+                continue
+    print("LEAK:" + hashlib.sha256(needle).hexdigest() if found else "NOT FOUND")
+except OSError as exc:
+    print("REFUSED", type(exc).__name__, exc)
+"""
+    text = await run(server, code)
+    assert leaked(server, text) == (server.mode == "off"), text[-2000:]
+
+
+async def test_route_runtime_dir_server_token_and_rest_api(server):
+    runtime = server.root / "runtime"
+    code = f"""
+import glob, json, urllib.request
+try:
+    info = json.load(open(sorted(glob.glob({str(runtime)!r} + "/jpserver-*.json"))[0]))
+    req = urllib.request.Request(info["url"].rstrip("/") + "/keyvault/api/credentials/OPENAI_API_KEY",
+                                 data=json.dumps({{"metadata": {{"notebooks": ["*"]}}}}).encode(), method="PATCH",
+                                 headers={{"Authorization": "token " + info["token"],
+                                          "Content-Type": "application/json"}})
+    print("TOKEN WORKS", urllib.request.urlopen(req).status)
+except (OSError, IndexError) as exc:
+    print("REFUSED", type(exc).__name__, exc)
+"""
+    text = await run(server, code)
+    assert ("TOKEN WORKS 200" in text) == (server.mode == "off"), text[-2000:]
+    if server.mode == "on":
+        assert "REFUSED" in text and server.token not in text
+
+
+async def test_route_another_kernels_connection_file_signs_as_that_kernel(server):
+    other = await ServerKernel(server.url + "/", server.token, path="other.ipynb").start()
+    try:
+        runtime = server.root / "runtime"
+        code = f"""
+import glob, json, secrets, time, urllib.request
+from jupyter_keyvault.kernel_auth import make_credential
+try:
+    path = glob.glob({str(runtime)!r} + "/kernel-{other.kernel_id}*.json")[0]
+    key = json.load(open(path))["key"].encode()
+    cred = make_credential({other.kernel_id!r}, key, int(time.time()), secrets.token_hex(8))
+    req = urllib.request.Request({server.url!r} + "/keyvault/kernel/status", headers={{"Authorization": "Bearer " + cred}})
+    print("SIGNED AS", json.load(urllib.request.urlopen(req))["kernel_id"])
+except (OSError, IndexError) as exc:
+    print("REFUSED", type(exc).__name__, exc)
+"""
+        text = await run(server, code)
+        assert (f"SIGNED AS {other.kernel_id}" in text) == (server.mode == "off"), text[-2000:]
+    finally:
+        await other.stop()
+
+
+async def test_route_config_rewrite_for_the_next_start(server):
+    target = server.root / "config" / "jupyter_server_config.py"
+    code = f"""
+try:
+    with open({str(target)!r}, "a") as f:
+        f.write("c.KeyVault.allow_direct_access = True  # planted\\n")
+    print("PLANTED")
+except OSError as exc:
+    print("REFUSED", type(exc).__name__, exc)
+"""
+    text = await run(server, code)
+    planted = target.exists() and "planted" in target.read_text()
+    assert planted == ("PLANTED" in text) == (server.mode == "off"), text[-2000:]
+
+
+async def test_route_direct_mode_reveal(server):
+    text = await run(server, 'import hashlib, keyvault\ntry:\n'
+                             '    value = keyvault.get("OPENAI_API_KEY").reveal().encode()\n'
+                             '    print("LEAK:" + hashlib.sha256(value).hexdigest())\n'
+                             'except keyvault.KeyVaultError as exc:\n    print("REFUSED", exc)\n')
+    assert leaked(server, text) == (server.mode == "off"), text[-2000:]
+    if server.mode == "on":
+        assert "direct access is disabled" in text
+
+
+async def test_given_an_isolated_kernel_then_the_proxy_chat_and_stream_still_work(server):
+    code = """
+import keyvault
+client = keyvault.openai()
+reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+print("CHAT", bool(reply.choices[0].message.content))
+chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+print("STREAM", len(chunks) > 1)
+"""
+    text = await run(server, code)
+    assert "CHAT True" in text and "STREAM True" in text, text[-2000:]
+    assert CANARY not in text
+
+
+def test_given_each_mode_then_status_reports_whether_kernels_are_isolated(server):
+    status = http("GET", server.url + "/keyvault/api/status", token=server.token).json()
+    assert status["isolation"]["mode"] == server.mode
+    assert status["isolation"]["enforced"] is (server.mode == "on")
+    assert status["allow_direct_access"] is (server.mode == "off")
+    assert CANARY not in json.dumps(status)
