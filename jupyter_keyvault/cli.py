@@ -223,7 +223,10 @@ class StatusCommand(_Command):
     description = "Show how the vault is protected (never the key)."
 
     def run(self):
-        status = {**self.vault().status(), "owner": self.owner, "version": __version__}
+        from .isolation import isolation_status
+
+        status = {**self.vault().status(), "owner": self.owner, "version": __version__,
+                  "isolation": isolation_status(self.isolate_kernels), "allow_direct_access": self.allow_direct_access}
         if self.json_output:
             self.out(json.dumps(status, indent=1))
             return
@@ -231,6 +234,10 @@ class StatusCommand(_Command):
         self.out(f"Vault:       {status['location']} ({status['backend']})")
         self.out(f"Protection:  master key from {prot['source']}" + ("" if prot["strong"] else " (WEAK)"))
         self.out(f"Credentials: {status['credentials']}")
+        isolation = status["isolation"]
+        self.out(f"Kernels:     {'isolated' if isolation['enforced'] else 'NOT isolated'} "
+                 f"(isolate_kernels = {isolation['mode']!r}): {isolation['detail']}")
+        self.out(f"Direct mode: {'allowed' if status['allow_direct_access'] else 'off (proxy mode only)'}")
         for w in status["warnings"]:
             self.out(f"Warning:     {w}")
 

@@ -127,6 +127,8 @@ def test_given_a_canary_key_typed_into_the_sidebar_when_saved_tested_used_replac
     page.goto(lab.lab_url())
     open_sidebar(page)
     assert "Protected: master key from env" in page.locator(f"{SIDEBAR} .kv-protection-source").inner_text()
+    # Kernel isolation is on by default where Landlock exists (every machine these tests run on).
+    assert "Kernels isolated" in page.locator(f"{SIDEBAR} .kv-isolation").inner_text()
     assert "Key Vault: protected (env)" in page.locator(".kv-statusbar-button").inner_text()
 
     # Add

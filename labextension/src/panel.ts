@@ -272,6 +272,20 @@ export class KeyVaultPanel extends Widget {
     if (p.detail) {
       box.append(el('div', { class: 'kv-protection-detail' }, p.detail));
     }
+    const isolation = this.status.isolation;
+    box.append(
+      el(
+        'div',
+        {
+          class: 'kv-isolation',
+          'data-enforced': String(isolation.enforced),
+          title: isolation.detail
+        },
+        isolation.enforced
+          ? 'Kernels isolated: notebook code cannot read the vault'
+          : `Kernels NOT isolated (${isolation.mode}): notebook code can read the vault`
+      )
+    );
     const warnings = [
       ...(this.status.warnings ?? []),
       ...(this.status.notebook_warnings ?? [])
