@@ -10,9 +10,14 @@ from .errors import (
     MasterKeyError,
     NoCredential,
     NotFound,
+    VaultDamaged,
+    VaultDiskFull,
     VaultError,
     VaultLocked,
+    VaultPermissionDenied,
+    VaultReadOnly,
     WrongMasterKey,
+    http_status,
 )
 from .model import CREDENTIAL_TYPES, AuditEvent, CredentialInfo, CredentialRecord, validate_name
 from .sqlite import SQLiteBackend
@@ -32,8 +37,13 @@ __all__ = [
     "SQLiteBackend",
     "StorageBackend",
     "Vault",
+    "VaultDamaged",
+    "VaultDiskFull",
     "VaultError",
     "VaultLocked",
+    "VaultPermissionDenied",
+    "VaultReadOnly",
     "WrongMasterKey",
+    "http_status",
     "validate_name",
 ]

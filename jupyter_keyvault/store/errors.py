@@ -42,3 +42,42 @@ class StaleMasterKey(VaultError):
 
 class StaleValue(VaultError):
     """A compare-and-swap found the value changed by another writer; nothing was written."""
+
+
+# -- storage faults: one class per thing a user can act on; messages name the file.
+class VaultDamaged(VaultError):
+    """The vault file exists but is not a usable vault (empty, truncated, not SQLite,
+    malformed, failing its integrity check, or without its identity records).
+    It is never replaced by a new vault: the user restores a backup."""
+
+
+class VaultDiskFull(VaultError):
+    """The disk (or the user's quota) is full: the write was not made, nothing stored was lost."""
+
+
+class VaultReadOnly(VaultLocked):
+    """The vault file or its filesystem is read-only: reads work, writes are refused."""
+
+
+class VaultPermissionDenied(VaultLocked):
+    """This user may not read or write the vault file (the message names the file)."""
+
+
+# The HTTP status each storage fault means to a client of the server (pure data: the
+# server maps exceptions with it; the store never imports a web framework).
+HTTP_STATUS: dict[type, int] = {
+    VaultDiskFull: 507,
+    VaultReadOnly: 503,
+    VaultPermissionDenied: 503,
+    VaultDamaged: 503,
+    VaultLocked: 503,
+    WrongMasterKey: 503,
+}
+
+
+def http_status(exc: BaseException, default: int = 500) -> int:
+    """The status for `exc`, by its most specific class in HTTP_STATUS."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return default

@@ -375,6 +375,19 @@ class SQLBackend(StorageBackend):
     def _meta_put(self, conn: Connection, key: str, value: str) -> None:
         conn.execute(self._meta_upsert, {"key": key, "value": value})
 
+    def create_vault(self, meta: dict[str, str]) -> bool:
+        """The vault id goes in first: a concurrent creator waits on its key, then finds
+        it taken and writes nothing, so identity records never mix two creators."""
+        with self._tx() as conn:
+            vault_id = meta.get("vault_id", "")
+            conn.execute(self._meta_insert_ignore, {"key": "vault_id", "value": vault_id})
+            if conn.execute(_SELECT_META, {"key": "vault_id"}).scalar_one() != vault_id:
+                return False
+            for key, value in meta.items():
+                if key != "vault_id":
+                    self._meta_put(conn, key, value)
+            return True
+
     def meta_set(self, key: str, value: str) -> None:
         with self._tx() as conn:
             self._meta_put(conn, key, value)
