@@ -118,9 +118,9 @@ class Cli:
         return {k: v for k, v in merged.items() if v is not None}
 
     def run(self, *args: object, input: str | bytes | None = None, env: dict[str, str | None] | None = None,
-            entry_point: bool = False) -> Result:
+            entry_point: bool = False, wrapper: list[str] | None = None) -> Result:
         argv = [str(a) for a in args]
-        cmd = ([str(ENTRY_POINT), "keyvault"] if entry_point else CLI) + argv
+        cmd = (wrapper or []) + ([str(ENTRY_POINT), "keyvault"] if entry_point else CLI) + argv
         if isinstance(input, str):
             input = input.encode("utf-8")
         proc = subprocess.run(

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import DecryptionError, InvalidInput, NotFound
+from .errors import DecryptionError, InvalidInput, NotFound, VaultDamaged, VaultReadOnly
 from .vault import Vault
 
 FORMAT = "jupyter-keyvault-backup"
@@ -77,7 +77,10 @@ def export_backup(vault: Vault, owner: str, passphrase: str, *, actor: str | Non
     }
     nonce = os.urandom(12)
     sealed = AESGCM(_derive(passphrase, header["kdf"])).encrypt(nonce, json.dumps(items).encode(), _aad(header))
-    vault.audit(owner, "export", None, "ok", actor=actor, detail=f"{len(items)} credentials")
+    try:
+        vault.audit(owner, "export", None, "ok", actor=actor, detail=f"{len(items)} credentials")
+    except (VaultReadOnly, VaultDamaged):
+        pass  # a rescue export from a read-only or damaged vault must still work; it cannot be logged there
     return json.dumps({**header, "nonce": base64.b64encode(nonce).decode(),
                        "ciphertext": base64.b64encode(sealed).decode()}, indent=1).encode()
 

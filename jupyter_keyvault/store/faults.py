@@ -95,8 +95,19 @@ def filesystem_read_only(path: Path) -> bool:
         return False
 
 
+def no_space_left(path: Path) -> bool:
+    """SQLite reports a full disk as SQLITE_FULL when a write fails, but as an I/O or
+    cannot-open error when it cannot even create its -wal/-shm files."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
 def from_sqlite(exc: sqlite3.Error, path: Path) -> VaultError:
     code = _sqlite_code(exc)
+    if code in (SQLITE_IOERR, SQLITE_CANTOPEN) and no_space_left(path):
+        return disk_full(path)
     if code == SQLITE_FULL:
         return disk_full(path)
     if code == SQLITE_READONLY:

@@ -74,6 +74,16 @@ _SELECT_CRED = (
 _SELECT_ONE = _SELECT_CRED + " WHERE owner = ? AND name = ?"
 _SELECT_OWNER = _SELECT_CRED + " WHERE owner = ? ORDER BY name"
 _SELECT_ALL = _SELECT_CRED + " ORDER BY owner, name"
+# After a failed integrity check, reads scan the table itself: a damaged index (the usual
+# victim of a flipped byte) must not hide credentials that are intact in the table.
+_SCAN_CRED = _SELECT_CRED + " NOT INDEXED"
+_READS = {
+    False: {"one": _SELECT_ONE, "owner": _SELECT_OWNER, "all": _SELECT_ALL,
+            "count": "SELECT COUNT(*) FROM credentials", "count_owner": "SELECT COUNT(*) FROM credentials WHERE owner = ?"},
+    True: {"one": _SCAN_CRED + " WHERE owner = ? AND name = ?", "owner": _SCAN_CRED + " WHERE owner = ? ORDER BY name",
+           "all": _SCAN_CRED + " ORDER BY owner, name", "count": "SELECT COUNT(*) FROM credentials NOT INDEXED",
+           "count_owner": "SELECT COUNT(*) FROM credentials NOT INDEXED WHERE owner = ?"},
+}
 _INSERT_CRED = (
     "INSERT INTO credentials (id, owner, name, type, provider, payload, created_at, updated_at, last_used_at, "
     "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -159,6 +169,7 @@ class SQLiteBackend(StorageBackend):
         self._wal_inode: int | None = None
         self._wal_lost = False
         self.integrity: dict = {"ok": None, "detail": "not checked", "seconds": None}
+        self._reads = _READS[False]
         self._prepare_directory()
         self._new = not os.path.lexists(self.path)
         if self._new:
@@ -246,12 +257,13 @@ class SQLiteBackend(StorageBackend):
     def _connect(self) -> sqlite3.Connection:
         if self._read_only_reason is not None:
             # mode=ro reads the WAL too; immutable=1 is the fallback when the -shm cannot be made.
+            db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False, timeout=self._busy_timeout_ms / 1000)
             try:
-                db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                     check_same_thread=False, timeout=self._busy_timeout_ms / 1000)
                 db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 return db
             except sqlite3.OperationalError:
+                db.close()
                 if self._wal_path.exists() and self._wal_path.stat().st_size > 32:
                     raise faults.read_only(
                         self.path, f"{self._read_only_reason}, and its recent writes in {self._wal_path.name} "
@@ -406,15 +418,16 @@ class SQLiteBackend(StorageBackend):
         except sqlite3.DatabaseError as exc:
             rows = [str(exc)]
         ok = rows == ["ok"]
-        self.integrity = {"ok": ok, "detail": "ok" if ok else "; ".join(rows[:3]),
+        lines = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
+        self.integrity = {"ok": ok, "detail": "ok" if ok else "; ".join(lines[:3]),
                           "seconds": round(time.perf_counter() - started, 6), "checked_at": time.time()}
+        self._reads = _READS[not ok]
         if ok:
             self._write_refusal = None
         else:
             self._write_refusal = faults.damaged(
                 self.path, f"its integrity check failed ({self.integrity['detail']}); writes are refused, "
                            "reads are still attempted")
-            log.error("jupyter-keyvault: %s", self._write_refusal)
         return dict(self.integrity)
 
     def health(self) -> dict:
@@ -540,16 +553,12 @@ class SQLiteBackend(StorageBackend):
 
     @_guard
     def get_credential(self, owner: str, name: str) -> CredentialRecord | None:
-        row = self._conn().execute(
-            _SELECT_ONE, (owner, name)
-        ).fetchone()
+        row = self._conn().execute(self._reads["one"], (owner, name)).fetchone()
         return _record(row) if row else None
 
     @_guard
     def list_credentials(self, owner: str) -> list[CredentialRecord]:
-        rows = self._conn().execute(
-            _SELECT_OWNER, (owner,)
-        ).fetchall()
+        rows = self._conn().execute(self._reads["owner"], (owner,)).fetchall()
         return [_record(r) for r in rows]
 
     @_guard
@@ -569,7 +578,7 @@ class SQLiteBackend(StorageBackend):
 
     @_guard
     def iter_all_credentials(self):
-        rows = self._conn().execute(_SELECT_ALL).fetchall()
+        rows = self._conn().execute(self._reads["all"]).fetchall()
         return [_record(r) for r in rows]
 
     @_guard
@@ -582,8 +591,8 @@ class SQLiteBackend(StorageBackend):
     @_guard
     def count_credentials(self, owner: str | None = None) -> int:
         if owner is None:
-            return self._conn().execute("SELECT COUNT(*) FROM credentials").fetchone()[0]
-        return self._conn().execute("SELECT COUNT(*) FROM credentials WHERE owner = ?", (owner,)).fetchone()[0]
+            return self._conn().execute(self._reads["count"]).fetchone()[0]
+        return self._conn().execute(self._reads["count_owner"], (owner,)).fetchone()[0]
 
     # -- audit
     @_guard
