@@ -15,6 +15,7 @@ import secrets
 import select
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -889,3 +890,35 @@ def test_given_a_symlinked_dotenv_when_imported_with_remove_then_the_real_file_l
     assert real.read_text() == "# shared\nDEBUG=1\n"
     assert stat.S_IMODE(real.stat().st_mode) == 0o600
     assert cli.stored_value("OPENAI_API_KEY") == canary
+
+
+# ====================================================================== backup (SQLite backup API)
+def test_given_writes_still_only_in_the_wal_when_backed_up_then_the_copy_has_them_and_opens_with_the_same_key(
+    cli, make_cli
+):
+    canary = new_canary()
+    cli.secrets.add(canary)
+    cli.ok("list")  # creates the vault
+    holder = sqlite3.connect(cli.vault_db)  # another open connection: nobody checkpoints on exit
+    try:
+        holder.execute("PRAGMA wal_autocheckpoint = 0")
+        holder.execute("SELECT COUNT(*) FROM credentials").fetchone()
+        cli.ok("set", "IN_WAL_ONLY", input=canary, quiet=False)
+        assert (cli.vault_dir / "vault.db-wal").stat().st_size > 0
+        plain_copy = cli.vault_db.read_bytes()
+        backup = cli.root / "vault-backup.db"
+        res = cli.ok("backup", backup)
+        assert "Wrote a copy of the vault" in res.out and stat.S_IMODE(backup.stat().st_mode) == 0o600
+    finally:
+        holder.close()
+    restored = make_cli("restored", cli.master_key)
+    restored.secrets |= cli.secrets
+    restored.vault_dir.mkdir(parents=True)
+    restored.vault_db.write_bytes(plain_copy)
+    assert "IN_WAL_ONLY" not in restored.ok("list").out  # why a plain file copy is not a backup
+    restored.vault_db.write_bytes(backup.read_bytes())
+    assert [i["name"] for i in restored.list_json()] == ["IN_WAL_ONLY"]
+    restored.assert_not_on_disk(restored.root)
+    cli.fail("backup", backup, match="exists; use --force")
+    cli.ok("backup", backup, "--force")
+    cli.fail("backup", cli.vault_db, "--force", match="is the vault itself")

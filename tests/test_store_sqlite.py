@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_keyvault.store import VaultError, SQLiteBackend, VaultLocked
+from jupyter_keyvault.store import SQLiteBackend, VaultDamaged, VaultError, VaultLocked
 from jupyter_keyvault.store.sqlite import SCHEMA_VERSION
 
 from store_suite import StorageBackendSuite, make_event, make_record
@@ -227,3 +227,111 @@ class TestSQLiteBackend(StorageBackendSuite):
             assert other.meta_init("vault_id", "one") == backend.meta_init("vault_id", "two") == "one"
         finally:
             other.close()
+
+
+# ====================================================================== damaged files and identity
+class TestDamagedFiles:
+    @pytest.fixture
+    def db_path(self, tmp_path) -> Path:
+        path = tmp_path / "keyvault" / "vault.db"
+        path.parent.mkdir()
+        return path
+
+    def test_given_a_zero_byte_vault_file_when_opened_then_vault_damaged_names_it_and_it_is_left_alone(self, db_path):
+        db_path.write_bytes(b"")
+        with pytest.raises(VaultDamaged, match=r"vault file .*vault\.db is damaged: it is empty \(0 bytes\)"):
+            SQLiteBackend(db_path)
+        assert db_path.read_bytes() == b"" and sorted(p.name for p in db_path.parent.iterdir()) == ["vault.db"]
+
+    def test_given_a_file_that_is_not_sqlite_when_opened_then_vault_damaged(self, db_path):
+        db_path.write_bytes(b"{\"not\": \"a database\"}" * 10)
+        with pytest.raises(VaultDamaged, match="not a SQLite database"):
+            SQLiteBackend(db_path)
+
+    def test_given_a_sqlite_file_without_a_vault_schema_when_opened_then_vault_damaged(self, db_path):
+        with sqlite3.connect(db_path) as db:
+            db.execute("CREATE TABLE unrelated (x)")
+        with pytest.raises(VaultDamaged, match="without a vault in it"):
+            SQLiteBackend(db_path)
+
+    def test_given_a_truncated_vault_file_when_opened_then_vault_damaged_says_truncated(self, db_path):
+        b = SQLiteBackend(db_path)
+        for i in range(200):
+            b.upsert_credential(make_record(name=f"K{i}", payload=os.urandom(200)))
+        b.close()
+        data = db_path.read_bytes()
+        db_path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(VaultDamaged, match=r"it is truncated \(\d+ of \d+ bytes\)"):
+            SQLiteBackend(db_path)
+
+    def test_given_a_missing_vault_file_when_opened_then_it_is_new_and_nothing_is_written_until_used(self, db_path):
+        b = SQLiteBackend(db_path)
+        try:
+            assert b.is_new() and not db_path.exists()
+            assert b.create_vault({"vault_id": "v1"}) is True
+            assert not b.is_new() and b.meta_get("vault_id") == "v1"
+            assert b.create_vault({"vault_id": "v2"}) is False
+        finally:
+            b.close()
+
+    def test_given_two_creators_racing_on_one_missing_file_then_exactly_one_wins_and_both_see_its_identity(self, db_path):
+        backends = [SQLiteBackend(db_path) for _ in range(4)]
+        try:
+            from store_suite import run_concurrently
+
+            won = run_concurrently(lambda i: backends[i].create_vault({"vault_id": f"v{i}"}), list(range(4)))
+            assert sorted(won) == [False, False, False, True]
+            winner = f"v{won.index(True)}"
+            assert {b.meta_get("vault_id") for b in backends} == {winner}
+        finally:
+            for b in backends:
+                b.close()
+        assert sorted(p.name for p in db_path.parent.iterdir() if not p.name.startswith("vault.db")) == []
+
+    def test_given_a_missing_vault_file_beside_a_wal_with_frames_when_opened_then_vault_damaged(self, db_path):
+        db_path.with_name("vault.db-wal").write_bytes(b"\x37\x7f\x06\x82" + os.urandom(600))
+        with pytest.raises(VaultDamaged, match="the file is missing but vault.db-wal"):
+            SQLiteBackend(db_path)
+        assert not db_path.exists()
+
+    def test_given_writes_still_in_the_wal_when_backed_up_then_the_copy_has_them_and_a_copy_of_the_file_alone_does_not(
+        self, db_path, tmp_path
+    ):
+        b = SQLiteBackend(db_path)
+        try:
+            b.create_vault({"vault_id": "v"})
+            b._conn().execute("PRAGMA wal_autocheckpoint = 0")
+            b.upsert_credential(make_record(name="ONLY_IN_WAL", payload=b"wal"))
+            (tmp_path / "file-alone.db").write_bytes(db_path.read_bytes())
+            size = b.backup_to(tmp_path / "backup.db")
+        finally:
+            b.close()
+        assert size == (tmp_path / "backup.db").stat().st_size and mode(tmp_path / "backup.db") == 0o600
+        with sqlite3.connect(tmp_path / "file-alone.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 0
+        copy = SQLiteBackend(tmp_path / "backup.db")
+        try:
+            assert copy.get_credential("alice", "ONLY_IN_WAL").payload == b"wal"
+            assert copy.meta_get("vault_id") == "v"
+        finally:
+            copy.close()
+
+    def test_given_an_open_vault_when_checked_then_quick_check_is_ok_and_timed(self, db_path):
+        b = SQLiteBackend(db_path)
+        try:
+            b.create_vault({})
+            result = b.check_integrity()
+            assert result["ok"] is True and result["detail"] == "ok" and 0 <= result["seconds"] < 5
+            assert b.health() == {"integrity": b.integrity, "writable": True, "problems": []}
+        finally:
+            b.close()
+
+
+def test_given_each_storage_fault_then_it_maps_to_the_documented_http_status():
+    from jupyter_keyvault.store import VaultDiskFull, VaultPermissionDenied, VaultReadOnly, WrongMasterKey, http_status
+
+    assert http_status(VaultDiskFull("x")) == 507
+    for exc in (VaultReadOnly("x"), VaultDamaged("x"), VaultPermissionDenied("x"), VaultLocked("x"), WrongMasterKey("x")):
+        assert http_status(exc) == 503, type(exc).__name__
+    assert http_status(VaultError("x")) == 500
+    assert issubclass(VaultReadOnly, VaultLocked) and issubclass(VaultPermissionDenied, VaultLocked)

@@ -30,8 +30,9 @@ class StorageBackend(ABC):
 
     # -- creation and health
     def is_new(self) -> bool:
-        """True while no vault exists at this location (nothing to protect yet)."""
-        return self.meta_get("vault_id") is None
+        """True while no vault exists at this location (nothing to protect yet). Data
+        without a vault id is not new: the vault refuses it as damaged."""
+        return self.meta_get("vault_id") is None and self.count_credentials() == 0 and self.count_owners() == 0
 
     def create_vault(self, meta: dict[str, str]) -> bool:
         """Create the vault with its identity `meta` (vault id, key check, key source) in

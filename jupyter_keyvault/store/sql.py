@@ -41,6 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from . import faults
 from .backend import StorageBackend
 from .errors import StaleMasterKey, VaultError, VaultLocked
 from .model import AuditEvent, CredentialRecord
@@ -161,6 +162,16 @@ def _parse_url(db_url: str | URL) -> URL:
 def _prepare_sqlite_file(path: Path) -> None:
     """Create the database 0600 in a 0700 directory before SQLite does (with the umask)."""
     directory = path.parent
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                header = f.read(16)
+        except OSError as exc:
+            raise faults.from_os(exc, path) from None
+        # A foreign or overwritten file is damage, never a new vault. (0 bytes is left to
+        # SQLite here: this backend makes the file empty itself before migrating into it.)
+        if header and header != b"SQLite format 3\x00":
+            raise faults.damaged(path, "it is not a SQLite database")
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not path.exists():
