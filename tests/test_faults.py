@@ -123,6 +123,29 @@ def test_given_a_full_disk_when_setting_then_one_disk_full_line_and_after_freein
     user.assert_not_on_disk()
 
 
+def test_given_a_full_disk_and_no_vault_yet_when_listing_then_one_disk_full_line_and_no_partial_vault(user, tmpfs):
+    tmpfs(user.vault_dir)
+    filler = fill_disk(user.vault_dir)
+    user.fail("list", match="disk full")
+    assert sorted(p.name for p in user.vault_dir.iterdir()) == ["filler"]  # nothing half-made to trip over later
+    filler.unlink()
+    assert "No credentials yet" in user.ok("list").out
+
+
+def test_given_a_full_disk_when_a_value_is_read_then_it_is_returned_even_though_last_used_cannot_be_recorded(
+    user, tmpfs
+):
+    tmpfs(user.vault_dir)
+    values = store_values(user, 1)
+    vault = open_vault(user)
+    try:
+        vault.list(OWNER)
+        fill_disk(user.vault_dir)
+        assert vault.get_value(OWNER, "KEY_0") == values["KEY_0"]  # touch=True: the advisory write fails quietly
+    finally:
+        vault.close()
+
+
 def test_given_a_disk_that_fills_while_a_vault_is_open_then_writes_fail_clearly_and_acknowledged_ones_survive(
     user, tmpfs
 ):

@@ -327,8 +327,12 @@ class SQLiteBackend(StorageBackend):
             self._rescue(db)
 
     def _rescue(self, db: sqlite3.Connection) -> None:
-        if not db.in_transaction:
+        if db.in_transaction:
+            return
+        try:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # the write itself committed: report, never fail it
+            log.warning("jupyter-keyvault: could not checkpoint %s after its WAL was lost: %s", self.path, exc)
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:

@@ -25,6 +25,8 @@ from .errors import (
     NotFound,
     StaleMasterKey,
     StaleValue,
+    VaultDiskFull,
+    VaultLocked,
     WrongMasterKey,
 )
 from .model import (
@@ -401,7 +403,10 @@ class Vault:
         now = self._clock()
         if now - self._touched.get((owner, name), float("-inf")) >= self.TOUCH_INTERVAL:
             self._touched[(owner, name)] = now
-            self.backend.touch_credential(owner, name, now)
+            try:
+                self.backend.touch_credential(owner, name, now)
+            except (VaultDiskFull, VaultLocked) as exc:  # last-used is advisory: a read must not fail on it
+                log.warning("jupyter-keyvault: last-used time of %s not recorded: %s", name, exc)
 
     def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None,
                 purpose: str = "use") -> ResolvedCredential:
