@@ -601,12 +601,29 @@ def test_given_the_vault_directory_is_a_file_when_running_commands_then_a_clear_
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads through permission bits")
-def test_given_an_unreadable_vault_directory_when_listing_then_a_clear_error(seeded):
+# Root reads through permission bits: as root (CI), run the CLI without the DAC capabilities.
+AS_UNPRIVILEGED = (["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                    "--inh-caps=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else [])
+
+
+def test_given_an_unreadable_vault_directory_when_listing_then_a_clear_error_naming_the_file(seeded):
     cli, _ = seeded
     os.chmod(cli.vault_dir, 0)
     try:
-        cli.fail("list", match="not readable and writable")
+        res = cli.fail("list", match="permission denied", wrapper=AS_UNPRIVILEGED)
+        assert f"vault file {cli.vault_db}: its directory {cli.vault_dir} (owner uid" in res.err
+        assert "mode 0000" in res.err
+    finally:
+        os.chmod(cli.vault_dir, 0o700)
+
+
+def test_given_a_vault_directory_this_user_may_not_write_when_creating_the_vault_then_a_clear_error(cli):
+    cli.vault_dir.mkdir(parents=True)
+    os.chmod(cli.vault_dir, 0o500)
+    try:
+        res = cli.fail("list", match="permission denied", wrapper=AS_UNPRIVILEGED)
+        assert f"cannot create vault file {cli.vault_db}: its directory {cli.vault_dir}" in res.err
+        assert list(cli.vault_dir.iterdir()) == []
     finally:
         os.chmod(cli.vault_dir, 0o700)
 

@@ -43,16 +43,27 @@ def read_only(path: Path | str, why: str = "the file or its filesystem is read-o
     )
 
 
-def permission_denied(path: Path | str, access: str = "read and write") -> VaultPermissionDenied:
-    owner = ""
+def _owner_and_mode(path: Path | str) -> str:
     try:
         st = os.stat(path)
-        owner = f" (owner uid {st.st_uid}, mode {st.st_mode & 0o777:04o})"
+        return f" (owner uid {st.st_uid}, mode {st.st_mode & 0o777:04o})"
     except OSError:
-        pass
+        return ""
+
+
+def permission_denied(path: Path | str, access: str = "read and write",
+                      blocked_by: Path | str | None = None) -> VaultPermissionDenied:
+    """Names the vault FILE; `blocked_by` is the directory that denies it, when it is one."""
+    uid = os.getuid() if hasattr(os, "getuid") else "?"
+    if blocked_by is not None:
+        return VaultPermissionDenied(
+            f"permission denied: this user (uid {uid}) cannot {access} vault file {path}: its directory "
+            f"{blocked_by}{_owner_and_mode(blocked_by)} does not allow it; run as the user who owns it, "
+            "or fix the directory's owner/mode"
+        )
     return VaultPermissionDenied(
-        f"permission denied: this user (uid {os.getuid() if hasattr(os, 'getuid') else '?'}) cannot {access} "
-        f"vault file {path}{owner}; run as the user who owns it, or fix its owner/mode"
+        f"permission denied: this user (uid {uid}) cannot {access} vault file {path}{_owner_and_mode(path)}; "
+        "run as the user who owns it, or fix its owner/mode"
     )
 
 

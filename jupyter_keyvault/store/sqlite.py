@@ -188,8 +188,12 @@ class SQLiteBackend(StorageBackend):
                 raise FileExistsError(errno.EEXIST, "File exists")
         except (FileExistsError, NotADirectoryError) as exc:
             raise VaultLocked(f"cannot open vault at {self.path}: {exc.strerror} ({directory} must be a directory)") from None
+        except PermissionError:
+            raise faults.permission_denied(self.path, "create", blocked_by=directory) from None
         except OSError as exc:
             raise faults.from_os(exc, directory) from None
+        if not os.access(directory, os.X_OK):  # cannot even tell whether the vault file exists
+            raise faults.permission_denied(self.path, "reach", blocked_by=directory)
         mode = stat.S_IMODE(directory.stat().st_mode)
         if mode & 0o077 and directory.name == "keyvault" and not faults.filesystem_read_only(directory):
             try:
@@ -380,7 +384,10 @@ class SQLiteBackend(StorageBackend):
                 return False
             tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             try:
-                os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                try:
+                    os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                except PermissionError:
+                    raise faults.permission_denied(self.path, "create", blocked_by=self.path.parent) from None
                 db = sqlite3.connect(tmp, isolation_level=None)
                 try:
                     db.execute(f"PRAGMA synchronous = {self._synchronous}")
