@@ -1228,3 +1228,23 @@ def test_given_a_vault_when_its_status_is_read_then_the_integrity_check_and_its_
     storage = vault.status()["storage"]
     assert storage["writable"] is True and storage["problems"] == []
     assert storage["integrity"]["ok"] is True and storage["integrity"]["seconds"] >= 0
+
+
+def test_given_writes_still_only_in_the_wal_when_exported_then_the_backup_has_them(vault, vault_path, master_key):
+    from jupyter_keyvault.store.backup import export_backup, read_backup
+
+    holder = sqlite3.connect(vault_path)  # keeps the WAL from being checkpointed away
+    try:
+        holder.execute("PRAGMA wal_autocheckpoint = 0")
+        holder.execute("SELECT COUNT(*) FROM meta").fetchone()
+        vault.backend._conn().execute("PRAGMA wal_autocheckpoint = 0")
+        vault.set("alice", "IN_WAL", "sk-only-in-the-wal-1234")
+        alone = vault_path.with_name("alone.db")
+        alone.write_bytes(vault_path.read_bytes())
+        with raw_db(alone) as db:  # a copy of the file alone does not have it yet
+            assert db.execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 0
+        data = export_backup(vault, "alice", "a long passphrase")
+    finally:
+        holder.close()
+    assert [(i["name"], i["value"]) for i in read_backup(data, "a long passphrase")] == [
+        ("IN_WAL", "sk-only-in-the-wal-1234")]

@@ -58,16 +58,17 @@ def _aad(header: dict[str, Any]) -> bytes:
 def export_backup(vault: Vault, owner: str, passphrase: str, *, actor: str | None = None) -> bytes:
     if not isinstance(passphrase, str) or len(passphrase) < MIN_PASSPHRASE:
         raise InvalidInput(f"backup passphrase must be at least {MIN_PASSPHRASE} characters")
-    items = []
-    for info in vault.list(owner, include_env=False):
-        items.append({
+    items = [
+        {
             "name": info.name,
             "type": info.type,
             "provider": info.provider,
             "metadata": info.metadata,
             "created_at": info.created_at,
-            "value": vault.get_value(owner, info.name, purpose="export", actor=actor, touch=False),
-        })
+            "value": value,
+        }
+        for info, value in vault.values_for_export(owner, actor=actor)
+    ]
     header = {
         "format": FORMAT,
         "version": VERSION,

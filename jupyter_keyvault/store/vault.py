@@ -397,6 +397,27 @@ class Vault:
             self._on_value(name, value)
         return value
 
+    def values_for_export(self, owner: str, *, actor: str | None = None) -> list[tuple[CredentialInfo, str]]:
+        """Every credential of `owner` with its value, from ONE read: a consistent point in
+        time (a concurrent delete cannot fail an export half-way) that includes writes still
+        in the WAL. A value that fails to open is the usual opaque error, audited."""
+        owner = validate_owner(owner)
+        records = [r for r in self.backend.list_credentials(owner) if r.type not in HIDDEN_TYPES]
+        dek = self._dek(owner, create=False) if records else None
+        out = []
+        for rec in records:
+            try:
+                if dek is None:
+                    raise DecryptionError("no data key")
+                value = open_value(dek, owner, rec.name, rec.type, rec.payload).decode("utf-8")
+            except (DecryptionError, UnicodeDecodeError):
+                self.audit(owner, "export", rec.name, "error", actor=actor, detail="decryption failed")
+                raise DecryptionError(f"credential {rec.name} could not be decrypted (corrupted or tampered)") from None
+            if self._on_value:
+                self._on_value(rec.name, value)
+            out.append((CredentialInfo.from_record(rec), value))
+        return out
+
     TOUCH_INTERVAL = 60.0  # last_used_at is coarse: at most one write per credential a minute
 
     def _touch(self, owner: str, name: str) -> None:
