@@ -241,7 +241,7 @@ class StatusCommand(_Command):
         integrity = status.get("storage", {}).get("integrity", {})
         if integrity.get("ok") is not None:
             self.out(f"Integrity:   {'ok' if integrity['ok'] else 'FAILED: ' + integrity['detail']}"
-                     f" (quick_check {integrity['seconds'] * 1000:.1f} ms)")
+                     f" (quick_check {integrity['seconds'] * 1000:.2f} ms)")
         if not status.get("storage", {}).get("writable", True):
             self.out("Writes:      REFUSED until the problem below is fixed")
         for w in status["warnings"]:

@@ -20,8 +20,8 @@ SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN = 10, 11, 13, 14
 SQLITE_AUTH, SQLITE_NOTADB = 23, 26
 
 RESTORE_HINT = (
-    "restore it from a backup (see `jupyter keyvault backup`; keep the damaged file for inspection); "
-    "nothing was changed"
+    "move it aside and restore it from a backup (a copy made by `jupyter keyvault backup`, or "
+    "`jupyter keyvault import` of an export); nothing was changed"
 )
 
 

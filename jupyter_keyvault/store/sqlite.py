@@ -255,9 +255,6 @@ class SQLiteBackend(StorageBackend):
             except FileNotFoundError:
                 pass
 
-    def _tighten_sidecars(self) -> None:
-        self._tighten_modes()
-
     def _connect(self) -> sqlite3.Connection:
         if self._read_only_reason is not None:
             # mode=ro reads the WAL too; immutable=1 is the fallback when the -shm cannot be made.

@@ -124,8 +124,8 @@ class Vault:
             raise faults.damaged(
                 b.location,
                 f"it has no {missing} record, so it is not a complete vault (damaged, or its "
-                f"{Path(b.location).name}-wal was lost); if it never held credentials, move it aside and a new "
-                "vault is created",
+                f"{Path(b.location).name}-wal was lost; if it never held credentials, moving it aside lets a "
+                "new vault be created)",
             )
         recorded = b.meta_get("kek_source")
         master = self._resolver.resolve(self._vault_id, recorded, b.meta_get, b.meta_init)
