@@ -152,9 +152,13 @@ class Vault:
             raise faults.from_os(exc, self.key_file) from None
         kek = KeyEncryptionKey(master.key)
         pending.update(kek_check=kek.make_check(vault_id), kek_source=master.source, kek_id=kek.kek_id)
-        if not self.backend.create_vault(pending):
-            if master.source == "keyring":  # our entry names a vault that lost the race to exist
+        created = False
+        try:
+            created = self.backend.create_vault(pending)
+        finally:
+            if not created and master.source == "keyring":  # our entry names a vault that does not exist
                 mk.keyring_delete(vault_id)
+        if not created:
             return False
         self._vault_id, self.master, self._kek = vault_id, master, kek
         return True
