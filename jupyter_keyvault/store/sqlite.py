@@ -273,11 +273,15 @@ class SQLiteBackend(StorageBackend):
                                        check_same_thread=False)
         db = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None,
                              check_same_thread=False)
-        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        self._enable_wal(db)
-        db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        # Overwrite freed cells: a migrated plaintext row must not linger on disk.
-        db.execute("PRAGMA secure_delete = ON")
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            self._enable_wal(db)
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Overwrite freed cells: a migrated plaintext row must not linger on disk.
+            db.execute("PRAGMA secure_delete = ON")
+        except BaseException:
+            db.close()  # e.g. no room for the -shm: do not leak the file handle
+            raise
         return db
 
     def _conn(self) -> sqlite3.Connection:
