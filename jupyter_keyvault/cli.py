@@ -230,14 +230,14 @@ class StatusCommand(_Command):
     description = "Show how the vault is protected (never the key)."
 
     def run(self):
-        status = {**self.vault().status(), "owner": self.owner, "version": __version__}
+        status = {**self.vault().status(with_paths=True), "owner": self.owner, "version": __version__}
         if self.json_output:
             self.out(json.dumps(status, indent=1))
             return
         prot = status["protection"]
         self.out(f"Vault:       {status['location']} ({status['backend']})")
         self.out(f"Protection:  master key from {prot['source']}" + ("" if prot["strong"] else " (WEAK)"))
-        self.out(f"Credentials: {status['credentials']}")
+        self.out(f"Credentials: {'unknown (see below)' if status['credentials'] is None else status['credentials']}")
         integrity = status.get("storage", {}).get("integrity", {})
         if integrity.get("ok") is not None:
             self.out(f"Integrity:   {'ok' if integrity['ok'] else 'FAILED: ' + integrity['detail']}"

@@ -1248,3 +1248,13 @@ def test_given_writes_still_only_in_the_wal_when_exported_then_the_backup_has_th
         holder.close()
     assert [(i["name"], i["value"]) for i in read_backup(data, "a long passphrase")] == [
         ("IN_WAL", "sk-only-in-the-wal-1234")]
+
+
+def test_given_a_storage_problem_when_status_is_read_for_a_browser_then_no_server_path_is_in_it(vault, vault_path):
+    vault.backend._wal_lost = True  # any reported storage problem; this one names both files
+    status = vault.status()
+    status.pop("location")  # as the server's status handler does
+    browser = json.dumps(status)
+    assert str(vault_path.parent) not in browser and "vault.db-wal was deleted" in browser
+    terminal = vault.status(with_paths=True)
+    assert any(str(vault_path) in p for p in terminal["storage"]["problems"])

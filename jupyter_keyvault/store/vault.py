@@ -26,6 +26,7 @@ from .errors import (
     StaleMasterKey,
     StaleValue,
     VaultDiskFull,
+    VaultError,
     VaultLocked,
     WrongMasterKey,
 )
@@ -532,13 +533,30 @@ class Vault:
         key), including writes not yet checkpointed out of the WAL. Returns its size."""
         return self.backend.backup_to(dest)
 
-    def status(self, *, check: bool = True) -> dict[str, Any]:
+    def status(self, *, check: bool = True, with_paths: bool = False) -> dict[str, Any]:
         """How the vault is protected and whether its storage is healthy. `check` re-runs
-        the integrity check (time reported in storage.integrity.seconds)."""
+        the integrity check (its time is storage.integrity.seconds). Storage problems name
+        the vault file by its base name unless `with_paths` (a terminal user, not a browser)."""
         warnings = list(self.master.warnings)
         if check and hasattr(self.backend, "check_integrity"):
             self.backend.check_integrity()
         storage = self.backend.health()
+        try:
+            count: int | None = self.count()
+        except VaultError as exc:  # status is where a damaged vault is explained, so it must not fail
+            count = None
+            storage["problems"].append(str(exc))
+        if not with_paths:
+            location = self.backend.location
+            directory = str(Path(location).parent) if location else ""
+
+            def redact(text: str) -> str:
+                if location:
+                    text = text.replace(location, Path(location).name)
+                return text.replace(directory, "<vault directory>") if directory not in ("", ".", "/") else text
+
+            storage["problems"] = [redact(p) for p in storage["problems"]]
+            storage["integrity"]["detail"] = redact(storage["integrity"].get("detail") or "")
         warnings += storage["problems"]
         return {
             "storage": storage,
@@ -549,7 +567,7 @@ class Vault:
             },
             "backend": self.backend.name,
             "location": self.backend.location,
-            "credentials": self.count(),
+            "credentials": count,
             "warnings": warnings,
         }
 
