@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,13 @@ class _Command(_OneLineErrors, JupyterApp, KeyVault):
             code = self.run() or 0
         except (CommandError, VaultError, dotenv.DotenvError, ValueError) as exc:
             print(f"jupyter keyvault: error: {exc}", file=sys.stderr)
+            self.exit(1)
+        except OSError as exc:  # a file this command reads or writes itself (the store names its own)
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"jupyter keyvault: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            self.exit(1)
+        except sqlite3.Error as exc:  # the store translates its own; never a traceback regardless
+            print(f"jupyter keyvault: error: vault database error: {exc}", file=sys.stderr)
             self.exit(1)
         except KeyboardInterrupt:
             print("jupyter keyvault: interrupted; nothing changed", file=sys.stderr)
@@ -225,7 +233,7 @@ class StatusCommand(_Command):
     def run(self):
         from .isolation import isolation_status
 
-        status = {**self.vault().status(), "owner": self.owner, "version": __version__,
+        status = {**self.vault().status(with_paths=True), "owner": self.owner, "version": __version__,
                   "isolation": isolation_status(self.isolate_kernels), "allow_direct_access": self.allow_direct_access}
         if self.json_output:
             self.out(json.dumps(status, indent=1))
@@ -233,7 +241,13 @@ class StatusCommand(_Command):
         prot = status["protection"]
         self.out(f"Vault:       {status['location']} ({status['backend']})")
         self.out(f"Protection:  master key from {prot['source']}" + ("" if prot["strong"] else " (WEAK)"))
-        self.out(f"Credentials: {status['credentials']}")
+        self.out(f"Credentials: {'unknown (see below)' if status['credentials'] is None else status['credentials']}")
+        integrity = status.get("storage", {}).get("integrity", {})
+        if integrity.get("ok") is not None:
+            self.out(f"Integrity:   {'ok' if integrity['ok'] else 'FAILED: ' + integrity['detail']}"
+                     f" (quick_check {integrity['seconds'] * 1000:.2f} ms)")
+        if not status.get("storage", {}).get("writable", True):
+            self.out("Writes:      REFUSED until the problem below is fixed")
         isolation = status["isolation"]
         self.out(f"Kernels:     {'isolated' if isolation['enforced'] else 'NOT isolated'} "
                  f"(isolate_kernels = {isolation['mode']!r}): {isolation['detail']}")
@@ -332,6 +346,26 @@ class ExportCommand(_Command):
         except OSError as exc:
             raise CommandError(f"{path}: cannot write ({exc.strerror})") from None
         self.out(f"Wrote an encrypted backup of {json.loads(data)['count']} credential(s) to {path}")
+
+
+class BackupCommand(_Command):
+    name = "jupyter keyvault backup"
+    description = ("Copy the whole vault database (still encrypted; opens with the same master key), "
+                   "including writes not yet checkpointed out of vault.db-wal.")
+    usage = "FILE [--force]"
+    min_args = max_args = 1
+    force = Bool(False, help="Overwrite an existing file.").tag(config=True)
+    flags = {**_Command.flags, "force": ({"BackupCommand": {"force": True}}, "Overwrite an existing file.")}
+
+    def run(self):
+        path = Path(self.extra_args[0])
+        if path.exists() and not self.force:
+            raise CommandError(f"{path} exists; use --force to overwrite")
+        if path.absolute() == Path(self.vault_path).absolute():
+            raise CommandError(f"{path} is the vault itself; choose another file")
+        size = self.vault().backup_database(path)
+        self.out(f"Wrote a copy of the vault ({size} bytes) to {path}. It needs the same master key; "
+                 "restore it by replacing the vault file (and removing its -wal and -shm) while no server runs.")
 
 
 class ImportCommand(_Command):
@@ -531,6 +565,7 @@ SUBCOMMANDS = {
     "rotate-master-key": RotateCommand,
     "import-env": ImportEnvCommand,
     "export": ExportCommand,
+    "backup": BackupCommand,
     "import": ImportCommand,
     "audit": AuditCommand,
     "scan": ScanCommand,

@@ -15,6 +15,7 @@ import secrets
 import select
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -118,9 +119,9 @@ class Cli:
         return {k: v for k, v in merged.items() if v is not None}
 
     def run(self, *args: object, input: str | bytes | None = None, env: dict[str, str | None] | None = None,
-            entry_point: bool = False) -> Result:
+            entry_point: bool = False, wrapper: list[str] | None = None) -> Result:
         argv = [str(a) for a in args]
-        cmd = ([str(ENTRY_POINT), "keyvault"] if entry_point else CLI) + argv
+        cmd = (wrapper or []) + ([str(ENTRY_POINT), "keyvault"] if entry_point else CLI) + argv
         if isinstance(input, str):
             input = input.encode("utf-8")
         proc = subprocess.run(
@@ -600,12 +601,29 @@ def test_given_the_vault_directory_is_a_file_when_running_commands_then_a_clear_
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads through permission bits")
-def test_given_an_unreadable_vault_directory_when_listing_then_a_clear_error(seeded):
+# Root reads through permission bits: as root (CI), run the CLI without the DAC capabilities.
+AS_UNPRIVILEGED = (["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                    "--inh-caps=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else [])
+
+
+def test_given_an_unreadable_vault_directory_when_listing_then_a_clear_error_naming_the_file(seeded):
     cli, _ = seeded
     os.chmod(cli.vault_dir, 0)
     try:
-        cli.fail("list", match="not readable and writable")
+        res = cli.fail("list", match="permission denied", wrapper=AS_UNPRIVILEGED)
+        assert f"vault file {cli.vault_db}: its directory {cli.vault_dir} (owner uid" in res.err
+        assert "mode 0000" in res.err
+    finally:
+        os.chmod(cli.vault_dir, 0o700)
+
+
+def test_given_a_vault_directory_this_user_may_not_write_when_creating_the_vault_then_a_clear_error(cli):
+    cli.vault_dir.mkdir(parents=True)
+    os.chmod(cli.vault_dir, 0o500)
+    try:
+        res = cli.fail("list", match="permission denied", wrapper=AS_UNPRIVILEGED)
+        assert f"cannot create vault file {cli.vault_db}: its directory {cli.vault_dir}" in res.err
+        assert list(cli.vault_dir.iterdir()) == []
     finally:
         os.chmod(cli.vault_dir, 0o700)
 
@@ -889,3 +907,35 @@ def test_given_a_symlinked_dotenv_when_imported_with_remove_then_the_real_file_l
     assert real.read_text() == "# shared\nDEBUG=1\n"
     assert stat.S_IMODE(real.stat().st_mode) == 0o600
     assert cli.stored_value("OPENAI_API_KEY") == canary
+
+
+# ====================================================================== backup (SQLite backup API)
+def test_given_writes_still_only_in_the_wal_when_backed_up_then_the_copy_has_them_and_opens_with_the_same_key(
+    cli, make_cli
+):
+    canary = new_canary()
+    cli.secrets.add(canary)
+    cli.ok("list")  # creates the vault
+    holder = sqlite3.connect(cli.vault_db)  # another open connection: nobody checkpoints on exit
+    try:
+        holder.execute("PRAGMA wal_autocheckpoint = 0")
+        holder.execute("SELECT COUNT(*) FROM credentials").fetchone()
+        cli.ok("set", "IN_WAL_ONLY", input=canary, quiet=False)
+        assert (cli.vault_dir / "vault.db-wal").stat().st_size > 0
+        plain_copy = cli.vault_db.read_bytes()
+        backup = cli.root / "vault-backup.db"
+        res = cli.ok("backup", backup)
+        assert "Wrote a copy of the vault" in res.out and stat.S_IMODE(backup.stat().st_mode) == 0o600
+    finally:
+        holder.close()
+    restored = make_cli("restored", cli.master_key)
+    restored.secrets |= cli.secrets
+    restored.vault_dir.mkdir(parents=True)
+    restored.vault_db.write_bytes(plain_copy)
+    assert "IN_WAL_ONLY" not in restored.ok("list").out  # why a plain file copy is not a backup
+    restored.vault_db.write_bytes(backup.read_bytes())
+    assert [i["name"] for i in restored.list_json()] == ["IN_WAL_ONLY"]
+    restored.assert_not_on_disk(restored.root)
+    cli.fail("backup", backup, match="exists; use --force")
+    cli.ok("backup", backup, "--force")
+    cli.fail("backup", cli.vault_db, "--force", match="is the vault itself")

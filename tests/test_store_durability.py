@@ -180,6 +180,7 @@ def burst_value(i: int) -> str:
     return f"sk-burst-{i}-" + hashlib.sha256(name.encode()).hexdigest()
 
 
+@pytest.mark.faults  # SIGKILL during writes: part of the fault-injection suite (-m faults)
 def test_given_a_writer_killed_with_sigkill_mid_burst_when_reopened_then_every_acknowledged_write_survives(
     vault_path, master_key
 ):

@@ -387,3 +387,55 @@ def test_given_a_failing_write_then_it_is_rolled_back_with_an_error_that_quotes_
             assert needle not in text
     finally:
         backend.close()
+
+
+# ====================================================================== identity at creation
+def test_given_creators_racing_on_an_empty_database_then_one_identity_wins_whole_and_never_mixes(db_url):
+    from store_suite import run_concurrently
+
+    backends = [SQLBackend(db_url) for _ in range(4)]
+    try:
+        won = run_concurrently(
+            lambda i: backends[i].create_vault({"vault_id": f"v{i}", "kek_check": f"check-{i}", "kek_source": "env"}),
+            list(range(4)),
+        )
+        assert sorted(won) == [False, False, False, True]
+        winner = won.index(True)
+        for b in backends:
+            assert (b.meta_get("vault_id"), b.meta_get("kek_check")) == (f"v{winner}", f"check-{winner}")
+            assert not b.is_new()
+    finally:
+        for b in backends:
+            b.close()
+
+
+def test_given_credentials_without_a_vault_id_when_a_vault_opens_then_it_is_refused_as_damaged(db_url):
+    from jupyter_keyvault.store import VaultDamaged
+
+    key = new_master_key()
+    vault = Vault(SQLBackend(db_url), env={"KEYVAULT_MASTER_KEY": key})
+    vault.set("alice", "KEPT", "sk-kept-value-bbbb")
+    vault.close()
+    engine = raw_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM keyvault_meta"))
+    finally:
+        engine.dispose()
+    backend = SQLBackend(db_url)
+    try:
+        with pytest.raises(VaultDamaged, match="no vault id and key check record"):
+            Vault(backend, env={"KEYVAULT_MASTER_KEY": key})
+    finally:
+        backend.close()
+
+
+def test_given_a_file_that_is_not_sqlite_when_opened_by_the_sql_backend_then_vault_damaged(tmp_path):
+    from jupyter_keyvault.store import VaultDamaged
+
+    path = tmp_path / "keyvault" / "vault.db"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database at all" * 8)
+    with pytest.raises(VaultDamaged, match="not a SQLite database"):
+        SQLBackend(f"sqlite:///{path}")
+    assert path.read_bytes() == b"not a database at all" * 8

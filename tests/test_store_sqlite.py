@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_keyvault.store import SQLiteBackend, VaultLocked
+from jupyter_keyvault.store import SQLiteBackend, VaultDamaged, VaultError, VaultLocked
 from jupyter_keyvault.store.sqlite import SCHEMA_VERSION
 
 from store_suite import StorageBackendSuite, make_event, make_record
@@ -43,6 +43,7 @@ class TestSQLiteBackend(StorageBackendSuite):
     @pytest.fixture
     def backend(self, db_path):
         b = SQLiteBackend(db_path)
+        b.create_vault({})  # the contract is about an existing (empty) vault
         yield b
         b.close()
 
@@ -63,9 +64,8 @@ class TestSQLiteBackend(StorageBackendSuite):
                 b.close()
 
     def test_given_a_world_readable_keyvault_dir_and_db_when_opened_then_both_are_made_private(self, db_path):
-        db_path.parent.mkdir(mode=0o755)
+        SQLiteBackend(db_path).create_vault({})
         os.chmod(db_path.parent, 0o755)
-        db_path.write_bytes(b"")
         os.chmod(db_path, 0o644)
         b = SQLiteBackend(db_path)
         b.close()
@@ -73,7 +73,9 @@ class TestSQLiteBackend(StorageBackendSuite):
         assert mode(db_path) == 0o600
 
     def test_given_a_world_readable_wal_left_behind_when_opened_then_it_is_made_private(self, db_path):
-        SQLiteBackend(db_path).close()
+        made = SQLiteBackend(db_path)
+        made.create_vault({})
+        made.close()
         wal = sidecar(db_path, "-wal")
         db = sqlite3.connect(db_path)  # a foreign connection leaves a WAL behind while open
         db.execute("PRAGMA journal_mode = WAL")
@@ -190,11 +192,11 @@ class TestSQLiteBackend(StorageBackendSuite):
             )
         finally:
             db.close()
-        with pytest.raises(sqlite3.DatabaseError, match="audit disk full"):
+        with pytest.raises(VaultError, match="refused the operation: audit disk full"):
             backend.upsert_credential(make_record(name="NEW"), audit=make_event())
-        with pytest.raises(sqlite3.DatabaseError, match="audit disk full"):
+        with pytest.raises(VaultError, match="refused the operation: audit disk full"):
             backend.upsert_credential(make_record(name="EXISTING", payload=b"new"), audit=make_event())
-        with pytest.raises(sqlite3.DatabaseError, match="audit disk full"):
+        with pytest.raises(VaultError, match="refused the operation: audit disk full"):
             backend.delete_credential("alice", "EXISTING", audit=make_event(action="delete"))
         assert backend.get_credential("alice", "NEW") is None
         assert backend.get_credential("alice", "EXISTING").payload == b"old"
@@ -203,7 +205,7 @@ class TestSQLiteBackend(StorageBackendSuite):
     def test_given_a_path_whose_parent_is_a_file_when_opened_then_a_clear_vault_locked_error_is_raised(self, tmp_path):
         blocker = tmp_path / "not-a-dir"
         blocker.write_text("x")
-        with pytest.raises(VaultLocked, match="cannot open vault|not readable"):
+        with pytest.raises(VaultLocked, match="cannot open vault at .*must be a directory"):
             SQLiteBackend(blocker / "vault.db")
 
     def test_given_a_relative_path_when_opened_then_the_location_is_absolute(self, tmp_path, monkeypatch):
@@ -225,3 +227,103 @@ class TestSQLiteBackend(StorageBackendSuite):
             assert other.meta_init("vault_id", "one") == backend.meta_init("vault_id", "two") == "one"
         finally:
             other.close()
+
+
+# ====================================================================== damaged files and identity
+class TestDamagedFiles:
+    @pytest.fixture
+    def db_path(self, tmp_path) -> Path:
+        path = tmp_path / "keyvault" / "vault.db"
+        path.parent.mkdir()
+        return path
+
+    def test_given_a_zero_byte_vault_file_when_opened_then_vault_damaged_names_it_and_it_is_left_alone(self, db_path):
+        db_path.write_bytes(b"")
+        with pytest.raises(VaultDamaged, match=r"vault file .*vault\.db is damaged: it is empty \(0 bytes\)"):
+            SQLiteBackend(db_path)
+        assert db_path.read_bytes() == b"" and sorted(p.name for p in db_path.parent.iterdir()) == ["vault.db"]
+
+    def test_given_a_file_that_is_not_sqlite_when_opened_then_vault_damaged(self, db_path):
+        db_path.write_bytes(b"{\"not\": \"a database\"}" * 10)
+        with pytest.raises(VaultDamaged, match="not a SQLite database"):
+            SQLiteBackend(db_path)
+
+    def test_given_a_sqlite_file_without_a_vault_schema_when_opened_then_vault_damaged(self, db_path):
+        with sqlite3.connect(db_path) as db:
+            db.execute("CREATE TABLE unrelated (x)")
+        with pytest.raises(VaultDamaged, match="without a vault in it"):
+            SQLiteBackend(db_path)
+
+    def test_given_a_truncated_vault_file_when_opened_then_vault_damaged_says_truncated(self, db_path):
+        b = SQLiteBackend(db_path)
+        for i in range(200):
+            b.upsert_credential(make_record(name=f"K{i}", payload=os.urandom(200)))
+        b.close()
+        data = db_path.read_bytes()
+        db_path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(VaultDamaged, match=r"it is truncated \(\d+ of \d+ bytes\)"):
+            SQLiteBackend(db_path)
+
+    def test_given_a_missing_vault_file_when_opened_then_it_is_new_and_nothing_is_written_until_used(self, db_path):
+        b = SQLiteBackend(db_path)
+        try:
+            assert b.is_new() and not db_path.exists()
+            assert b.create_vault({"vault_id": "v1"}) is True
+            assert not b.is_new() and b.meta_get("vault_id") == "v1"
+            assert b.create_vault({"vault_id": "v2"}) is False
+        finally:
+            b.close()
+
+    def test_given_two_creators_racing_on_one_missing_file_then_exactly_one_wins_and_both_see_its_identity(self, db_path):
+        backends = [SQLiteBackend(db_path) for _ in range(4)]
+        try:
+            from store_suite import run_concurrently
+
+            won = run_concurrently(lambda i: backends[i].create_vault({"vault_id": f"v{i}"}), list(range(4)))
+            assert sorted(won) == [False, False, False, True]
+            winner = f"v{won.index(True)}"
+            assert {b.meta_get("vault_id") for b in backends} == {winner}
+        finally:
+            for b in backends:
+                b.close()
+        assert sorted(p.name for p in db_path.parent.iterdir() if not p.name.startswith("vault.db")) == []
+
+    def test_given_a_missing_vault_file_beside_a_wal_with_frames_when_opened_then_vault_damaged(self, db_path):
+        db_path.with_name("vault.db-wal").write_bytes(b"\x37\x7f\x06\x82" + os.urandom(600))
+        with pytest.raises(VaultDamaged, match="the file is missing but vault.db-wal"):
+            SQLiteBackend(db_path)
+        assert not db_path.exists()
+
+    def test_given_writes_still_in_the_wal_when_backed_up_then_the_copy_has_them_and_a_copy_of_the_file_alone_does_not(
+        self, db_path, tmp_path
+    ):
+        b = SQLiteBackend(db_path)
+        try:
+            b.create_vault({"vault_id": "v"})
+            b._conn().execute("PRAGMA wal_autocheckpoint = 0")
+            b.upsert_credential(make_record(name="ONLY_IN_WAL", payload=b"wal"))
+            (tmp_path / "file-alone.db").write_bytes(db_path.read_bytes())
+            size = b.backup_to(tmp_path / "backup.db")
+        finally:
+            b.close()
+        assert size == (tmp_path / "backup.db").stat().st_size and mode(tmp_path / "backup.db") == 0o600
+        with sqlite3.connect(tmp_path / "file-alone.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 0
+        copy = SQLiteBackend(tmp_path / "backup.db")
+        try:
+            assert copy.get_credential("alice", "ONLY_IN_WAL").payload == b"wal"
+            assert copy.meta_get("vault_id") == "v"
+        finally:
+            copy.close()
+
+    def test_given_an_open_vault_when_checked_then_quick_check_is_ok_and_timed(self, db_path):
+        b = SQLiteBackend(db_path)
+        try:
+            b.create_vault({})
+            result = b.check_integrity()
+            assert result["ok"] is True and result["detail"] == "ok" and 0 <= result["seconds"] < 5
+            assert b.health() == {"integrity": b.integrity, "writable": True, "problems": []}
+        finally:
+            b.close()
+
+

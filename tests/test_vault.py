@@ -26,6 +26,7 @@ from jupyter_keyvault.store import (
     NotFound,
     SQLiteBackend,
     Vault,
+    VaultDamaged,
     WrongMasterKey,
     crypto,
 )
@@ -1178,3 +1179,82 @@ def test_given_another_process_rotated_the_key_when_a_new_owner_is_created_then_
     reopened = Vault(SQLiteBackend(path), env={})
     assert reopened.get_value("carol", "OPENAI_API_KEY") == "sk-carol-value-123456"
     assert reopened.get_value("alice", "OPENAI_API_KEY") == "sk-alice-value-123456"
+
+
+# ====================================================================== identity and storage health
+def test_given_a_new_vault_then_its_identity_records_are_in_the_vault_file_itself_not_only_in_the_wal(
+    vault_path, master_key, tmp_path
+):
+    v = env_vault(vault_path, master_key)
+    try:
+        # While the vault is open, a copy of vault.db alone (no -wal) must already be a whole vault.
+        alone = tmp_path / "alone.db"
+        alone.write_bytes(vault_path.read_bytes())
+        with raw_db(alone) as db:
+            stored = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        assert {"vault_id", "kek_check", "kek_source", "kek_id"} <= set(stored)
+        assert stored["vault_id"] == v.vault_id and stored["kek_source"] == "env"
+    finally:
+        v.close()
+
+
+@pytest.mark.parametrize("missing", [("kek_check",), ("vault_id",), ("vault_id", "kek_check")])
+def test_given_a_vault_without_its_identity_records_when_opened_then_vault_damaged_and_nothing_is_written(
+    vault, vault_path, master_key, missing
+):
+    vault.set("alice", "KEPT", "sk-kept-value-aaaa")
+    vault.close()
+    with raw_db(vault_path) as db:
+        for key in missing:
+            db.execute("DELETE FROM meta WHERE key = ?", (key,))
+    before = files_digest(vault_path.parent)
+    info = open_fails(vault_path, VaultDamaged, env={"KEYVAULT_MASTER_KEY": master_key})
+    message = str(info.value)
+    assert str(vault_path) in message and "restore it from a backup" in message
+    assert {"vault_id": "vault id", "kek_check": "key check"}[missing[0]] in message
+    assert files_digest(vault_path.parent) == before
+
+
+def test_given_an_empty_schema_without_identity_when_opened_then_it_is_refused_not_silently_initialised(
+    vault_path, master_key
+):
+    made = SQLiteBackend(vault_path)
+    made.create_vault({})  # what a vault that lost its identity looks like: a schema, no records
+    made.close()
+    open_fails(vault_path, VaultDamaged, env={"KEYVAULT_MASTER_KEY": master_key})
+
+
+def test_given_a_vault_when_its_status_is_read_then_the_integrity_check_and_its_time_are_reported(vault):
+    storage = vault.status()["storage"]
+    assert storage["writable"] is True and storage["problems"] == []
+    assert storage["integrity"]["ok"] is True and storage["integrity"]["seconds"] >= 0
+
+
+def test_given_writes_still_only_in_the_wal_when_exported_then_the_backup_has_them(vault, vault_path, master_key):
+    from jupyter_keyvault.store.backup import export_backup, read_backup
+
+    holder = sqlite3.connect(vault_path)  # keeps the WAL from being checkpointed away
+    try:
+        holder.execute("PRAGMA wal_autocheckpoint = 0")
+        holder.execute("SELECT COUNT(*) FROM meta").fetchone()
+        vault.backend._conn().execute("PRAGMA wal_autocheckpoint = 0")
+        vault.set("alice", "IN_WAL", "sk-only-in-the-wal-1234")
+        alone = vault_path.with_name("alone.db")
+        alone.write_bytes(vault_path.read_bytes())
+        with raw_db(alone) as db:  # a copy of the file alone does not have it yet
+            assert db.execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 0
+        data = export_backup(vault, "alice", "a long passphrase")
+    finally:
+        holder.close()
+    assert [(i["name"], i["value"]) for i in read_backup(data, "a long passphrase")] == [
+        ("IN_WAL", "sk-only-in-the-wal-1234")]
+
+
+def test_given_a_storage_problem_when_status_is_read_for_a_browser_then_no_server_path_is_in_it(vault, vault_path):
+    vault.backend._wal_lost = True  # any reported storage problem; this one names both files
+    status = vault.status()
+    status.pop("location")  # as the server's status handler does
+    browser = json.dumps(status)
+    assert str(vault_path.parent) not in browser and "vault.db-wal was deleted" in browser
+    terminal = vault.status(with_paths=True)
+    assert any(str(vault_path) in p for p in terminal["storage"]["problems"])

@@ -10,8 +10,12 @@ from .errors import (
     MasterKeyError,
     NoCredential,
     NotFound,
+    VaultDamaged,
+    VaultDiskFull,
     VaultError,
     VaultLocked,
+    VaultPermissionDenied,
+    VaultReadOnly,
     WrongMasterKey,
 )
 from .model import CREDENTIAL_TYPES, AuditEvent, CredentialInfo, CredentialRecord, validate_name
@@ -32,8 +36,12 @@ __all__ = [
     "SQLiteBackend",
     "StorageBackend",
     "Vault",
+    "VaultDamaged",
+    "VaultDiskFull",
     "VaultError",
     "VaultLocked",
+    "VaultPermissionDenied",
+    "VaultReadOnly",
     "WrongMasterKey",
     "validate_name",
 ]

@@ -3,6 +3,7 @@ they never see a key or a value, so every backend is equally safe to swap in."""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Iterable
@@ -26,6 +27,28 @@ class StorageBackend(ABC):
 
     @abstractmethod
     def meta_set(self, key: str, value: str) -> None: ...
+
+    # -- creation and health
+    def is_new(self) -> bool:
+        """True while no vault exists at this location (nothing to protect yet). Data
+        without a vault id is not new: the vault refuses it as damaged."""
+        return self.meta_get("vault_id") is None and self.count_credentials() == 0 and self.count_owners() == 0
+
+    def create_vault(self, meta: dict[str, str]) -> bool:
+        """Create the vault with its identity `meta` (vault id, key check, key source) in
+        ONE transaction. False, changing nothing, if another process created it first."""
+        raise NotImplementedError
+
+    def health(self) -> dict:
+        """Integrity-check result, whether writes are accepted, and problems to show the user."""
+        return {"integrity": {"ok": None, "detail": "not checked by this backend", "seconds": None},
+                "writable": True, "problems": []}
+
+    def backup_to(self, dest: str | os.PathLike) -> int:
+        """Write a consistent copy of the whole store to `dest`; returns its size in bytes."""
+        from .errors import InvalidInput
+
+        raise InvalidInput(f"the {self.name} backend has no database backup; use `export` or the database's own tools")
 
     # -- per-owner wrapped data keys
     @abstractmethod

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import DecryptionError, InvalidInput, NotFound
+from .errors import DecryptionError, InvalidInput, NotFound, VaultDamaged, VaultReadOnly
 from .vault import Vault
 
 FORMAT = "jupyter-keyvault-backup"
@@ -58,16 +58,17 @@ def _aad(header: dict[str, Any]) -> bytes:
 def export_backup(vault: Vault, owner: str, passphrase: str, *, actor: str | None = None) -> bytes:
     if not isinstance(passphrase, str) or len(passphrase) < MIN_PASSPHRASE:
         raise InvalidInput(f"backup passphrase must be at least {MIN_PASSPHRASE} characters")
-    items = []
-    for info in vault.list(owner, include_env=False):
-        items.append({
+    items = [
+        {
             "name": info.name,
             "type": info.type,
             "provider": info.provider,
             "metadata": info.metadata,
             "created_at": info.created_at,
-            "value": vault.get_value(owner, info.name, purpose="export", actor=actor, touch=False),
-        })
+            "value": value,
+        }
+        for info, value in vault.values_for_export(owner, actor=actor)
+    ]
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -77,7 +78,10 @@ def export_backup(vault: Vault, owner: str, passphrase: str, *, actor: str | Non
     }
     nonce = os.urandom(12)
     sealed = AESGCM(_derive(passphrase, header["kdf"])).encrypt(nonce, json.dumps(items).encode(), _aad(header))
-    vault.audit(owner, "export", None, "ok", actor=actor, detail=f"{len(items)} credentials")
+    try:
+        vault.audit(owner, "export", None, "ok", actor=actor, detail=f"{len(items)} credentials")
+    except (VaultReadOnly, VaultDamaged):
+        pass  # a rescue export from a read-only or damaged vault must still work; it cannot be logged there
     return json.dumps({**header, "nonce": base64.b64encode(nonce).decode(),
                        "ciphertext": base64.b64encode(sealed).decode()}, indent=1).encode()
 

@@ -62,3 +62,22 @@ class RateLimited(VaultError):
 
 class BadUpstream(VaultError):
     """The configured upstream (e.g. a provider base URL) is unusable; a 502 for the caller."""
+
+
+# -- storage faults: one class per thing a user can act on; messages name the file.
+class VaultDamaged(VaultError):
+    """The vault file exists but is not a usable vault (empty, truncated, not SQLite,
+    malformed, failing its integrity check, or without its identity records).
+    It is never replaced by a new vault: the user restores a backup."""
+
+
+class VaultDiskFull(VaultError):
+    """The disk (or the user's quota) is full: the write was not made, nothing stored was lost."""
+
+
+class VaultReadOnly(VaultLocked):
+    """The vault file or its filesystem is read-only: reads work, writes are refused."""
+
+
+class VaultPermissionDenied(VaultLocked):
+    """This user may not read or write the vault file (the message names the file)."""

@@ -42,6 +42,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from . import faults
 from .backend import StorageBackend
 from .errors import StaleMasterKey, VaultError, VaultLocked
 from .model import AuditEvent, CredentialRecord
@@ -162,6 +163,16 @@ def _parse_url(db_url: str | URL) -> URL:
 def _prepare_sqlite_file(path: Path) -> None:
     """Create the database 0600 in a 0700 directory before SQLite does (with the umask)."""
     directory = path.parent
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                header = f.read(16)
+        except OSError as exc:
+            raise faults.from_os(exc, path) from None
+        # A foreign or overwritten file is damage, never a new vault. (0 bytes is left to
+        # SQLite here: this backend makes the file empty itself before migrating into it.)
+        if header and header != b"SQLite format 3\x00":
+            raise faults.damaged(path, "it is not a SQLite database")
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not path.exists():
@@ -375,6 +386,19 @@ class SQLBackend(StorageBackend):
 
     def _meta_put(self, conn: Connection, key: str, value: str) -> None:
         conn.execute(self._meta_upsert, {"key": key, "value": value})
+
+    def create_vault(self, meta: dict[str, str]) -> bool:
+        """The vault id goes in first: a concurrent creator waits on its key, then finds
+        it taken and writes nothing, so identity records never mix two creators."""
+        with self._tx() as conn:
+            vault_id = meta.get("vault_id", "")
+            conn.execute(self._meta_insert_ignore, {"key": "vault_id", "value": vault_id})
+            if conn.execute(_SELECT_META, {"key": "vault_id"}).scalar_one() != vault_id:
+                return False
+            for key, value in meta.items():
+                if key != "vault_id":
+                    self._meta_put(conn, key, value)
+            return True
 
     def meta_set(self, key: str, value: str) -> None:
         with self._tx() as conn:

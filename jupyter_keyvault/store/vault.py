@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from . import faults
 from . import masterkey as mk
 from .backend import StorageBackend
 from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, open_value, seal_value, new_data_key
@@ -24,6 +25,9 @@ from .errors import (
     NotFound,
     StaleMasterKey,
     StaleValue,
+    VaultDiskFull,
+    VaultError,
+    VaultLocked,
     WrongMasterKey,
 )
 from .model import (
@@ -48,11 +52,12 @@ log = logging.getLogger("jupyter_keyvault.store")
 VERSION_KEY = "vault_id"
 
 
-def wrong_key_message(source: str) -> str:
+def wrong_key_message(source: str, location: str = "") -> str:
     hint = ""
     if source == "env":
         hint = f" (after rotate-master-key, set {mk.ENV_MASTER_KEY} to the key that was in {mk.ENV_NEW_MASTER_KEY})"
-    return f"vault was sealed with a different master key{hint}; nothing was changed"
+    where = f" for {location}" if location else ""
+    return f"wrong master key{where}: vault was sealed with a different master key{hint}; nothing was changed"
 
 
 @dataclass(frozen=True)
@@ -111,23 +116,53 @@ class Vault:
 
     def _unlock(self) -> None:
         b = self.backend
-        self._vault_id = b.meta_init(VERSION_KEY, uuid.uuid4().hex)
+        if b.is_new() and self._create():
+            return
+        self._vault_id = b.meta_get(VERSION_KEY)
+        check = b.meta_get("kek_check")
+        if self._vault_id is None or check is None:
+            missing = " and ".join(n for n, v in (("vault id", self._vault_id), ("key check", check)) if v is None)
+            raise faults.damaged(
+                b.location,
+                f"it has no {missing} record, so it is not a complete vault (damaged, or its "
+                f"{Path(b.location).name}-wal was lost; if it never held credentials, moving it aside lets a "
+                "new vault be created)",
+            )
         recorded = b.meta_get("kek_source")
         master = self._resolver.resolve(self._vault_id, recorded, b.meta_get, b.meta_init)
         kek = KeyEncryptionKey(master.key)
-        check = b.meta_get("kek_check")
-        if check is None:
-            check = b.meta_init("kek_check", kek.make_check(self._vault_id))
-            b.meta_init("kek_source", master.source)
-        b.meta_init("kek_id", kek.kek_id)  # vaults made before kek_id was recorded get it here
+        if b.meta_get("kek_id") is None and b.health().get("writable", True):
+            b.meta_init("kek_id", kek.kek_id)  # vaults made before kek_id was recorded get it here
         if kek.verify_check(self._vault_id, check):
             self._discard_pending_rotation(master.source)
         else:
             recovered = self._resume_rotation(master, check)
             if recovered is None:
-                raise WrongMasterKey(wrong_key_message(master.source))
+                raise WrongMasterKey(wrong_key_message(master.source, b.location))
             master, kek = recovered
         self.master, self._kek = master, kek
+
+    def _create(self) -> bool:
+        """A new vault: its id, key check and key source are written with the schema, in
+        one transaction, so a vault file without them is known to be damaged."""
+        vault_id = uuid.uuid4().hex
+        pending = {VERSION_KEY: vault_id}
+        try:
+            master = self._resolver.resolve(vault_id, None, pending.get, lambda k, v: pending.setdefault(k, v))
+        except OSError as exc:  # the key file could not be written (full disk, read-only, permissions)
+            raise faults.from_os(exc, self.key_file) from None
+        kek = KeyEncryptionKey(master.key)
+        pending.update(kek_check=kek.make_check(vault_id), kek_source=master.source, kek_id=kek.kek_id)
+        created = False
+        try:
+            created = self.backend.create_vault(pending)
+        finally:
+            if not created and master.source == "keyring":  # our entry names a vault that does not exist
+                mk.keyring_delete(vault_id)
+        if not created:
+            return False
+        self._vault_id, self.master, self._kek = vault_id, master, kek
+        return True
 
     @contextmanager
     def _rotation_guard(self, wait: bool = True):
@@ -236,6 +271,8 @@ class Vault:
     def _migrate_legacy_plaintext(self) -> int:
         """Rows written before encryption (no magic prefix) are sealed in place."""
         count = 0
+        if not self.backend.health().get("writable", True):
+            return 0  # sealed on the next writable open; reads of them still work meanwhile
         for rec in self.backend.iter_all_credentials():
             if is_sealed_value(rec.payload) or not is_legacy_plaintext(rec.payload):
                 continue  # sealed, or a damaged blob that must keep failing to open
@@ -365,13 +402,37 @@ class Vault:
             self._on_value(name, value)
         return value
 
+    def values_for_export(self, owner: str, *, actor: str | None = None) -> list[tuple[CredentialInfo, str]]:
+        """Every credential of `owner` with its value, from ONE read: a consistent point in
+        time (a concurrent delete cannot fail an export half-way) that includes writes still
+        in the WAL. A value that fails to open is the usual opaque error, audited."""
+        owner = validate_owner(owner)
+        records = [r for r in self.backend.list_credentials(owner) if r.type not in HIDDEN_TYPES]
+        dek = self._dek(owner, create=False) if records else None
+        out = []
+        for rec in records:
+            try:
+                if dek is None:
+                    raise DecryptionError("no data key")
+                value = open_value(dek, owner, rec.name, rec.type, rec.payload).decode("utf-8")
+            except (DecryptionError, UnicodeDecodeError):
+                self.audit(owner, "export", rec.name, "error", actor=actor, detail="decryption failed")
+                raise DecryptionError(f"credential {rec.name} could not be decrypted (corrupted or tampered)") from None
+            if self._on_value:
+                self._on_value(rec.name, value)
+            out.append((CredentialInfo.from_record(rec), value))
+        return out
+
     TOUCH_INTERVAL = 60.0  # last_used_at is coarse: at most one write per credential a minute
 
     def _touch(self, owner: str, name: str) -> None:
         now = self._clock()
         if now - self._touched.get((owner, name), float("-inf")) >= self.TOUCH_INTERVAL:
             self._touched[(owner, name)] = now
-            self.backend.touch_credential(owner, name, now)
+            try:
+                self.backend.touch_credential(owner, name, now)
+            except (VaultDiskFull, VaultLocked) as exc:  # last-used is advisory: a read must not fail on it
+                log.warning("jupyter-keyvault: last-used time of %s not recorded: %s", name, exc)
 
     def resolve(self, owner: str, name: str, *, actor: str | None = None, how_to_add: str | None = None,
                 purpose: str = "use") -> ResolvedCredential:
@@ -467,9 +528,38 @@ class Vault:
         return count
 
     # -- status
-    def status(self) -> dict[str, Any]:
+    def backup_database(self, dest: str | os.PathLike) -> int:
+        """A consistent copy of the whole vault (still encrypted; opens with the same master
+        key), including writes not yet checkpointed out of the WAL. Returns its size."""
+        return self.backend.backup_to(dest)
+
+    def status(self, *, check: bool = True, with_paths: bool = False) -> dict[str, Any]:
+        """How the vault is protected and whether its storage is healthy. `check` re-runs
+        the integrity check (its time is storage.integrity.seconds). Storage problems name
+        the vault file by its base name unless `with_paths` (a terminal user, not a browser)."""
         warnings = list(self.master.warnings)
+        if check and hasattr(self.backend, "check_integrity"):
+            self.backend.check_integrity()
+        storage = self.backend.health()
+        try:
+            count: int | None = self.count()
+        except VaultError as exc:  # status is where a damaged vault is explained, so it must not fail
+            count = None
+            storage["problems"].append(str(exc))
+        if not with_paths:
+            location = self.backend.location
+            directory = str(Path(location).parent) if location else ""
+
+            def redact(text: str) -> str:
+                if location:
+                    text = text.replace(location, Path(location).name)
+                return text.replace(directory, "<vault directory>") if directory not in ("", ".", "/") else text
+
+            storage["problems"] = [redact(p) for p in storage["problems"]]
+            storage["integrity"]["detail"] = redact(storage["integrity"].get("detail") or "")
+        warnings += storage["problems"]
         return {
+            "storage": storage,
             "protection": {
                 "source": self.master.source,
                 "strong": self.master.strong,
@@ -477,7 +567,7 @@ class Vault:
             },
             "backend": self.backend.name,
             "location": self.backend.location,
-            "credentials": self.count(),
+            "credentials": count,
             "warnings": warnings,
         }
 

@@ -174,7 +174,7 @@ class HubVaultClient:
                                      e.get("outcome") or "", e.get("detail")))
         return events
 
-    def status(self) -> dict[str, Any]:
+    def status(self, **_: Any) -> dict[str, Any]:
         try:
             _, body = self._call("GET", "api/status")
         except HubServiceError as exc:

@@ -12,7 +12,7 @@ from tornado import web
 from ..oauth import NeedsReauth, OAuthError
 from ..ratelimit import RateLimiter
 from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
-from ..store.errors import AccessDenied, BadUpstream, NotAvailable, RateLimited
+from ..store.errors import AccessDenied, BadUpstream, NotAvailable, RateLimited, VaultDiskFull
 
 
 class TooManyRequests(web.HTTPError):
@@ -43,7 +43,9 @@ def http_errors(*, missing: int = 404) -> Iterator[None]:
         raise TooManyRequests(str(exc), exc.retry_after) from None
     except DecryptionError as exc:
         raise web.HTTPError(409, str(exc)) from None
-    except VaultError as exc:
+    except VaultDiskFull as exc:
+        raise web.HTTPError(507, str(exc)) from None
+    except VaultError as exc:  # locked, read-only, damaged, wrong master key, service unreachable
         raise web.HTTPError(503, str(exc)) from None
 
 
