@@ -53,6 +53,7 @@ print('CANARY_FOUND' if found else 'CANARY_ABSENT')
 """
 
 
+@pytest.mark.keyvault(allow_direct_access=True)  # direct mode is off by default where kernels are isolated
 async def test_given_a_stored_key_when_the_kernel_uses_keyvault_openai_then_the_key_never_enters_the_kernel(
     jp_fetch, server_kernel, fake_upstream, stored_canary
 ):
@@ -100,6 +101,7 @@ async def test_given_an_async_client_when_used_concurrently_then_every_call_succ
     assert "OK 5" in result.stdout
 
 
+@pytest.mark.keyvault(allow_direct_access=True)  # direct mode is off by default where kernels are isolated
 async def test_given_direct_mode_when_get_and_env_are_used_then_values_are_masked_and_scoped(
     jp_fetch, server_kernel, fake_upstream
 ):
@@ -150,6 +152,7 @@ async def test_given_direct_access_disabled_when_the_kernel_asks_for_a_value_the
     assert proxied.error is None and REPLY_TEXT in proxied.stdout
 
 
+@pytest.mark.keyvault(allow_direct_access=True)  # direct mode is off by default where kernels are isolated
 async def test_given_a_key_limited_to_a_folder_when_another_notebook_uses_it_then_access_is_denied(
     jp_fetch, server_kernel, fake_upstream
 ):
@@ -190,7 +193,8 @@ async def test_given_the_set_magic_when_the_value_is_typed_at_the_password_promp
     assert canary not in history.text and "set OPENAI_API_KEY" in history.text
 
 
-@pytest.mark.parametrize("notebook", ["chat.ipynb", "streaming.ipynb", "async.ipynb", "direct-mode.ipynb"])
+@pytest.mark.parametrize("notebook", ["chat.ipynb", "streaming.ipynb", "async.ipynb", pytest.param(
+    "direct-mode.ipynb", marks=pytest.mark.keyvault(allow_direct_access=True))])
 async def test_given_an_example_notebook_when_run_through_a_real_server_and_kernel_then_every_cell_succeeds(
     jp_fetch, server_kernel, fake_upstream, notebook
 ):

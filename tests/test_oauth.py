@@ -285,6 +285,7 @@ async def test_given_a_revoked_refresh_token_when_refresh_is_needed_then_the_cre
     assert (await credentials(jp_fetch))["DRIVE"]["oauth"]["needs_reauth"] is False
 
 
+@pytest.mark.keyvault(allow_direct_access=True)  # direct mode is off by default where kernels are isolated
 async def test_given_a_connected_credential_when_a_kernel_uses_keyvault_http_then_the_server_injects_a_fresh_token(
         open_browser, server_url, jp_base_url, jp_fetch, oauth_as, keyvault_app, server_kernel):
     browser = await open_browser()

@@ -508,6 +508,7 @@ async def test_given_an_upstream_error_when_proxying_then_status_and_body_are_re
 # --------------------------------------------------------------------------- 7. per-notebook access
 
 
+@keyvault_settings(allow_direct_access=True)  # off by default where kernels are isolated
 async def test_given_a_credential_limited_to_some_notebooks_when_kernels_of_two_notebooks_use_it_then_only_the_allowed_one_can(
         store, jp_fetch, jp_root_dir, http, server_url, proxy_url, jp_serverapp, fake_upstream):
     scoped = "sk-proj-" + "SC0PE" * 8
@@ -555,6 +556,7 @@ async def test_given_a_limited_credential_when_a_kernel_without_a_notebook_uses_
 # --------------------------------------------------------------------------- 8. direct mode and kernel endpoints
 
 
+@keyvault_settings(allow_direct_access=True)  # off by default where kernels are isolated
 async def test_given_direct_access_allowed_when_a_kernel_gets_a_credential_then_the_value_is_returned(
         stored_key, kernel, http, server_url):
     response = await http.get(server_url + "keyvault/kernel/credentials/OPENAI_API_KEY", headers=kernel.headers())
@@ -595,6 +597,7 @@ async def test_given_stored_credentials_when_a_kernel_lists_them_then_names_are_
     assert all("value" not in item for item in response.json()["credentials"])
 
 
+@keyvault_settings(allow_direct_access=True)  # off by default where kernels are isolated
 async def test_given_a_kernel_when_it_asks_for_status_then_mode_direct_access_and_notebook_path_are_reported(
         kernel, http, server_url):
     response = await http.get(server_url + "keyvault/kernel/status", headers=kernel.headers())

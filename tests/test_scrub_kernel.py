@@ -87,6 +87,7 @@ async def test_channel_stdout_print(server_kernel, canary):
     assert f"key: {MARKER}\nagain {MARKER} and {MARKER}\n" in result.stdout
 
 
+@pytest.mark.keyvault(allow_direct_access=True)  # direct mode is off by default where kernels are isolated
 async def test_channel_stdout_of_a_value_fetched_in_direct_mode(jp_fetch, server_kernel, canary):
     resp = await jp_fetch("keyvault", "api", "credentials", "CANARY_KEY", method="PUT",
                           body=json.dumps({"value": canary}))

@@ -36,6 +36,14 @@ def server():
         yield srv
 
 
+def isolation_enforced(server) -> bool:
+    import urllib.request
+
+    req = urllib.request.Request(server.url + "/keyvault/api/status", headers=server.headers)
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the test's own loopback server
+        return json.load(resp)["isolation"]["enforced"]
+
+
 def assert_no_secret(server, text: str, where: str) -> None:
     assert server.master_key not in text, f"master key in {where}"
     assert server.canary not in text, f"secret env value in {where}"
@@ -59,13 +67,18 @@ async def test_a_terminal_of_the_server_has_no_secret_in_its_env_nor_in_its_pare
 
 
 async def test_a_kernel_of_the_server_has_no_secret_in_its_env_nor_in_its_servers_proc_environ(server):
-    dump = server.root / "home" / "kernel-env.json"
+    # In a subfolder: isolated kernels cannot create entries directly in $HOME, which holds protected dirs.
+    (server.root / "home" / "out").mkdir(exist_ok=True)
+    dump = server.root / "home" / "out" / "kernel-env.json"
     kernel = await ServerKernel(server.url, server.token, path="env.ipynb").start()
     try:
         result = await kernel.execute(textwrap.dedent(f"""
             import json, os, pathlib
             server_pid = os.getppid()
-            proc = pathlib.Path(f"/proc/{{server_pid}}/environ").read_bytes().decode("utf-8", "replace")
+            try:
+                proc = pathlib.Path(f"/proc/{{server_pid}}/environ").read_bytes().decode("utf-8", "replace")
+            except PermissionError:  # an isolated kernel may not read its server at all
+                proc = "DENIED"
             pathlib.Path({str(dump)!r}).write_text(json.dumps({{"env": dict(os.environ), "proc": proc}}))
             print("written", len(proc) > 0)
         """))
@@ -75,7 +88,10 @@ async def test_a_kernel_of_the_server_has_no_secret_in_its_env_nor_in_its_server
     data = json.loads(dump.read_text())
     for name in SECRET_NAMES:
         assert name not in data["env"]
-    assert "JUPYTER_DATA_DIR=" in data["proc"]
+    if isolation_enforced(server):
+        assert data["proc"] == "DENIED"  # kernel isolation: the server's memory and environ are off limits
+    else:
+        assert "JUPYTER_DATA_DIR=" in data["proc"]  # we did read the server's environment block
     assert_no_secret(server, dump.read_text(), "the kernel")
 
 

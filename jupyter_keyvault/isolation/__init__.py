@@ -5,11 +5,18 @@ No tornado / jupyter_server imports here: the server wires it in (see docs/isola
 
 from __future__ import annotations
 
+import re
+
 from .landlock import abi_version, availability, detect, set_non_dumpable
 from .policy import IsolationPolicy, PolicyError, build_policy, default_policy, resolve_mode
 
 
-def isolation_status(mode: str, policy: IsolationPolicy | None = None) -> dict:
+def _without_paths(note: str) -> str:
+    """A note for the browser, which needs no server paths: each absolute path becomes its last part."""
+    return re.sub(r"(?<![\w.])/(?:[^\s,;:'\"()/]+/)*([^\s,;:'\"()/]+)/?", r"…/\1", note)
+
+
+def isolation_status(mode: str, policy: IsolationPolicy | None = None, *, with_paths: bool = True) -> dict:
     """What `status` should report about kernel isolation for `c.KeyVault.isolate_kernels = mode`.
 
     `enforced` is true only when new kernels will actually be confined.
@@ -29,7 +36,7 @@ def isolation_status(mode: str, policy: IsolationPolicy | None = None) -> dict:
         "enforced": enforced,
         "landlock_abi": found.abi,
         "detail": detail,
-        "limitations": list(policy.notes) if policy else [],
+        "limitations": [note if with_paths else _without_paths(note) for note in (policy.notes if policy else [])],
     }
 
 

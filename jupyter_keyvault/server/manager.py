@@ -72,7 +72,8 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
                               notebook_root=self.root_dir, extra_writable=list(self.isolation_writable_paths))
 
     def isolation_status(self) -> dict[str, Any]:
-        return isolation_status(self.isolate_kernels, self.isolation_policy)
+        """As the browser may see it: limitations without server paths."""
+        return isolation_status(self.isolate_kernels, self.isolation_policy, with_paths=False)
 
     def _session_key_for(self, kernel_id: str) -> bytes | None:
         if kernel_id not in self.kernel_manager:

@@ -87,9 +87,10 @@ def fake_upstream():
 
 
 @pytest.fixture
-def keyvault_config(tmp_path, fake_upstream):
-    """c.KeyVault settings for a test server: a private vault, providers pointed at the fake upstream."""
-    return {
+def keyvault_config(request, tmp_path, fake_upstream):
+    """c.KeyVault settings for a test server: a private vault, providers pointed at the fake upstream,
+    then what the test's `@pytest.mark.keyvault(**traits)` says."""
+    config = {
         "vault_path": str(tmp_path / "vault" / "vault.db"),
         "provider_base_urls": {
             "openai": fake_upstream.openai_base_url,
@@ -99,6 +100,10 @@ def keyvault_config(tmp_path, fake_upstream):
         },
         "test_timeout": 5.0,
     }
+    marker = request.node.get_closest_marker("keyvault")
+    if marker:
+        config.update(marker.kwargs)
+    return config
 
 
 @pytest.fixture
