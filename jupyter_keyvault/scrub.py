@@ -565,25 +565,176 @@ class _Engine:
         return hold
 
 
+# -- encoded forms: text that renders (or decodes) back to a secret
+
+# One token of an encoding a browser or a decoder turns back into characters: HTML character
+# references (decimal, hex, named), percent-encoding, \u / \U / \x escapes, HTML tags and
+# invisible characters (which render as nothing, so they can split a value on screen).
+_ENCODED_TOKEN = re.compile(
+    r"&#[0-9]{1,7};?|&#[xX][0-9a-fA-F]{1,6};?|&[A-Za-z][A-Za-z0-9]{1,31};"
+    r"|%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}|\\x[0-9A-Fa-f]{2}"
+    r"|<!--.{0,2000}?-->|</?[A-Za-z][^<>]{0,2000}>|[\u00ad\u200b-\u200f\u2060\ufeff]",
+    re.S,
+)
+_DECODE_ROUNDS = 3  # `&amp;#115;` needs two; a third is cheap insurance
+
+
+def _decode_token(token: str) -> str | None:
+    first = token[0]
+    try:
+        if first == "&":
+            if token[1] == "#":
+                body = token[2:].rstrip(";")
+                code = int(body[1:], 16) if body[:1] in "xX" else int(body)
+                return chr(code) if 0 < code < 0x110000 else None
+            import html.entities
+            return html.entities.html5.get(token[1:])
+        if first == "%":
+            return chr(int(token[1:], 16))
+        if first == "\\":
+            code = int(token[2:], 16)
+            return chr(code) if code < 0x110000 else None
+    except ValueError:
+        return None
+    return ""  # a tag, a comment or an invisible character renders as nothing
+
+
+def _decode_once(text: str) -> tuple[str, list[int], list[int]] | None:
+    """Decoded text and, per decoded character, where it came from: [starts[i], ends[i])."""
+    pieces: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    pos = 0
+    for m in _ENCODED_TOKEN.finditer(text):
+        decoded = _decode_token(m.group())
+        if decoded is None:
+            continue
+        a, b = m.span()
+        if a > pos:
+            pieces.append(text[pos:a])
+            starts.extend(range(pos, a))
+            ends.extend(range(pos + 1, a + 1))
+        pieces.append(decoded)
+        starts.extend([a] * len(decoded))
+        ends.extend([b] * len(decoded))
+        pos = b
+    if not pieces:
+        return None
+    n = len(text)
+    if pos < n:
+        pieces.append(text[pos:])
+        starts.extend(range(pos, n))
+        ends.extend(range(pos + 1, n + 1))
+    return "".join(pieces), starts, ends
+
+
+def decoded_views(text: str) -> list[tuple[str, list[int], list[int]]]:
+    """Every successive decoding of text (up to three rounds), each with its map to text."""
+    views = []
+    current, starts, ends = text, None, None
+    for _ in range(_DECODE_ROUNDS):
+        step = _decode_once(current)
+        if step is None:
+            break
+        decoded, s2, e2 = step
+        if starts is not None:  # compose with the earlier rounds' maps
+            s2 = [starts[i] for i in s2]
+            e2 = [ends[i - 1] for i in e2]
+        views.append((decoded, s2, e2))
+        current, starts, ends = decoded, s2, e2
+    return views
+
+
+def base64_cores(value: str) -> set[str]:
+    """The base64 text every base64 encoding of value contains, at each of the three byte
+    alignments, standard and URL-safe: finding a core finds the value inside any base64
+    payload (an image, a data: URL, a widget buffer) without decoding it."""
+    import base64
+
+    raw = value.encode("utf-8")
+    cores = set()
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw).decode("ascii").rstrip("=")
+        first = 4 if pad else 0  # the first group mixes in bytes before the value
+        last = len(encoded) if (pad + len(raw)) % 3 == 0 else (pad + len(raw)) // 3 * 4  # the last group, after
+        core = encoded[first:last]
+        if len(core) >= MIN_KNOWN_LENGTH:
+            cores.add(core)
+            cores.add(core.replace("+", "-").replace("/", "_"))
+    return cores
+
+
+def _derived_forms(known: dict[str, str]) -> dict[str, str]:
+    """Encodings of the known values that appear literally in transport and files: base64
+    cores, the JSON-escaped form, UTF-8 bytes read as latin-1 (the raw-bytes prefilter)."""
+    import json
+
+    out: dict[str, str] = {}
+    for value, name in known.items():
+        for core in base64_cores(value):
+            out.setdefault(core, name)
+        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        for form in (escaped, value.encode("utf-8").decode("latin-1"), escaped.encode("utf-8").decode("latin-1")):
+            if form != value:
+                out.setdefault(form, name)
+    return out
+
+
+class _EngineSet:
+    """What one build produces: the main engine and one for the derived (encoded) forms,
+    which is built with it (``prepare``) or, for scrubbers that build on scrub, on first use."""
+
+    def __init__(self, main: "_Engine", derived: "_Engine | None", generation: int,
+                 known: dict[str, str], use_automaton: bool):
+        self.main = main
+        self._derived = derived
+        self.generation = generation
+        self._known = known
+        self._use_automaton = use_automaton
+        self._lock = threading.Lock()
+
+    @property
+    def derived(self) -> "_Engine":
+        if self._derived is None:
+            with self._lock:
+                if self._derived is None:
+                    self._derived = _Engine(_derived_forms(self._known), [], self._use_automaton)
+        return self._derived
+
+
 class Scrubber:
     """Redacts known secret values (by name) and anything matching a secret pattern.
 
     ``extra_patterns``: more regexes (or ``SecretPattern``) to redact, e.g. from config;
     like the built-ins they only match whole tokens. ``use_automaton=False`` forces the
     regex fallback for known values (what happens when pyahocorasick is not installed).
+
+    Known values change with ``add_known`` / ``forget`` / ``replace_known``. The matcher is
+    rebuilt from them as a whole (an immutable snapshot swapped in atomically):
+
+    - ``build_on_scrub=True`` (kernel, CLI): the next scrub after a change rebuilds.
+    - ``build_on_scrub=False`` (a server's event loop): scrubbing never rebuilds; the owner
+      calls ``await rebuild_async()`` (built in a worker thread) after a change. Until that
+      swap, values added since the last build are still found, by a plain search over those
+      few values, and forgotten ones are still redacted (the safe direction).
     """
 
     def __init__(self, patterns: Iterable[SecretPattern] = DEFAULT_PATTERNS, *,
-                 extra_patterns: Iterable[str | SecretPattern] = (), use_automaton: bool = True):
+                 extra_patterns: Iterable[str | SecretPattern] = (), use_automaton: bool = True,
+                 build_on_scrub: bool = True):
         extra = [p if isinstance(p, SecretPattern) else SecretPattern("custom", p) for p in extra_patterns]
         self._patterns = list(patterns) + extra
         for p in self._patterns:
             re.compile(p.regex)  # fail early on a bad configured pattern
         self._use_automaton = use_automaton
+        self.build_on_scrub = build_on_scrub
         self._known: dict[str, str] = {}  # value -> name
+        self._pending: dict[str, str] = {}  # added since the installed engines were built
         self._lock = threading.Lock()
-        self._dirty = False
-        self._engine = _Engine({}, self._patterns, use_automaton)
+        self._build_lock = threading.Lock()
+        self._generation = 0  # bumped by every change
+        self._engines = _EngineSet(_Engine({}, self._patterns, use_automaton), None, 0, {}, use_automaton)
+        self._rebuilding = None  # the asyncio task of a rebuild in flight
 
     # -- known values
     def add_known(self, value: str, name: str | None = None) -> None:
@@ -594,16 +745,30 @@ class Scrubber:
             if self._known.get(value) == new:
                 return
             self._known[value] = new
-            self._dirty = True  # built lazily: adding many values costs one build
+            self._pending[value] = new
+            self._generation += 1
 
     def forget(self, value: str) -> None:
+        """Stop redacting value (a deleted credential, or the old value of a replaced one)."""
         with self._lock:
             if self._known.pop(value, None) is not None:
-                self._dirty = True
+                self._pending.pop(value, None)
+                self._generation += 1
+
+    def replace_known(self, old: str | None, new: str, name: str | None = None) -> None:
+        """A credential's value changed: redact the new one, forget the old one."""
+        if old is not None and old != new:
+            self.forget(old)
+        self.add_known(new, name)
 
     @property
     def known_count(self) -> int:
         return len(self._known)
+
+    @property
+    def dirty(self) -> bool:
+        """True when the installed matcher predates the latest change."""
+        return self._engines.generation != self._generation
 
     @property
     def uses_automaton(self) -> bool:
@@ -612,36 +777,130 @@ class Scrubber:
 
     @property
     def known_has_whitespace(self) -> bool:
-        return self._current().has_whitespace
+        return self._current().has_whitespace or any(any(c.isspace() for c in v) for v in self._pending)
 
     @property
     def window(self) -> int:
         """The most trailing characters a stream ever holds back (no secret is longer)."""
-        return max(256, self._current().max_known)
+        return max(256, self._current().max_known, max((len(v) for v in self._pending), default=0))
+
+    # -- building
+    def prepare(self, *, derived: bool = True) -> _EngineSet:
+        """Build matchers for the current values (slow: call it in a worker thread); pass the
+        result to ``install``. Safe to call while other threads scrub."""
+        with self._lock:
+            known = dict(self._known)
+            generation = self._generation
+        engines = _EngineSet(_Engine(known, self._patterns, self._use_automaton), None, generation,
+                             known, self._use_automaton)
+        if derived:
+            engines.derived  # noqa: B018 - built here, off the caller's event loop
+        return engines
+
+    def install(self, engines: _EngineSet) -> bool:
+        """Swap in what ``prepare`` built, unless something newer is installed already."""
+        with self._lock:
+            if engines.generation < self._engines.generation:
+                return False
+            self._engines = engines
+            if engines.generation == self._generation:
+                self._pending = {}
+            return True
+
+    def rebuild(self) -> None:
+        with self._build_lock:
+            if self.dirty:
+                self.install(self.prepare(derived=not self.build_on_scrub))
+
+    async def rebuild_async(self) -> None:
+        """Rebuild in a worker thread and swap atomically; the event loop never pays the build.
+        Concurrent callers share one build; a change made during it triggers one more."""
+        import asyncio
+
+        while self.dirty:
+            task = self._rebuilding
+            if task is None or task.done():
+                task = self._rebuilding = asyncio.ensure_future(asyncio.to_thread(self.rebuild))
+            await asyncio.shield(task)
 
     def _current(self) -> _Engine:
-        if self._dirty:
-            with self._lock:
-                if self._dirty:
-                    self._engine = _Engine(dict(self._known), self._patterns, self._use_automaton)
-                    self._dirty = False
-        return self._engine
+        return self._current_set().main
+
+    def _current_set(self) -> _EngineSet:
+        if self.build_on_scrub and self.dirty:
+            self.rebuild()
+        return self._engines
+
+    def _pending_spans(self, text: str) -> list[_Span]:
+        pending = self._pending
+        if not pending or self.build_on_scrub:
+            return []
+        out = []
+        for value, name in list(pending.items()):
+            i = text.find(value)
+            while i >= 0:
+                out.append(_known_span(i, value, name))
+                i = text.find(value, i + 1)
+        return out
+
+    def _spans(self, text: str) -> list[_Span]:
+        spans = self._current().spans(text)
+        extra = self._pending_spans(text)
+        return _merge(spans + extra) if extra else spans
 
     # -- scrubbing
     def scrub(self, text: str) -> str:
         if not text:
             return text
-        spans = self._current().spans(text)
+        spans = self._spans(text)
         return _render(text, spans) if spans else text
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, label) of every secret in text; labels never include the value."""
         if not text:
             return []
-        return [(s.start, s.end, s.label) for s in self._current().spans(text)]
+        return [(s.start, s.end, s.label) for s in self._spans(text)]
 
     def contains_secret(self, text: str) -> bool:
-        return bool(text) and bool(self._current().spans(text))
+        return bool(text) and bool(self._spans(text))
+
+    # -- encoded forms (outputs a browser renders, payloads a reader decodes)
+    def _deep_spans(self, text: str) -> list[_Span]:
+        engines = self._current_set()
+        spans = engines.main.spans(text) + engines.derived.spans(text) + self._pending_spans(text)
+        for decoded, starts, ends in decoded_views(text):
+            for s in engines.main.spans(decoded) + self._pending_spans(decoded):
+                spans.append(s._replace(start=starts[s.start], end=ends[s.end - 1]))
+        return _merge(spans)
+
+    def find_deep(self, text: str) -> list[tuple[int, int, str]]:
+        """Like ``find``, and also secrets in encoded form: base64 at any alignment, HTML
+        character references, percent-encoding, \\u / \\x escapes, split by tags or
+        invisible characters. Spans are in the original text."""
+        if not text:
+            return []
+        return [(s.start, s.end, s.label) for s in self._deep_spans(text)]
+
+    def scrub_deep(self, text: str) -> str:
+        if not text:
+            return text
+        spans = self._deep_spans(text)
+        return _render(text, spans) if spans else text
+
+    def scrub_bytes(self, data: bytes, fill: int = ord("*")) -> tuple[bytes, int]:
+        """Binary data (a widget buffer, a decoded image): every secret found by ``find_deep``
+        in its latin-1 reading is overwritten in place with `fill` bytes, so lengths and
+        offsets stay valid. Returns (data, number of redactions)."""
+        if not data:
+            return data, 0
+        text = bytes(data).decode("latin-1")
+        spans = self._deep_spans(text)
+        if not spans:
+            return data, 0
+        out = bytearray(data)
+        for s in spans:
+            out[s.start:s.end] = bytes([fill]) * (s.end - s.start)
+        return bytes(out), len(spans)
 
     def stream(self) -> StreamScrubber:
         return StreamScrubber(self)
@@ -677,7 +936,7 @@ class StreamScrubber:
         ctx = self._context
         text = ctx + buf
         off = len(ctx)
-        spans = [s for s in engine.spans(text) if s.end > off]
+        spans = [s for s in self._scrubber._spans(text) if s.end > off]
         for s in spans:  # a secret that straddles the cut is held back whole
             if s.start < off + cut < s.end:
                 cut = max(0, s.start - off)
@@ -698,7 +957,7 @@ class StreamScrubber:
         ctx = self._context
         text = ctx + buf
         off = len(ctx)
-        spans = [s._replace(start=max(s.start, off)) for s in self._scrubber._current().spans(text) if s.end > off]
+        spans = [s._replace(start=max(s.start, off)) for s in self._scrubber._spans(text) if s.end > off]
         self._context = text[-_CONTEXT:]
         return _render(text, spans, off)
 
