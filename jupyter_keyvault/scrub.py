@@ -902,6 +902,21 @@ class Scrubber:
             out[s.start:s.end] = bytes([fill]) * (s.end - s.start)
         return bytes(out), len(spans)
 
+    def bytes_hold_secret(self, data: bytes) -> bool:
+        """Whether raw bytes (e.g. a serialized message) contain a known value in clear, in
+        base64 or JSON-escaped, or a pattern match — one pass of each engine, no decoding of
+        other encodings (callers look for their markers themselves)."""
+        if not data:
+            return False
+        text = data.decode("latin-1")  # one character per byte: UTF-8 values are in the derived set
+        engines = self._current_set()
+        return bool(engines.main.spans(text) or engines.derived.spans(text) or self._pending_spans(text))
+
+    def stream_would_hold(self, text: str) -> bool:
+        """Whether a fresh stream fed `text` would hold back its tail (it may be the start of a secret)."""
+        engine = self._current()
+        return engine.hold_from(text, "", max(256, engine.max_known)) < len(text)
+
     def stream(self) -> StreamScrubber:
         return StreamScrubber(self)
 
