@@ -40,6 +40,7 @@ pyahocorasick is the limit there).
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import re
 import string
@@ -791,10 +792,19 @@ class Scrubber:
         with self._lock:
             known = dict(self._known)
             generation = self._generation
-        engines = _EngineSet(_Engine(known, self._patterns, self._use_automaton), None, generation,
-                             known, self._use_automaton)
-        if derived:
-            engines.derived  # noqa: B018 - built here, off the caller's event loop
+        # A build allocates millions of short-lived objects (freed by reference counting);
+        # left on, the cycle collector would run full collections meanwhile, and those stop
+        # every thread, the event loop included, for the whole process's heap.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            engines = _EngineSet(_Engine(known, self._patterns, self._use_automaton), None, generation,
+                                 known, self._use_automaton)
+            if derived:
+                engines.derived  # noqa: B018 - built here, off the caller's event loop
+        finally:
+            if collecting:
+                gc.enable()
         return engines
 
     def install(self, engines: _EngineSet) -> bool:
