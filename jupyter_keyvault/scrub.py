@@ -931,6 +931,107 @@ class Scrubber:
         return StreamScrubber(self)
 
 
+# -- history fingerprints: let a kernel find values it was never given
+#
+# The server knows every stored value; a kernel in proxy mode must not. To let the kernel's
+# history scrubber find a pasted value anyway, the server sends, per kernel, keyed hashes of
+# the value's consecutive non-overlapping chunks. Each chunk is long enough to carry at least
+# FINGERPRINT_BITS bits by the value's own alphabet (16 hex characters, 11 base62 …), so a
+# kernel holding the key and the hashes must still guess 2**64 candidates per chunk to learn
+# anything, and chunks do not overlap, so one guessed chunk does not help with the next.
+# Values too short for two such chunks are not sent (they are left to the other layers).
+
+FINGERPRINT_BITS = 64
+FINGERPRINT_VERSION = 1
+
+
+def fingerprint(salt: bytes, window: str) -> bytes:
+    """The keyed hash of one chunk (server) or one text window (kernel)."""
+    import hashlib
+
+    return hashlib.blake2b(window.encode("utf-8"), key=salt, digest_size=16).digest()
+
+
+def fingerprint_width(value: str) -> int | None:
+    """Characters per chunk for value, or None when value is too short to be fingerprinted safely."""
+    import math
+
+    size = 0
+    size += 10 if any(c.isdigit() for c in value) else 0
+    size += 26 if any("a" <= c <= "z" for c in value) else 0
+    size += 26 if any("A" <= c <= "Z" for c in value) else 0
+    others = {c for c in value if not (c.isascii() and c.isalnum())}
+    size += len(others)  # punctuation: only what the value shows (the conservative side)
+    if {c for c in value} <= set("0123456789abcdef") or {c for c in value} <= set("0123456789ABCDEF"):
+        size = 16  # hex: the weakest common alphabet for tokens
+    width = math.ceil(FINGERPRINT_BITS / math.log2(max(size, 2)))
+    return width if len(value) >= 2 * width else None
+
+
+def new_fingerprint_salt() -> bytes:
+    import os
+
+    return os.urandom(32)
+
+
+def history_fingerprints(values: Iterable[tuple[str, str]], salt: bytes) -> dict:
+    """The JSON document a server gives one kernel (never a value): for each value, the hash
+    of each chunk with its offset, the value's length and its name (for the marker)."""
+    import base64
+
+    if not isinstance(salt, bytes) or len(salt) < 16:
+        raise ValueError("the fingerprint salt must be at least 16 random bytes")
+    entries = []
+    skipped = 0
+    for value, name in values:
+        width = fingerprint_width(value) if isinstance(value, str) else None
+        if width is None:
+            skipped += 1
+            continue
+        for offset in range(0, len(value) - width + 1, width):
+            entries.append([base64.b64encode(fingerprint(salt, value[offset:offset + width])).decode(),
+                            width, offset, len(value), name or ""])
+    return {"version": FINGERPRINT_VERSION, "salt": base64.b64encode(salt).decode(), "chunks": entries,
+            "skipped": skipped}
+
+
+class FingerprintMatcher:
+    """Kernel side: finds the fingerprinted values in text, knowing only their hashes."""
+
+    def __init__(self, document: dict):
+        import base64
+
+        if not isinstance(document, dict) or document.get("version") != FINGERPRINT_VERSION:
+            raise ValueError("not a history fingerprint document of a known version")
+        self.salt = base64.b64decode(document["salt"])
+        self.by_width: dict[int, dict[bytes, list[tuple[int, int, str]]]] = defaultdict(dict)
+        for digest, width, offset, length, name in document.get("chunks", []):
+            if not (isinstance(width, int) and 0 < width <= length and 0 <= offset <= length - width):
+                raise ValueError("malformed fingerprint entry")
+            self.by_width[width].setdefault(base64.b64decode(digest), []).append((offset, length, str(name)))
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self.by_width.values())
+
+    def find(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, label) of every value found: a matching chunk places the whole value."""
+        spans: list[_Span] = []
+        salt = self.salt
+        for width, table in self.by_width.items():
+            for i in range(len(text) - width + 1):
+                hits = table.get(fingerprint(salt, text[i:i + width]))
+                for offset, length, name in hits or ():
+                    start = max(0, i - offset)
+                    spans.append(_known_span(start, text[start:start + length], name))
+        return [(s.start, s.end, s.label) for s in _merge(spans)]
+
+    def scrub(self, text: str) -> str:
+        if not text or not self.by_width:
+            return text
+        spans = [_known_span(a, text[a:b], label if label != "known value" else "") for a, b, label in self.find(text)]
+        return _render(text, spans) if spans else text
+
+
 _CONTEXT = 8  # characters of already-emitted text kept for look-behinds
 
 
