@@ -37,13 +37,24 @@ from .scrub import Scrubber, StreamScrubber
 # Messages before which a cell's held-back stream text is released (keeps the order).
 FLUSH_BEFORE = {"display_data", "update_display_data", "execute_result", "error", "clear_output"}
 
-# Bytes that mean "a browser or a decoder could turn this into other characters".
-_RAW_MARKERS = re.compile(
-    rb"&#|&[A-Za-z][A-Za-z0-9]{1,31};|%[0-9A-Fa-f]{2}|\\(?:u(?!00[01])|U|x)"
-    rb"|\xc2\xad|\xe2\x80[\x8b-\x8f]|\xe2\x81\xa0|\xef\xbb\xbf"
-    rb'|"(?:image|audio|video)/|application/(?:pdf|octet-stream)'
-)
+# Bytes that mean "a browser or a decoder could turn this into other characters". One regex
+# per leading byte, run only when that byte is there (a memchr, ~20x faster than the regex scan).
+_RAW_MARKERS = tuple((rx[:1], re.compile(rx)) for rx in (
+    rb"&(?:#|[A-Za-z][A-Za-z0-9]{1,31};)",  # HTML character references
+    rb"%[0-9A-Fa-f]{2}",  # percent-encoding
+    rb"\\(?:u(?!00[01])|U|x)",  # escapes; \u001b (ANSI colours) and other control characters are harmless
+    rb"\xe2(?:\x80[\x8b-\x8f]|\x81\xa0)", rb"\xc2\xad", rb"\xef\xbb\xbf",  # invisible characters
+    rb"/(?:(?<=image/)|(?<=audio/)|(?<=video/)|(?<=application/)(?:pdf|octet-stream))",  # base64 mimetypes
+))
 _TAG = re.compile(rb"<[A-Za-z/!]")  # tags render only outside stream text
+_STREAM_HEADER = b'"msg_type": "stream"'  # as jupyter_client packs it; other packers are parsed
+
+
+def _has_marker(blob: bytes) -> bool:
+    for first, marker in _RAW_MARKERS:
+        if first in blob and marker.search(blob):
+            return True
+    return False
 
 
 class MessageFilter:
@@ -57,20 +68,24 @@ class MessageFilter:
     def needs_parsing(self, frames: list[bytes]) -> bool:
         """From the raw frames [header, parent header, metadata, content, *buffers]: False
         when the message can go to the browser as it is."""
-        if len(frames) < 4 or len(frames) > 4:
+        if len(frames) != 4:
             return True  # binary buffers (scanned when parsed), or a malformed message
-        blob = b"\x00".join(frames)
-        if _RAW_MARKERS.search(blob) or self.scrubber.bytes_hold_secret(blob):
-            return True
-        header = json.loads(frames[0])
-        msg_type = header.get("msg_type") if isinstance(header, dict) else None
-        if msg_type != "stream" and _TAG.search(blob):
-            return True
         if self._streams:
             return True  # some cell holds stream text back: order and flushing need the parsed message
-        if msg_type == "stream":
-            content = json.loads(frames[3])
-            text = content.get("text") if isinstance(content, dict) else None
+        header, _, _, content = frames
+        if _STREAM_HEADER in header:
+            stream = True
+        else:
+            parsed = json.loads(header)
+            stream = isinstance(parsed, dict) and parsed.get("msg_type") == "stream"
+        blob = b"\x00".join(frames)
+        if _has_marker(blob) or (not stream and _TAG.search(blob)) or self.scrubber.bytes_hold_secret(blob):
+            return True
+        if stream:
+            if content.endswith(b'\\n"}') and not self.scrubber.known_has_whitespace:
+                return False  # the text ends a line: nothing to hold back for the next message
+            parsed = json.loads(content)
+            text = parsed.get("text") if isinstance(parsed, dict) else None
             return not isinstance(text, str) or self.scrubber.stream_would_hold(text)
         return False
 

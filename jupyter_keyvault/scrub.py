@@ -682,15 +682,17 @@ def _derived_forms(known: dict[str, str]) -> dict[str, str]:
 
 
 class _EngineSet:
-    """What one build produces: the main engine and one for the derived (encoded) forms,
-    which is built with it (``prepare``) or, for scrubbers that build on scrub, on first use."""
+    """What one build produces: the main engine, and one that also knows the derived
+    (encoded) forms of the values, so a deep scan is one pass; that one is built with the
+    main one (``prepare``) or, for scrubbers that build on scrub, on first use."""
 
     def __init__(self, main: "_Engine", derived: "_Engine | None", generation: int,
-                 known: dict[str, str], use_automaton: bool):
+                 known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool):
         self.main = main
         self._derived = derived
         self.generation = generation
         self._known = known
+        self._patterns = patterns
         self._use_automaton = use_automaton
         self._lock = threading.Lock()
 
@@ -699,7 +701,8 @@ class _EngineSet:
         if self._derived is None:
             with self._lock:
                 if self._derived is None:
-                    self._derived = _Engine(_derived_forms(self._known), [], self._use_automaton)
+                    self._derived = _Engine({**_derived_forms(self._known), **self._known}, self._patterns,
+                                            self._use_automaton)
         return self._derived
 
 
@@ -734,7 +737,8 @@ class Scrubber:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._generation = 0  # bumped by every change
-        self._engines = _EngineSet(_Engine({}, self._patterns, use_automaton), None, 0, {}, use_automaton)
+        self._engines = _EngineSet(_Engine({}, self._patterns, use_automaton), None, 0, {}, self._patterns,
+                                   use_automaton)
         self._rebuilding = None  # the asyncio task of a rebuild in flight
 
     # -- known values
@@ -799,7 +803,7 @@ class Scrubber:
         gc.disable()
         try:
             engines = _EngineSet(_Engine(known, self._patterns, self._use_automaton), None, generation,
-                                 known, self._use_automaton)
+                                 known, self._patterns, self._use_automaton)
             if derived:
                 engines.derived  # noqa: B018 - built here, off the caller's event loop
         finally:
@@ -877,7 +881,7 @@ class Scrubber:
     # -- encoded forms (outputs a browser renders, payloads a reader decodes)
     def _deep_spans(self, text: str) -> list[_Span]:
         engines = self._current_set()
-        spans = engines.main.spans(text) + engines.derived.spans(text) + self._pending_spans(text)
+        spans = engines.derived.spans(text) + self._pending_spans(text)
         for decoded, starts, ends in decoded_views(text):
             for s in engines.main.spans(decoded) + self._pending_spans(decoded):
                 spans.append(s._replace(start=starts[s.start], end=ends[s.end - 1]))
@@ -920,7 +924,7 @@ class Scrubber:
             return False
         text = data.decode("latin-1")  # one character per byte: UTF-8 values are in the derived set
         engines = self._current_set()
-        return bool(engines.main.spans(text) or engines.derived.spans(text) or self._pending_spans(text))
+        return bool(engines.derived.spans(text) or self._pending_spans(text))
 
     def stream_would_hold(self, text: str) -> bool:
         """Whether a fresh stream fed `text` would hold back its tail (it may be the start of a secret)."""
