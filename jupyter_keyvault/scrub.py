@@ -266,7 +266,8 @@ def _build_locators(prefixes: Iterable[str]) -> list[tuple[re.Pattern[str], tupl
 
 
 _SENTINEL = "\x01"
-_ANCHORS = (5, 6)  # characters per anchor in the sampled text (both are tried)
+_ANCHORS = (5, 6, 7, 8)  # characters per anchor in the sampled text (each is tried)
+_CALIBRATE = 5  # the plans with the best estimates that are timed on sample output; the fastest wins
 _MAX_STEP = 8
 _CHUNK = 1 << 18  # long texts are sampled in pieces of this many characters
 _FOLDABLE = 3.0  # characters at most this frequent (per mille) may be folded into the sentinel
@@ -329,12 +330,53 @@ def _plan(values: dict[str, str], k: int, anchor: int) -> _Plan:
     return _Plan(cost, k, frozenset(fold), dict(anchors))
 
 
+_CALIBRATION: list[str] = []
+
+
+def _calibration_text() -> str:
+    """About 128 KB of ordinary notebook output (log lines, tables, hashes, ids, base64,
+    paths, upper-case constants), always the same, to time matching plans on."""
+    if _CALIBRATION:
+        return _CALIBRATION[0]
+    import random
+
+    rng = random.Random(20240601)
+    hexd, b64 = "0123456789abcdef", string.ascii_letters + string.digits + "+/"
+    words = ("the of and to in is for on with model data train test loss accuracy epoch batch value error "
+             "warning info request response client server file path line index frame shape dtype float64 "
+             "DataFrame Series None True False INFO DEBUG WARNING ERROR GET POST HTTP JSON CSV").split()
+    parts = []
+    size = 0
+    while size < 128_000:
+        kind = rng.randrange(7)
+        if kind == 0:
+            line = " ".join(rng.choices(words, k=rng.randrange(6, 16))) + "."
+        elif kind == 1:
+            line = "  ".join(f"{rng.uniform(-100, 100):10.4f}" for _ in range(6))
+        elif kind == 2:
+            line = f"commit {''.join(rng.choices(hexd, k=40))} sha256:{''.join(rng.choices(hexd, k=64))}"
+        elif kind == 3:
+            line = "-".join("".join(rng.choices(hexd, k=n)) for n in (8, 4, 4, 4, 12)) + f" id={rng.getrandbits(64):x}"
+        elif kind == 4:
+            line = "".join(rng.choices(b64, k=rng.randrange(40, 120)))
+        elif kind == 5:
+            line = f"/home/user/project/src/{rng.choice(words)}_{rng.randrange(100)}.py:{rng.randrange(999)}: {rng.choice(words).upper()}"
+        else:
+            line = f"2024-06-01 12:{rng.randrange(60):02d}:{rng.randrange(60):02d} {rng.choice(words).upper()} [{rng.choice(words)}] " \
+                   + " ".join(rng.choices(words, k=8))
+        parts.append(line + "\n")
+        size += len(line) + 1
+    _CALIBRATION.append("".join(parts))
+    return _CALIBRATION[0]
+
+
 class _SampledAutomaton:
     """Finds known values by Aho–Corasick over every k-th character of the text (see module doc)."""
 
     def __init__(self, values: dict[str, str]):
         shortest = min(len(v) for v in values)
         self.min_len = shortest
+        self.max_len = max(len(v) for v in values)
         plans = []
         for anchor in _ANCHORS:
             largest = max(1, min(_MAX_STEP, shortest // (anchor + 1)))
@@ -342,15 +384,37 @@ class _SampledAutomaton:
                 plans.extend(_plan(values, k, anchor) for k in range(largest, max(0, largest - 4), -1))
         if not plans:  # only if MIN_KNOWN_LENGTH were lowered below the anchor length
             plans.append(_plan(values, 1, shortest))
-        plan = min(plans, key=lambda p: p.cost)
+        plans.sort(key=lambda p: p.cost)
+        # The cost model ranks plans well enough to shortlist them, not to pick one: how often
+        # anchors of hex or upper-case values hit ordinary output is hard to estimate. So the
+        # shortlist is timed on a sample of ordinary output (a few ms per plan, in the build).
+        best = None
+        sample = _calibration_text() if len(plans) > 1 else ""
+        for plan in plans[:_CALIBRATE]:
+            self._use(plan)
+            seconds = min(self._time(sample) for _ in range(2)) if sample else 0.0
+            if best is None or seconds < best[0]:
+                best = (seconds, plan, self.automaton)
+        _, plan, automaton = best
+        self._use(plan, automaton)
+
+    def _use(self, plan: _Plan, automaton=None) -> None:
         self.step = plan.step
-        self.max_len = max(len(v) for v in values)
         self.estimated_ns_per_char = plan.cost
         self.table = bytes(1 if chr(b) in plan.fold else b for b in range(256))
-        self.automaton = ahocorasick.Automaton()
-        for key, entries in plan.anchors.items():
-            self.automaton.add_word(key, (len(key), tuple(entries)))
-        self.automaton.make_automaton()
+        if automaton is None:
+            automaton = ahocorasick.Automaton()
+            for key, entries in plan.anchors.items():
+                automaton.add_word(key, (len(key), tuple(entries)))
+            automaton.make_automaton()
+        self.automaton = automaton
+
+    def _time(self, sample: str) -> float:
+        import time
+
+        start = time.perf_counter()
+        self.find(sample, [], _known_span)
+        return time.perf_counter() - start
 
     def find(self, text: str, out: list[_Span], make) -> None:
         n = len(text)
@@ -760,10 +824,27 @@ class Scrubber:
                 self._pending.pop(value, None)
                 self._generation += 1
 
+    def forget_name(self, name: str) -> int:
+        """Forget every value known under name (a deleted credential). Returns how many."""
+        with self._lock:
+            values = [v for v, n in self._known.items() if n == name]
+            for value in values:
+                del self._known[value]
+                self._pending.pop(value, None)
+            if values:
+                self._generation += 1
+            return len(values)
+
     def replace_known(self, old: str | None, new: str, name: str | None = None) -> None:
-        """A credential's value changed: redact the new one, forget the old one."""
+        """A credential's value changed: redact the new one, forget the old one (by value, or,
+        when old is None, every other value known under the same name)."""
         if old is not None and old != new:
             self.forget(old)
+        elif old is None and name:
+            with self._lock:
+                stale = [v for v, n in self._known.items() if n == name and v != new]
+            for value in stale:
+                self.forget(value)
         self.add_known(new, name)
 
     @property

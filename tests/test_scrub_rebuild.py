@@ -57,6 +57,19 @@ def test_given_a_value_is_replaced_or_deleted_then_the_old_one_is_forgotten_afte
     assert s.scrub(new) == new and s.known_count == 0
 
 
+def test_given_values_known_by_name_when_replaced_or_deleted_by_name_then_the_old_ones_are_forgotten():
+    s = Scrubber(build_on_scrub=False)
+    first, second, other = opaque(), opaque(), opaque()
+    s.add_known(first, "API")
+    s.add_known(other, "OTHER")
+    s.replace_known(None, second, "API")  # the server need not decrypt the old value to forget it
+    s.rebuild()
+    assert s.scrub(first) == first and s.scrub(second) == "[REDACTED:API]"
+    assert s.forget_name("API") == 1
+    s.rebuild()
+    assert s.scrub(second) == second and s.scrub(other) == "[REDACTED:OTHER]"
+
+
 def test_given_a_stale_build_when_installed_after_a_newer_one_then_it_is_refused():
     s = Scrubber(build_on_scrub=False)
     a, b = opaque(), opaque()
