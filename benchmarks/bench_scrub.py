@@ -247,68 +247,82 @@ def bench_rebuild(known: list[tuple[str, str]]) -> None:
     print(f"  a scrub after the swap:                               {t_scrub_built * 1e6:8.1f} us")
 
 
-def bench_server_filter(known: list[tuple[str, str]], count: int) -> None:
-    """The server-side part of a print-heavy cell, per stream message, without a kernel: what
-    jupyter_server does anyway with each message (deserialize and re-encode it as JSON for the
-    legacy protocol), and what the filter adds (prefilter on the raw frames; a parse only for
-    the few that need it)."""
+def bench_server_filter(known: list[tuple[str, str]], total_lines: int) -> None:
+    """Both sides of a print-heavy cell, per stream message, without a kernel process:
+
+    - server: what jupyter_server does anyway with each message (deserialize, re-encode as
+      JSON for the legacy protocol) against what the filter adds (the raw-bytes prefilter;
+      a parse only for the few that need it), with every known value;
+    - kernel: the helper's stream scrubber on the same text, with what a proxy-mode kernel
+      knows (patterns only).
+
+    ipykernel batches prints (it flushes about every 0.2 s), so messages are few and large in
+    a print-heavy cell; small messages show the fixed cost per message."""
     import json
 
     from jupyter_client.session import Session
 
     from jupyter_keyvault.iopub import MessageFilter
 
-    scrubber = Scrubber(build_on_scrub=False)
+    server_scrubber = Scrubber(build_on_scrub=False)
     for value, name in known:
-        scrubber.add_known(value, name)
-    scrubber.rebuild()
+        server_scrubber.add_known(value, name)
+    server_scrubber.rebuild()
+    kernel_scrubber = Scrubber()
     session = Session(key=b"bench-key")
     parent = session.msg("execute_request", {"code": "for i in range(100000): print(i)"})
-    frames_list = []
-    line = 0
-    for _ in range(count):  # ipykernel batches prints: a few dozen lines a message
-        text = "".join(f"{line + j} row of ordinary output, nothing secret here {(line + j) * 3.14}\n" for j in range(40))
-        line += 40
-        msg = session.msg("stream", {"name": "stdout", "text": text}, parent=parent)
-        frames_list.append(session.serialize(msg))
-    size = sum(len(f[-1]) for f in frames_list)
+    print(f"print-heavy cell without a kernel: {total_lines:,} lines of "
+          "`print(i, 'row of ordinary output, nothing secret here', i * 3.14)`, per message:")
+    print(f"  {'lines/message':>13} {'messages':>8} {'server work':>12} {'+ filter':>18} {'previous filter':>18} "
+          f"{'kernel helper':>14}")
+    for per_message in (40, 10_000):
+        count = max(1, total_lines // per_message)
+        frames_list, texts = [], []
+        for m in range(count):
+            text = "".join(f"{i} row of ordinary output, nothing secret here {i * 3.14}\n"
+                           for i in range(m * per_message, (m + 1) * per_message))
+            texts.append(text)
+            frames_list.append(session.serialize(session.msg("stream", {"name": "stdout", "text": text}, parent=parent)))
 
-    def server_work():
-        for frames in frames_list:
-            _, fed = session.feed_identities(frames)
-            msg = session.deserialize(fed)
-            session.digest_history.discard(fed[0])
-            json.dumps(msg, default=str)
+        def server_work():
+            for frames in frames_list:
+                _, fed = session.feed_identities(frames)
+                msg = session.deserialize(fed)
+                session.digest_history.discard(fed[0])
+                json.dumps(msg, default=str)
 
-    def filter_work():
-        filt = MessageFilter(scrubber)
-        parsed = 0
-        for frames in frames_list:
-            _, fed = session.feed_identities(frames)
-            if filt.needs_parsing([bytes(f) for f in fed[1:]]):
-                parsed += 1
-        return parsed
+        def filter_work():
+            filt = MessageFilter(server_scrubber)
+            parsed = 0
+            for frames in frames_list:
+                _, fed = session.feed_identities(frames)
+                parsed += filt.needs_parsing([bytes(f) for f in fed[1:]])
+            return parsed
 
-    def old_filter_work():  # the previous filter: parse and stream-scrub every stream message
-        streams = {}
-        for frames in frames_list:
-            _, fed = session.feed_identities(frames)
-            msg = session.deserialize(fed, content=True, copy=True)
-            session.digest_history.discard(fed[0])
-            stream = streams.setdefault(msg["parent_header"]["msg_id"], scrubber.stream())
-            stream.feed(msg["content"]["text"])
+        def old_filter_work():  # the previous filter: parse and stream-scrub every stream message
+            stream = server_scrubber.stream()
+            for frames in frames_list:
+                _, fed = session.feed_identities(frames)
+                msg = session.deserialize(fed, content=True, copy=True)
+                session.digest_history.discard(fed[0])
+                stream.feed(msg["content"]["text"])
 
-    _, t_server, _ = best_of(3, server_work)
-    parsed, t_filter, _ = best_of(3, filter_work)
-    _, t_old, _ = best_of(3, old_filter_work)
-    per = 1e6 / count
-    print(f"server side of a print-heavy cell, {count:,} stream messages of 40 lines ({size / 1e6:.0f} MB), "
-          f"{len(known):,} known values:")
-    print(f"  jupyter_server's own work (deserialize + JSON): {t_server * per:7.1f} us/message")
-    print(f"  + keyvault filter (raw-bytes prefilter):        {t_filter * per:7.1f} us/message  "
-          f"= {100 * t_filter / t_server:+.1f} % ({parsed} parsed)")
-    print(f"  previous filter (parse + stream scrub):         {t_old * per:7.1f} us/message  "
-          f"= {100 * t_old / t_server:+.1f} %")
+        def kernel_work():
+            stream = kernel_scrubber.stream()
+            for text in texts:
+                stream.feed(text)
+            stream.flush()
+
+        _, t_server, _ = best_of(3, server_work)
+        parsed, t_filter, _ = best_of(3, filter_work)
+        _, t_old, _ = best_of(3, old_filter_work)
+        _, t_kernel, _ = best_of(3, kernel_work)
+        us = 1e6 / count
+        print(f"  {per_message:>13,} {count:>8,} {t_server * us:>9.1f} us {t_filter * us:>9.1f} us ({100 * t_filter / t_server:+4.0f} %)"
+              f" {t_old * us:>9.1f} us ({100 * t_old / t_server:+4.0f} %) {t_kernel * us:>11.1f} us"
+              f"{'' if not parsed else f'  ({parsed} parsed)'}")
+        print(f"  {'':>13} {'':>8} whole cell: server work {t_server * 1000:.1f} ms, filter {t_filter * 1000:.1f} ms, "
+              f"previous filter {t_old * 1000:.1f} ms, kernel helper {t_kernel * 1000:.1f} ms")
 
 
 def main() -> None:
@@ -320,7 +334,7 @@ def main() -> None:
     ap.add_argument("--opaque", type=float, default=0.25, help="fraction of known values with no provider prefix")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--old-mb", type=int, default=10, help="sample size for the previous engine (0 to skip)")
-    ap.add_argument("--messages", type=int, default=20_000, help="stream messages for the server-filter figures")
+    ap.add_argument("--lines", type=int, default=100_000, help="printed lines for the print-heavy-cell figures")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     known = known_values(rng, args.known, args.opaque)
@@ -367,7 +381,7 @@ def main() -> None:
           f"(median {mbps(n, t_smed):.1f}; same output as one-shot: {streamed == out})")
 
     bench_rebuild(known)
-    bench_server_filter(known, args.messages)
+    bench_server_filter(known, args.lines)
 
     if args.old_mb:
         sample = text[:args.old_mb * 1_000_000]
