@@ -1156,9 +1156,12 @@ class StreamScrubber:
             self._buffer = buf
             return ""
         emit = [s._replace(start=max(s.start, off)) for s in spans if s.end <= off + cut]
-        out = _render(text, emit, off, off + cut)
+        if emit:
+            out = _render(text, emit, off, off + cut)
+        else:  # the common case: no copy when the whole buffer goes out as it came
+            out = buf if cut == len(buf) else buf[:cut]
         self._buffer = buf[cut:]
-        self._context = (ctx + buf[:cut])[-_CONTEXT:]
+        self._context = buf[cut - _CONTEXT:cut] if cut >= _CONTEXT else (ctx + buf[:cut])[-_CONTEXT:]
         return out
 
     def flush(self) -> str:
