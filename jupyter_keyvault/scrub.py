@@ -644,6 +644,21 @@ _ENCODED_TOKEN = re.compile(
 _DECODE_ROUNDS = 3  # `&amp;#115;` needs two; a third is cheap insurance
 
 
+_QUICK_STRIP = re.compile(r"<!--.{0,2000}?-->|</?[A-Za-z][^<>]{0,2000}>|[\u00ad\u200b-\u200f\u2060\ufeff]", re.S)
+_QUICK_CODED = re.compile(r"&#[0-9]{1,7};?|&#[xX][0-9a-fA-F]{1,6};?|&[A-Za-z][A-Za-z0-9]{1,31};|%[0-9A-Fa-f]{2}"
+                          r"|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}|\\x[0-9A-Fa-f]{2}")
+
+
+def _quick_token(m: re.Match) -> str:
+    decoded = _decode_token(m.group())
+    return m.group() if decoded is None else decoded
+
+
+def _decode_quick(text: str) -> str:
+    """One round of the decodings of `_ENCODED_TOKEN`, by substitution (no position map)."""
+    return _QUICK_CODED.sub(_quick_token, _QUICK_STRIP.sub("", text))
+
+
 def _decode_token(token: str) -> str | None:
     first = token[0]
     try:
@@ -963,10 +978,30 @@ class Scrubber:
     def _deep_spans(self, text: str) -> list[_Span]:
         engines = self._current_set()
         spans = engines.derived.spans(text) + self._pending_spans(text)
+        if not _ENCODED_TOKEN.search(text):
+            return spans if len(spans) < 2 else _merge(spans)
+        # First a quick look (the decoding done by regex substitution, no position maps: HTML
+        # outputs are full of tags); the exact mapping back to the text only when it finds one.
+        decoded_hit = None
+        current = text
+        for _ in range(_DECODE_ROUNDS):
+            decoded = _decode_quick(current)
+            if decoded == current:
+                break
+            found = engines.main.spans(decoded) + self._pending_spans(decoded)
+            if found:
+                decoded_hit = found[0]
+                break
+            current = decoded
+        if decoded_hit is None:
+            return spans if len(spans) < 2 else _merge(spans)
+        mapped = []
         for decoded, starts, ends in decoded_views(text):
             for s in engines.main.spans(decoded) + self._pending_spans(decoded):
-                spans.append(s._replace(start=starts[s.start], end=ends[s.end - 1]))
-        return _merge(spans)
+                mapped.append(s._replace(start=starts[s.start], end=ends[s.end - 1]))
+        if not mapped:  # the two decoders disagree: withhold the whole text rather than guess
+            mapped.append(_Span(0, len(text), decoded_hit.rank, decoded_hit.label, decoded_hit.marker))
+        return _merge(spans + mapped)
 
     def find_deep(self, text: str) -> list[tuple[int, int, str]]:
         """Like ``find``, and also secrets in encoded form: base64 at any alignment, HTML
