@@ -195,6 +195,24 @@ def best_of(repeat: int, fn, *args):
     return result, times[0], times[len(times) // 2]
 
 
+def engine_at(revision: str):
+    """The scrub module as it was at a git revision, to measure it in the same run (this
+    machine is shared, so only same-run figures compare)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    source = subprocess.run(["git", "show", f"{revision}:jupyter_keyvault/scrub.py"], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    path = Path(tempfile.mkdtemp(prefix="kv-bench-")) / "scrub_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("scrub_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scrub_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def bench_rebuild(known: list[tuple[str, str]]) -> None:
     """What a server pays on its event loop when a value is stored: before, the next scrub
     rebuilt the matcher there; now the loop only adds (and a scrub searches the few values
@@ -334,6 +352,7 @@ def main() -> None:
     ap.add_argument("--opaque", type=float, default=0.25, help="fraction of known values with no provider prefix")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--old-mb", type=int, default=10, help="sample size for the previous engine (0 to skip)")
+    ap.add_argument("--baseline", default="", help="a git revision whose engine is measured in the same run")
     ap.add_argument("--lines", type=int, default=100_000, help="printed lines for the print-heavy-cell figures")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -379,6 +398,41 @@ def main() -> None:
     streamed, t_stream, t_smed = best_of(max(1, args.repeat - 1), run_stream)
     print(f"StreamScrubber, {args.chunk // 1024} KiB chunks:              {mbps(n, t_stream):8.1f} MB/s  "
           f"(median {mbps(n, t_smed):.1f}; same output as one-shot: {streamed == out})")
+
+    hex_known = [(rand(rng, HEX, 40), f"HEX_{i}") for i in range(args.known)]
+    hex_scrubber = Scrubber()
+    for value, name in hex_known:
+        hex_scrubber.add_known(value, name)
+    hex_scrubber.scrub("x")
+    _, t_hex, _ = best_of(args.repeat, hex_scrubber.scrub, text)
+    _, t_hex_ascii, _ = best_of(args.repeat, hex_scrubber.scrub, ascii_text)
+    print(f"scrub() one-shot, {args.known:,} opaque 40-hex values + patterns: {mbps(n, t_hex):6.1f} MB/s  "
+          f"(ASCII: {mbps(n, t_hex_ascii):.1f})")
+
+    if args.baseline:
+        base = engine_at(args.baseline)
+        print(f"same run, the engine at {args.baseline}:")
+        for label, values, data in (("one-shot, same mix", known, text), ("one-shot, same mix, ASCII", known, ascii_text),
+                                    (f"one-shot, {args.known:,} opaque 40-hex", hex_known, text)):
+            old = base.Scrubber()
+            for value, name in values:
+                old.add_known(value, name)
+            old.scrub("x")
+            _, t_old_one, _ = best_of(args.repeat, old.scrub, data)
+            print(f"  {label:38s} {mbps(n, t_old_one):8.1f} MB/s")
+        old = base.Scrubber()
+        for value, name in known:
+            old.add_known(value, name)
+        old.scrub("x")
+
+        def run_old_stream():
+            stream = old.stream()
+            pieces = [stream.feed(text[i:i + args.chunk]) for i in range(0, n, args.chunk)]
+            pieces.append(stream.flush())
+            return "".join(pieces)
+
+        _, t_old_stream, _ = best_of(max(1, args.repeat - 1), run_old_stream)
+        print(f"  {'StreamScrubber, same mix':38s} {mbps(n, t_old_stream):8.1f} MB/s")
 
     bench_rebuild(known)
     bench_server_filter(known, args.lines)
