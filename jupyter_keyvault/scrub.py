@@ -27,14 +27,29 @@ How a scan works (``Scrubber.find``), in three parts whose results are merged:
 
 Overlapping matches are merged into one redaction covering all of them (no part of any
 secret survives), labelled by the best member: a known value beats a pattern, then the
-longest, then the earliest. The engine is rebuilt lazily, once after any number of
-``add_known``/``forget`` calls, never per call; a scan uses an immutable snapshot, so
-adding values from one thread while another scrubs is safe.
+longest, then the earliest.
 
-Throughput (benchmarks/bench_scrub.py, 100 MB of mixed output, 2-core machine): about
-230 MB/s with 1,000 provider-shaped known values and all patterns; about 120 MB/s when a
-quarter of them have no provider prefix (the sampled automaton's per-character cost in
-pyahocorasick is the limit there).
+Known values change with ``add_known`` / ``forget`` / ``forget_name`` / ``replace_known``.
+A scan uses an immutable snapshot (``prepare`` builds one, ``install`` swaps it in), so
+adding values from one thread while another scrubs is safe. With ``build_on_scrub=True``
+(kernel, CLI) the next scrub after a change rebuilds, once for any number of changes; a
+server sets it False and awaits ``rebuild_async()`` (a worker thread), so scrubbing on its
+event loop never pays a build: values added since are found by a plain search over just
+those, forgotten ones stay redacted until the swap.
+
+**Encoded forms** (``find_deep`` / ``scrub_deep`` / ``scrub_bytes``, used by the notebook
+walk and the server's message filter): a second engine knows, besides the values, their
+base64 text at each byte alignment (found without decoding anything), their JSON-escaped
+and UTF-8-as-latin-1 forms (for raw message bytes); text with HTML character references,
+percent-encoding, ``\\u``/``\\x`` escapes, tags or invisible characters is also decoded
+(up to three rounds) and the hits mapped back onto the original characters.
+
+**History fingerprints** (``history_fingerprints`` / ``FingerprintMatcher``): keyed hashes of
+64-bit chunks of each value, computed by a server per kernel, let a kernel's history
+scrubber find a value it was never given.
+
+Throughput: see benchmarks/bench_scrub.py and the README's Performance section; the
+sampled automaton's per-character cost in pyahocorasick bounds the known-value part.
 """
 
 from __future__ import annotations

@@ -123,3 +123,21 @@ def test_given_the_leaky_notebook_when_scanned_then_scan_reports_every_place_and
     assert_gone(path.read_text(), OPAQUE)
     rescan = subprocess.run([*cli, "scan", str(path)], env=env, capture_output=True, text=True, timeout=120)
     assert rescan.returncode == 0 and "No secrets found." in rescan.stdout
+
+
+async def test_given_the_leaky_notebook_when_saved_through_a_real_server_then_the_file_on_disk_has_it_nowhere(
+    jp_fetch, jp_root_dir, keyvault_app
+):
+    resp = await jp_fetch("keyvault", "api", "credentials", "MY_TOKEN", method="PUT",
+                          body=json.dumps({"value": OPAQUE, "provider": "openai_compatible"}))
+    assert resp.code in (201, 204)
+    nb, places = leaky_notebook(OPAQUE)
+    resp = await jp_fetch("api", "contents", "leaky.ipynb", method="PUT",
+                          body=json.dumps({"type": "notebook", "format": "json", "content": nb}))
+    assert resp.code in (200, 201)
+    on_disk = (jp_root_dir / "leaky.ipynb").read_text()
+    assert_gone(on_disk, OPAQUE)
+    assert on_disk.count("[REDACTED:MY_TOKEN]") >= len(places) - 2  # the image payloads are redacted in their bytes
+    saved = json.loads(on_disk)
+    jpeg = base64.b64decode(saved["cells"][0]["outputs"][1]["data"]["image/jpeg"])
+    assert jpeg.startswith(b"\x89PNG") and OPAQUE.encode() not in jpeg  # still a valid payload, value overwritten
