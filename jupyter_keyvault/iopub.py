@@ -76,7 +76,10 @@ class MessageFilter:
         if _STREAM_HEADER in header:
             stream = True
         else:
-            parsed = json.loads(header)
+            try:
+                parsed = json.loads(header)
+            except ValueError:
+                return True  # let the session's own parser report it
             stream = isinstance(parsed, dict) and parsed.get("msg_type") == "stream"
         blob = b"\x00".join(frames)
         if _has_marker(blob) or (not stream and _TAG.search(blob)) or self.scrubber.bytes_hold_secret(blob):
@@ -84,7 +87,10 @@ class MessageFilter:
         if stream:
             if content.endswith(b'\\n"}') and not self.scrubber.known_has_whitespace:
                 return False  # the text ends a line: nothing to hold back for the next message
-            parsed = json.loads(content)
+            try:
+                parsed = json.loads(content)
+            except ValueError:
+                return True
             text = parsed.get("text") if isinstance(parsed, dict) else None
             return not isinstance(text, str) or self.scrubber.stream_would_hold(text)
         return False
