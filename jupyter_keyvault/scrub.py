@@ -605,9 +605,9 @@ class _Engine:
         start = max(start, len(buf.rstrip(alphabet)))  # values are made of their alphabet only
         if start >= n:
             return None
-        if finder is not None:
+        if finder is not None and n - start > 24:
             candidates = sorted({end - 2 for end, _ in finder.iter(buf, start)})
-        else:
+        else:  # a short trailing run: cheaper than starting the automaton
             candidates = [i for i in range(start, n - 2) if buf[i:i + 3] in heads]
         if start <= n - 2 and buf[n - 2:] in heads2:
             candidates.append(n - 2)
@@ -621,6 +621,13 @@ class _Engine:
             if j < len(values) and values[j].startswith(tail):
                 return i
         return None
+
+    def _starts_with_prefix(self, run: str) -> bool:
+        prefixes = self.token_prefix_set
+        for width in self.token_prefix_lengths:
+            if run[:width] in prefixes:
+                return True
+        return False
 
     def hold_from(self, buf: str, context: str, window: int) -> int:
         """Where the part of buf that could still become (part of) a secret begins."""
@@ -638,9 +645,7 @@ class _Engine:
             t = len(buf.rstrip(_TOKEN_STR))
             continued = t == 0 and context and context[-1] in TOKEN_CHARS  # the token began earlier
             run = buf[t:]
-            if t < hold and not continued and (
-                    run in self.token_prefix_starts
-                    or any(run[:width] in self.token_prefix_set for width in self.token_prefix_lengths)):
+            if t < hold and not continued and (run in self.token_prefix_starts or self._starts_with_prefix(run)):
                 hold = min(hold, max(t, floor))
         return hold
 
