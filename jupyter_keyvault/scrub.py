@@ -1076,7 +1076,7 @@ class Scrubber:
 # The server knows every stored value; a kernel in proxy mode must not. To let the kernel's
 # history scrubber find a pasted value anyway, the server sends, per kernel, keyed hashes of
 # the value's consecutive non-overlapping chunks. Each chunk is long enough to carry at least
-# FINGERPRINT_BITS bits by the value's own alphabet (16 hex characters, 11 base62 …), so a
+# FINGERPRINT_BITS bits by the value's own alphabet (its distinct characters: 16 for hex), so a
 # kernel holding the key and the hashes must still guess 2**64 candidates per chunk to learn
 # anything, and chunks do not overlap, so one guessed chunk does not help with the next.
 # Values too short for two such chunks are not sent (they are left to the other layers).
@@ -1093,18 +1093,17 @@ def fingerprint(salt: bytes, window: str) -> bytes:
 
 
 def fingerprint_width(value: str) -> int | None:
-    """Characters per chunk for value, or None when value is too short to be fingerprinted safely."""
+    """Characters per chunk for value, or None when value is too short to be fingerprinted safely.
+
+    The alphabet is taken as the distinct characters the value itself uses (what an attacker
+    who knows the key format would guess from), not the character classes they belong to:
+    a hex token counts 4 bits a character even when it starts with a few other letters."""
     import math
 
-    size = 0
-    size += 10 if any(c.isdigit() for c in value) else 0
-    size += 26 if any("a" <= c <= "z" for c in value) else 0
-    size += 26 if any("A" <= c <= "Z" for c in value) else 0
-    others = {c for c in value if not (c.isascii() and c.isalnum())}
-    size += len(others)  # punctuation: only what the value shows (the conservative side)
-    if {c for c in value} <= set("0123456789abcdef") or {c for c in value} <= set("0123456789ABCDEF"):
-        size = 16  # hex: the weakest common alphabet for tokens
-    width = math.ceil(FINGERPRINT_BITS / math.log2(max(size, 2)))
+    distinct = len(set(value))
+    if distinct < 2:
+        return None
+    width = math.ceil(FINGERPRINT_BITS / math.log2(distinct))
     return width if len(value) >= 2 * width else None
 
 
