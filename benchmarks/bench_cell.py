@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
 
@@ -20,8 +21,16 @@ from jupyter_keyvault.testing.kernel_client import ServerKernel
 from jupyter_keyvault.testing.live_server import JupyterServer
 
 
-def make_server(scrubbing: bool) -> JupyterServer:
-    flags = [] if scrubbing else ["--KeyVault.autoload=False", "--KeyVault.scrub_iopub=False"]
+CONFIGS = {  # label -> (kernel helper loaded, server-side filter on)
+    "without scrubbing": (False, False),
+    "with scrubbing": (True, True),
+    "server filter only": (False, True),
+    "kernel helper only": (True, False),
+}
+
+
+def make_server(helper: bool, server_filter: bool) -> JupyterServer:
+    flags = [f"--KeyVault.autoload={helper}", f"--KeyVault.scrub_iopub={server_filter}"]
     server = JupyterServer("--KeyVault.owner=bench", *flags)
     vault = Vault(SQLiteBackend(server.vault_path), env={"KEYVAULT_MASTER_KEY": server.master_key})
     for i in range(1000):
@@ -38,13 +47,14 @@ async def time_cell(kernel: ServerKernel, code: str) -> float:
     return elapsed
 
 
-async def main_async(lines: int, rounds: int) -> None:
-    plain, scrubbed = make_server(False), make_server(True)
-    with plain, scrubbed:
-        kernels = {
-            "without scrubbing": await ServerKernel(plain.url, plain.token, path="bench.ipynb").start(),
-            "with scrubbing": await ServerKernel(scrubbed.url, scrubbed.token, path="bench.ipynb").start(),
-        }
+async def main_async(lines: int, rounds: int, split: bool) -> None:
+    labels = list(CONFIGS) if split else list(CONFIGS)[:2]
+    servers = {label: make_server(*CONFIGS[label]) for label in labels}
+    with contextlib.ExitStack() as stack:
+        for server in servers.values():
+            stack.enter_context(server)
+        kernels = {label: await ServerKernel(server.url, server.token, path="bench.ipynb").start()
+                   for label, server in servers.items()}
         loaded = await kernels["with scrubbing"].execute("print('keyvault' in get_ipython().extension_manager.loaded)")
         code = f"for i in range({lines}):\n    print(i, 'row of ordinary output, nothing secret here', i * 3.14)"
         times: dict[str, list[float]] = {label: [] for label in kernels}
@@ -61,14 +71,18 @@ async def main_async(lines: int, rounds: int) -> None:
           f"{loaded.stdout.strip()}):")
     print(f"  without scrubbing  {base:7.3f} s")
     print(f"  with scrubbing     {with_:7.3f} s   overhead {100 * (with_ / base - 1):+.1f} %   goal: <= 5 %")
+    for label in labels[2:]:
+        part = statistics.median(times[label])
+        print(f"  {label:18s} {part:7.3f} s   overhead {100 * (part / base - 1):+.1f} %")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--split", action="store_true", help="also time the server filter and the kernel helper alone")
     args = ap.parse_args()
-    asyncio.run(main_async(args.lines, args.rounds))
+    asyncio.run(main_async(args.lines, args.rounds, args.split))
 
 
 if __name__ == "__main__":

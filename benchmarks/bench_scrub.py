@@ -195,6 +195,154 @@ def best_of(repeat: int, fn, *args):
     return result, times[0], times[len(times) // 2]
 
 
+def engine_at(revision: str):
+    """The scrub module as it was at a git revision, to measure it in the same run (this
+    machine is shared, so only same-run figures compare)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    source = subprocess.run(["git", "show", f"{revision}:jupyter_keyvault/scrub.py"], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    path = Path(tempfile.mkdtemp(prefix="kv-bench-")) / "scrub_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("scrub_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scrub_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_rebuild(known: list[tuple[str, str]]) -> None:
+    """What a server pays on its event loop when a value is stored: before, the next scrub
+    rebuilt the matcher there; now the loop only adds (and a scrub searches the few values
+    not yet built in), the build runs in a worker thread (rebuild_async)."""
+    import asyncio
+
+    scrubber = Scrubber(build_on_scrub=False)
+    for value, name in known:
+        scrubber.add_known(value, name)
+    scrubber.rebuild()
+    line = "an ordinary line of output, 64 characters long, nothing secret.\n" * 4
+    fresh = rand(random.Random(1), ALNUM, 40)
+    _, t_add = timed(scrubber.add_known, fresh, "NEW")
+    _, t_scrub_pending = timed(scrubber.scrub, line)
+    loop_gaps: list[float] = []
+
+    async def measure():
+        done = asyncio.Event()
+
+        async def ticker():
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                loop_gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        start = time.perf_counter()
+        await scrubber.rebuild_async()
+        elapsed = time.perf_counter() - start
+        done.set()
+        await task
+        return elapsed
+
+    t_rebuild = asyncio.run(measure())
+    _, t_scrub_built = timed(scrubber.scrub, line)
+    old = Scrubber()  # the previous behaviour: the first scrub after an add rebuilds, on the caller's thread
+    for value, name in known:
+        old.add_known(value, name)
+    old.scrub("x")
+    old.add_known(fresh, "NEW")
+    _, t_old = timed(old.scrub, line)
+    print(f"store one value with {len(known):,} known, on the event loop:")
+    print(f"  add_known + next scrub (build on the loop, as before): {t_old * 1000:8.1f} ms")
+    print(f"  add_known:                                            {t_add * 1e6:8.1f} us")
+    print(f"  a scrub while the rebuild is pending:                 {t_scrub_pending * 1e6:8.1f} us")
+    print(f"  rebuild_async (worker thread), loop's longest pause:  {t_rebuild * 1000:8.1f} ms, "
+          f"{max(loop_gaps) * 1000:.1f} ms")
+    print(f"  a scrub after the swap:                               {t_scrub_built * 1e6:8.1f} us")
+
+
+def bench_server_filter(known: list[tuple[str, str]], total_lines: int) -> None:
+    """Both sides of a print-heavy cell, per stream message, without a kernel process:
+
+    - server: what jupyter_server does anyway with each message (deserialize, re-encode as
+      JSON for the legacy protocol) against what the filter adds (the raw-bytes prefilter;
+      a parse only for the few that need it), with every known value;
+    - kernel: the helper's stream scrubber on the same text, with what a proxy-mode kernel
+      knows (patterns only).
+
+    ipykernel batches prints (it flushes about every 0.2 s), so messages are few and large in
+    a print-heavy cell; small messages show the fixed cost per message."""
+    import json
+
+    from jupyter_client.session import Session
+
+    from jupyter_keyvault.iopub import MessageFilter
+
+    server_scrubber = Scrubber(build_on_scrub=False)
+    for value, name in known:
+        server_scrubber.add_known(value, name)
+    server_scrubber.rebuild()
+    kernel_scrubber = Scrubber()
+    session = Session(key=b"bench-key")
+    parent = session.msg("execute_request", {"code": "for i in range(100000): print(i)"})
+    print(f"print-heavy cell without a kernel: {total_lines:,} lines of "
+          "`print(i, 'row of ordinary output, nothing secret here', i * 3.14)`, per message:")
+    print(f"  {'lines/message':>13} {'messages':>8} {'server work':>12} {'+ filter':>18} {'previous filter':>18} "
+          f"{'kernel helper':>14}")
+    for per_message in (40, 10_000):
+        count = max(1, total_lines // per_message)
+        frames_list, texts = [], []
+        for m in range(count):
+            text = "".join(f"{i} row of ordinary output, nothing secret here {i * 3.14}\n"
+                           for i in range(m * per_message, (m + 1) * per_message))
+            texts.append(text)
+            frames_list.append(session.serialize(session.msg("stream", {"name": "stdout", "text": text}, parent=parent)))
+
+        def server_work():
+            for frames in frames_list:
+                _, fed = session.feed_identities(frames)
+                msg = session.deserialize(fed)
+                session.digest_history.discard(fed[0])
+                json.dumps(msg, default=str)
+
+        def filter_work():
+            filt = MessageFilter(server_scrubber)
+            parsed = 0
+            for frames in frames_list:
+                _, fed = session.feed_identities(frames)
+                parsed += filt.needs_parsing([bytes(f) for f in fed[1:]])
+            return parsed
+
+        def old_filter_work():  # the previous filter: parse and stream-scrub every stream message
+            stream = server_scrubber.stream()
+            for frames in frames_list:
+                _, fed = session.feed_identities(frames)
+                msg = session.deserialize(fed, content=True, copy=True)
+                session.digest_history.discard(fed[0])
+                stream.feed(msg["content"]["text"])
+
+        def kernel_work():
+            stream = kernel_scrubber.stream()
+            for text in texts:
+                stream.feed(text)
+            stream.flush()
+
+        _, t_server, _ = best_of(3, server_work)
+        parsed, t_filter, _ = best_of(3, filter_work)
+        _, t_old, _ = best_of(3, old_filter_work)
+        _, t_kernel, _ = best_of(3, kernel_work)
+        us = 1e6 / count
+        print(f"  {per_message:>13,} {count:>8,} {t_server * us:>9.1f} us {t_filter * us:>9.1f} us ({100 * t_filter / t_server:+4.0f} %)"
+              f" {t_old * us:>9.1f} us ({100 * t_old / t_server:+4.0f} %) {t_kernel * us:>11.1f} us"
+              f"{'' if not parsed else f'  ({parsed} parsed)'}")
+        print(f"  {'':>13} {'':>8} whole cell: server work {t_server * 1000:.1f} ms, filter {t_filter * 1000:.1f} ms, "
+              f"previous filter {t_old * 1000:.1f} ms, kernel helper {t_kernel * 1000:.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=100)
@@ -204,6 +352,8 @@ def main() -> None:
     ap.add_argument("--opaque", type=float, default=0.25, help="fraction of known values with no provider prefix")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--old-mb", type=int, default=10, help="sample size for the previous engine (0 to skip)")
+    ap.add_argument("--baseline", default="", help="a git revision whose engine is measured in the same run")
+    ap.add_argument("--lines", type=int, default=100_000, help="printed lines for the print-heavy-cell figures")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     known = known_values(rng, args.known, args.opaque)
@@ -248,6 +398,44 @@ def main() -> None:
     streamed, t_stream, t_smed = best_of(max(1, args.repeat - 1), run_stream)
     print(f"StreamScrubber, {args.chunk // 1024} KiB chunks:              {mbps(n, t_stream):8.1f} MB/s  "
           f"(median {mbps(n, t_smed):.1f}; same output as one-shot: {streamed == out})")
+
+    hex_known = [(rand(rng, HEX, 40), f"HEX_{i}") for i in range(args.known)]
+    hex_scrubber = Scrubber()
+    for value, name in hex_known:
+        hex_scrubber.add_known(value, name)
+    hex_scrubber.scrub("x")
+    _, t_hex, _ = best_of(args.repeat, hex_scrubber.scrub, text)
+    _, t_hex_ascii, _ = best_of(args.repeat, hex_scrubber.scrub, ascii_text)
+    print(f"scrub() one-shot, {args.known:,} opaque 40-hex values + patterns: {mbps(n, t_hex):6.1f} MB/s  "
+          f"(ASCII: {mbps(n, t_hex_ascii):.1f})")
+
+    if args.baseline:
+        base = engine_at(args.baseline)
+        print(f"same run, the engine at {args.baseline}:")
+        for label, values, data in (("one-shot, same mix", known, text), ("one-shot, same mix, ASCII", known, ascii_text),
+                                    (f"one-shot, {args.known:,} opaque 40-hex", hex_known, text)):
+            old = base.Scrubber()
+            for value, name in values:
+                old.add_known(value, name)
+            old.scrub("x")
+            _, t_old_one, _ = best_of(args.repeat, old.scrub, data)
+            print(f"  {label:38s} {mbps(n, t_old_one):8.1f} MB/s")
+        old = base.Scrubber()
+        for value, name in known:
+            old.add_known(value, name)
+        old.scrub("x")
+
+        def run_old_stream():
+            stream = old.stream()
+            pieces = [stream.feed(text[i:i + args.chunk]) for i in range(0, n, args.chunk)]
+            pieces.append(stream.flush())
+            return "".join(pieces)
+
+        _, t_old_stream, _ = best_of(max(1, args.repeat - 1), run_old_stream)
+        print(f"  {'StreamScrubber, same mix':38s} {mbps(n, t_old_stream):8.1f} MB/s")
+
+    bench_rebuild(known)
+    bench_server_filter(known, args.lines)
 
     if args.old_mb:
         sample = text[:args.old_mb * 1_000_000]

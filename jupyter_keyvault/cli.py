@@ -475,15 +475,10 @@ class ScanCommand(_Command):
                     nb = None
                 if isinstance(nb, dict) and "cells" in nb:
                     report = scrub_notebook(nb, scrubber, sources="redact" if self.fix else "warn")
-                    hits = report.outputs_redacted + report.metadata_redacted + len(report.sources_with_secrets)
-                    if hits:
-                        found_total += hits
-                        for w in report.sources_with_secrets:
-                            self.out(f"{path}: cell {w['cell'] + 1} source: {', '.join(w['labels'])}")
-                        if report.outputs_redacted:
-                            self.out(f"{path}: {report.outputs_redacted} output(s) contain a secret")
-                        if report.metadata_redacted:
-                            self.out(f"{path}: notebook metadata (e.g. widget state) contains a secret")
+                    if report.hits:
+                        found_total += report.hits
+                        for line in report.describe():
+                            self.out(f"{path}: {line}")
                         if self.fix:
                             self._rewrite(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
                             fixed_files += 1

@@ -27,19 +27,35 @@ How a scan works (``Scrubber.find``), in three parts whose results are merged:
 
 Overlapping matches are merged into one redaction covering all of them (no part of any
 secret survives), labelled by the best member: a known value beats a pattern, then the
-longest, then the earliest. The engine is rebuilt lazily, once after any number of
-``add_known``/``forget`` calls, never per call; a scan uses an immutable snapshot, so
-adding values from one thread while another scrubs is safe.
+longest, then the earliest.
 
-Throughput (benchmarks/bench_scrub.py, 100 MB of mixed output, 2-core machine): about
-230 MB/s with 1,000 provider-shaped known values and all patterns; about 120 MB/s when a
-quarter of them have no provider prefix (the sampled automaton's per-character cost in
-pyahocorasick is the limit there).
+Known values change with ``add_known`` / ``forget`` / ``forget_name`` / ``replace_known``.
+A scan uses an immutable snapshot (``prepare`` builds one, ``install`` swaps it in), so
+adding values from one thread while another scrubs is safe. With ``build_on_scrub=True``
+(kernel, CLI) the next scrub after a change rebuilds, once for any number of changes; a
+server sets it False and awaits ``rebuild_async()`` (a worker thread), so scrubbing on its
+event loop never pays a build: values added since are found by a plain search over just
+those, forgotten ones stay redacted until the swap.
+
+**Encoded forms** (``find_deep`` / ``scrub_deep`` / ``scrub_bytes``, used by the notebook
+walk and the server's message filter): a second engine knows, besides the values, their
+base64 text at each byte alignment (found without decoding anything), their JSON-escaped
+and UTF-8-as-latin-1 forms (for raw message bytes); text with HTML character references,
+percent-encoding, ``\\u``/``\\x`` escapes, tags or invisible characters is also decoded
+(up to three rounds) and the hits mapped back onto the original characters.
+
+**History fingerprints** (``history_fingerprints`` / ``FingerprintMatcher``): keyed hashes of
+64-bit chunks of each value, computed by a server per kernel, let a kernel's history
+scrubber find a value it was never given.
+
+Throughput: see benchmarks/bench_scrub.py and the README's Performance section; the
+sampled automaton's per-character cost in pyahocorasick bounds the known-value part.
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import re
 import string
@@ -265,7 +281,8 @@ def _build_locators(prefixes: Iterable[str]) -> list[tuple[re.Pattern[str], tupl
 
 
 _SENTINEL = "\x01"
-_ANCHORS = (5, 6)  # characters per anchor in the sampled text (both are tried)
+_ANCHORS = (5, 6, 7, 8)  # characters per anchor in the sampled text (each is tried)
+_CALIBRATE = 5  # the plans with the best estimates that are timed on sample output; the fastest wins
 _MAX_STEP = 8
 _CHUNK = 1 << 18  # long texts are sampled in pieces of this many characters
 _FOLDABLE = 3.0  # characters at most this frequent (per mille) may be folded into the sentinel
@@ -328,12 +345,53 @@ def _plan(values: dict[str, str], k: int, anchor: int) -> _Plan:
     return _Plan(cost, k, frozenset(fold), dict(anchors))
 
 
+_CALIBRATION: list[str] = []
+
+
+def _calibration_text() -> str:
+    """About 128 KB of ordinary notebook output (log lines, tables, hashes, ids, base64,
+    paths, upper-case constants), always the same, to time matching plans on."""
+    if _CALIBRATION:
+        return _CALIBRATION[0]
+    import random
+
+    rng = random.Random(20240601)
+    hexd, b64 = "0123456789abcdef", string.ascii_letters + string.digits + "+/"
+    words = ("the of and to in is for on with model data train test loss accuracy epoch batch value error "
+             "warning info request response client server file path line index frame shape dtype float64 "
+             "DataFrame Series None True False INFO DEBUG WARNING ERROR GET POST HTTP JSON CSV").split()
+    parts = []
+    size = 0
+    while size < 128_000:
+        kind = rng.randrange(7)
+        if kind == 0:
+            line = " ".join(rng.choices(words, k=rng.randrange(6, 16))) + "."
+        elif kind == 1:
+            line = "  ".join(f"{rng.uniform(-100, 100):10.4f}" for _ in range(6))
+        elif kind == 2:
+            line = f"commit {''.join(rng.choices(hexd, k=40))} sha256:{''.join(rng.choices(hexd, k=64))}"
+        elif kind == 3:
+            line = "-".join("".join(rng.choices(hexd, k=n)) for n in (8, 4, 4, 4, 12)) + f" id={rng.getrandbits(64):x}"
+        elif kind == 4:
+            line = "".join(rng.choices(b64, k=rng.randrange(40, 120)))
+        elif kind == 5:
+            line = f"/home/user/project/src/{rng.choice(words)}_{rng.randrange(100)}.py:{rng.randrange(999)}: {rng.choice(words).upper()}"
+        else:
+            line = f"2024-06-01 12:{rng.randrange(60):02d}:{rng.randrange(60):02d} {rng.choice(words).upper()} [{rng.choice(words)}] " \
+                   + " ".join(rng.choices(words, k=8))
+        parts.append(line + "\n")
+        size += len(line) + 1
+    _CALIBRATION.append("".join(parts))
+    return _CALIBRATION[0]
+
+
 class _SampledAutomaton:
     """Finds known values by Aho–Corasick over every k-th character of the text (see module doc)."""
 
     def __init__(self, values: dict[str, str]):
         shortest = min(len(v) for v in values)
         self.min_len = shortest
+        self.max_len = max(len(v) for v in values)
         plans = []
         for anchor in _ANCHORS:
             largest = max(1, min(_MAX_STEP, shortest // (anchor + 1)))
@@ -341,15 +399,37 @@ class _SampledAutomaton:
                 plans.extend(_plan(values, k, anchor) for k in range(largest, max(0, largest - 4), -1))
         if not plans:  # only if MIN_KNOWN_LENGTH were lowered below the anchor length
             plans.append(_plan(values, 1, shortest))
-        plan = min(plans, key=lambda p: p.cost)
+        plans.sort(key=lambda p: p.cost)
+        # The cost model ranks plans well enough to shortlist them, not to pick one: how often
+        # anchors of hex or upper-case values hit ordinary output is hard to estimate. So the
+        # shortlist is timed on a sample of ordinary output (a few ms per plan, in the build).
+        best = None
+        sample = _calibration_text() if len(plans) > 1 else ""
+        for plan in plans[:_CALIBRATE]:
+            self._use(plan)
+            seconds = min(self._time(sample) for _ in range(2)) if sample else 0.0
+            if best is None or seconds < best[0]:
+                best = (seconds, plan, self.automaton)
+        _, plan, automaton = best
+        self._use(plan, automaton)
+
+    def _use(self, plan: _Plan, automaton=None) -> None:
         self.step = plan.step
-        self.max_len = max(len(v) for v in values)
         self.estimated_ns_per_char = plan.cost
         self.table = bytes(1 if chr(b) in plan.fold else b for b in range(256))
-        self.automaton = ahocorasick.Automaton()
-        for key, entries in plan.anchors.items():
-            self.automaton.add_word(key, (len(key), tuple(entries)))
-        self.automaton.make_automaton()
+        if automaton is None:
+            automaton = ahocorasick.Automaton()
+            for key, entries in plan.anchors.items():
+                automaton.add_word(key, (len(key), tuple(entries)))
+            automaton.make_automaton()
+        self.automaton = automaton
+
+    def _time(self, sample: str) -> float:
+        import time
+
+        start = time.perf_counter()
+        self.find(sample, [], _known_span)
+        return time.perf_counter() - start
 
     def find(self, text: str, out: list[_Span], make) -> None:
         n = len(text)
@@ -525,9 +605,9 @@ class _Engine:
         start = max(start, len(buf.rstrip(alphabet)))  # values are made of their alphabet only
         if start >= n:
             return None
-        if finder is not None:
+        if finder is not None and n - start > 24:
             candidates = sorted({end - 2 for end, _ in finder.iter(buf, start)})
-        else:
+        else:  # a short trailing run: cheaper than starting the automaton
             candidates = [i for i in range(start, n - 2) if buf[i:i + 3] in heads]
         if start <= n - 2 and buf[n - 2:] in heads2:
             candidates.append(n - 2)
@@ -541,6 +621,13 @@ class _Engine:
             if j < len(values) and values[j].startswith(tail):
                 return i
         return None
+
+    def _starts_with_prefix(self, run: str) -> bool:
+        prefixes = self.token_prefix_set
+        for width in self.token_prefix_lengths:
+            if run[:width] in prefixes:
+                return True
+        return False
 
     def hold_from(self, buf: str, context: str, window: int) -> int:
         """Where the part of buf that could still become (part of) a secret begins."""
@@ -558,11 +645,164 @@ class _Engine:
             t = len(buf.rstrip(_TOKEN_STR))
             continued = t == 0 and context and context[-1] in TOKEN_CHARS  # the token began earlier
             run = buf[t:]
-            if t < hold and not continued and (
-                    run in self.token_prefix_starts
-                    or any(run[:width] in self.token_prefix_set for width in self.token_prefix_lengths)):
+            if t < hold and not continued and (run in self.token_prefix_starts or self._starts_with_prefix(run)):
                 hold = min(hold, max(t, floor))
         return hold
+
+
+# -- encoded forms: text that renders (or decodes) back to a secret
+
+# One token of an encoding a browser or a decoder turns back into characters: HTML character
+# references (decimal, hex, named), percent-encoding, \u / \U / \x escapes, HTML tags and
+# invisible characters (which render as nothing, so they can split a value on screen).
+_ENCODED_TOKEN = re.compile(
+    r"&#[0-9]{1,7};?|&#[xX][0-9a-fA-F]{1,6};?|&[A-Za-z][A-Za-z0-9]{1,31};"
+    r"|%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}|\\x[0-9A-Fa-f]{2}"
+    r"|<!--.{0,2000}?-->|</?[A-Za-z][^<>]{0,2000}>|[\u00ad\u200b-\u200f\u2060\ufeff]",
+    re.S,
+)
+_DECODE_ROUNDS = 3  # `&amp;#115;` needs two; a third is cheap insurance
+
+
+_QUICK_STRIP = re.compile(r"<!--.{0,2000}?-->|</?[A-Za-z][^<>]{0,2000}>|[\u00ad\u200b-\u200f\u2060\ufeff]", re.S)
+_QUICK_CODED = re.compile(r"&#[0-9]{1,7};?|&#[xX][0-9a-fA-F]{1,6};?|&[A-Za-z][A-Za-z0-9]{1,31};|%[0-9A-Fa-f]{2}"
+                          r"|\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}|\\x[0-9A-Fa-f]{2}")
+
+
+def _quick_token(m: re.Match) -> str:
+    decoded = _decode_token(m.group())
+    return m.group() if decoded is None else decoded
+
+
+def _decode_quick(text: str) -> str:
+    """One round of the decodings of `_ENCODED_TOKEN`, by substitution (no position map)."""
+    return _QUICK_CODED.sub(_quick_token, _QUICK_STRIP.sub("", text))
+
+
+def _decode_token(token: str) -> str | None:
+    first = token[0]
+    try:
+        if first == "&":
+            if token[1] == "#":
+                body = token[2:].rstrip(";")
+                code = int(body[1:], 16) if body[:1] in "xX" else int(body)
+                return chr(code) if 0 < code < 0x110000 else None
+            import html.entities
+            return html.entities.html5.get(token[1:])
+        if first == "%":
+            return chr(int(token[1:], 16))
+        if first == "\\":
+            code = int(token[2:], 16)
+            return chr(code) if code < 0x110000 else None
+    except ValueError:
+        return None
+    return ""  # a tag, a comment or an invisible character renders as nothing
+
+
+def _decode_once(text: str) -> tuple[str, list[int], list[int]] | None:
+    """Decoded text and, per decoded character, where it came from: [starts[i], ends[i])."""
+    pieces: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    pos = 0
+    for m in _ENCODED_TOKEN.finditer(text):
+        decoded = _decode_token(m.group())
+        if decoded is None:
+            continue
+        a, b = m.span()
+        if a > pos:
+            pieces.append(text[pos:a])
+            starts.extend(range(pos, a))
+            ends.extend(range(pos + 1, a + 1))
+        pieces.append(decoded)
+        starts.extend([a] * len(decoded))
+        ends.extend([b] * len(decoded))
+        pos = b
+    if not pieces:
+        return None
+    n = len(text)
+    if pos < n:
+        pieces.append(text[pos:])
+        starts.extend(range(pos, n))
+        ends.extend(range(pos + 1, n + 1))
+    return "".join(pieces), starts, ends
+
+
+def decoded_views(text: str) -> list[tuple[str, list[int], list[int]]]:
+    """Every successive decoding of text (up to three rounds), each with its map to text."""
+    views = []
+    current, starts, ends = text, None, None
+    for _ in range(_DECODE_ROUNDS):
+        step = _decode_once(current)
+        if step is None:
+            break
+        decoded, s2, e2 = step
+        if starts is not None:  # compose with the earlier rounds' maps
+            s2 = [starts[i] for i in s2]
+            e2 = [ends[i - 1] for i in e2]
+        views.append((decoded, s2, e2))
+        current, starts, ends = decoded, s2, e2
+    return views
+
+
+def base64_cores(value: str) -> set[str]:
+    """The base64 text every base64 encoding of value contains, at each of the three byte
+    alignments, standard and URL-safe: finding a core finds the value inside any base64
+    payload (an image, a data: URL, a widget buffer) without decoding it."""
+    import base64
+
+    raw = value.encode("utf-8")
+    cores = set()
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw).decode("ascii").rstrip("=")
+        first = 4 if pad else 0  # the first group mixes in bytes before the value
+        last = len(encoded) if (pad + len(raw)) % 3 == 0 else (pad + len(raw)) // 3 * 4  # the last group, after
+        core = encoded[first:last]
+        if len(core) >= MIN_KNOWN_LENGTH:
+            cores.add(core)
+            cores.add(core.replace("+", "-").replace("/", "_"))
+    return cores
+
+
+def _derived_forms(known: dict[str, str]) -> dict[str, str]:
+    """Encodings of the known values that appear literally in transport and files: base64
+    cores, the JSON-escaped form, UTF-8 bytes read as latin-1 (the raw-bytes prefilter)."""
+    import json
+
+    out: dict[str, str] = {}
+    for value, name in known.items():
+        for core in base64_cores(value):
+            out.setdefault(core, name)
+        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        for form in (escaped, value.encode("utf-8").decode("latin-1"), escaped.encode("utf-8").decode("latin-1")):
+            if form != value:
+                out.setdefault(form, name)
+    return out
+
+
+class _EngineSet:
+    """What one build produces: the main engine, and one that also knows the derived
+    (encoded) forms of the values, so a deep scan is one pass; that one is built with the
+    main one (``prepare``) or, for scrubbers that build on scrub, on first use."""
+
+    def __init__(self, main: "_Engine", derived: "_Engine | None", generation: int,
+                 known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool):
+        self.main = main
+        self._derived = derived
+        self.generation = generation
+        self._known = known
+        self._patterns = patterns
+        self._use_automaton = use_automaton
+        self._lock = threading.Lock()
+
+    @property
+    def derived(self) -> "_Engine":
+        if self._derived is None:
+            with self._lock:
+                if self._derived is None:
+                    self._derived = _Engine({**_derived_forms(self._known), **self._known}, self._patterns,
+                                            self._use_automaton)
+        return self._derived
 
 
 class Scrubber:
@@ -571,19 +811,34 @@ class Scrubber:
     ``extra_patterns``: more regexes (or ``SecretPattern``) to redact, e.g. from config;
     like the built-ins they only match whole tokens. ``use_automaton=False`` forces the
     regex fallback for known values (what happens when pyahocorasick is not installed).
+
+    Known values change with ``add_known`` / ``forget`` / ``replace_known``. The matcher is
+    rebuilt from them as a whole (an immutable snapshot swapped in atomically):
+
+    - ``build_on_scrub=True`` (kernel, CLI): the next scrub after a change rebuilds.
+    - ``build_on_scrub=False`` (a server's event loop): scrubbing never rebuilds; the owner
+      calls ``await rebuild_async()`` (built in a worker thread) after a change. Until that
+      swap, values added since the last build are still found, by a plain search over those
+      few values, and forgotten ones are still redacted (the safe direction).
     """
 
     def __init__(self, patterns: Iterable[SecretPattern] = DEFAULT_PATTERNS, *,
-                 extra_patterns: Iterable[str | SecretPattern] = (), use_automaton: bool = True):
+                 extra_patterns: Iterable[str | SecretPattern] = (), use_automaton: bool = True,
+                 build_on_scrub: bool = True):
         extra = [p if isinstance(p, SecretPattern) else SecretPattern("custom", p) for p in extra_patterns]
         self._patterns = list(patterns) + extra
         for p in self._patterns:
             re.compile(p.regex)  # fail early on a bad configured pattern
         self._use_automaton = use_automaton
+        self.build_on_scrub = build_on_scrub
         self._known: dict[str, str] = {}  # value -> name
+        self._pending: dict[str, str] = {}  # added since the installed engines were built
         self._lock = threading.Lock()
-        self._dirty = False
-        self._engine = _Engine({}, self._patterns, use_automaton)
+        self._build_lock = threading.Lock()
+        self._generation = 0  # bumped by every change
+        self._engines = _EngineSet(_Engine({}, self._patterns, use_automaton), None, 0, {}, self._patterns,
+                                   use_automaton)
+        self._rebuilding = None  # the asyncio task of a rebuild in flight
 
     # -- known values
     def add_known(self, value: str, name: str | None = None) -> None:
@@ -594,16 +849,47 @@ class Scrubber:
             if self._known.get(value) == new:
                 return
             self._known[value] = new
-            self._dirty = True  # built lazily: adding many values costs one build
+            self._pending[value] = new
+            self._generation += 1
 
     def forget(self, value: str) -> None:
+        """Stop redacting value (a deleted credential, or the old value of a replaced one)."""
         with self._lock:
             if self._known.pop(value, None) is not None:
-                self._dirty = True
+                self._pending.pop(value, None)
+                self._generation += 1
+
+    def forget_name(self, name: str) -> int:
+        """Forget every value known under name (a deleted credential). Returns how many."""
+        with self._lock:
+            values = [v for v, n in self._known.items() if n == name]
+            for value in values:
+                del self._known[value]
+                self._pending.pop(value, None)
+            if values:
+                self._generation += 1
+            return len(values)
+
+    def replace_known(self, old: str | None, new: str, name: str | None = None) -> None:
+        """A credential's value changed: redact the new one, forget the old one (by value, or,
+        when old is None, every other value known under the same name)."""
+        if old is not None and old != new:
+            self.forget(old)
+        elif old is None and name:
+            with self._lock:
+                stale = [v for v, n in self._known.items() if n == name and v != new]
+            for value in stale:
+                self.forget(value)
+        self.add_known(new, name)
 
     @property
     def known_count(self) -> int:
         return len(self._known)
+
+    @property
+    def dirty(self) -> bool:
+        """True when the installed matcher predates the latest change."""
+        return self._engines.generation != self._generation
 
     @property
     def uses_automaton(self) -> bool:
@@ -612,39 +898,277 @@ class Scrubber:
 
     @property
     def known_has_whitespace(self) -> bool:
-        return self._current().has_whitespace
+        return self._current().has_whitespace or any(any(c.isspace() for c in v) for v in self._pending)
 
     @property
     def window(self) -> int:
         """The most trailing characters a stream ever holds back (no secret is longer)."""
-        return max(256, self._current().max_known)
+        return max(256, self._current().max_known, max((len(v) for v in self._pending), default=0))
+
+    # -- building
+    def prepare(self, *, derived: bool = True) -> _EngineSet:
+        """Build matchers for the current values (slow: call it in a worker thread); pass the
+        result to ``install``. Safe to call while other threads scrub."""
+        with self._lock:
+            known = dict(self._known)
+            generation = self._generation
+        # A build allocates millions of short-lived objects (freed by reference counting);
+        # left on, the cycle collector would run full collections meanwhile, and those stop
+        # every thread, the event loop included, for the whole process's heap.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            engines = _EngineSet(_Engine(known, self._patterns, self._use_automaton), None, generation,
+                                 known, self._patterns, self._use_automaton)
+            if derived:
+                engines.derived  # noqa: B018 - built here, off the caller's event loop
+        finally:
+            if collecting:
+                gc.enable()
+        return engines
+
+    def install(self, engines: _EngineSet) -> bool:
+        """Swap in what ``prepare`` built, unless something newer is installed already."""
+        with self._lock:
+            if engines.generation < self._engines.generation:
+                return False
+            self._engines = engines
+            if engines.generation == self._generation:
+                self._pending = {}
+            return True
+
+    def rebuild(self) -> None:
+        with self._build_lock:
+            if self.dirty:
+                self.install(self.prepare(derived=not self.build_on_scrub))
+
+    async def rebuild_async(self) -> None:
+        """Rebuild in a worker thread and swap atomically; the event loop never pays the build.
+        Concurrent callers share one build; a change made during it triggers one more."""
+        import asyncio
+
+        while self.dirty:
+            task = self._rebuilding
+            if task is None or task.done():
+                task = self._rebuilding = asyncio.ensure_future(asyncio.to_thread(self.rebuild))
+            await asyncio.shield(task)
 
     def _current(self) -> _Engine:
-        if self._dirty:
-            with self._lock:
-                if self._dirty:
-                    self._engine = _Engine(dict(self._known), self._patterns, self._use_automaton)
-                    self._dirty = False
-        return self._engine
+        return self._current_set().main
+
+    def _current_set(self) -> _EngineSet:
+        if self.build_on_scrub and self.dirty:
+            self.rebuild()
+        return self._engines
+
+    def _pending_spans(self, text: str) -> list[_Span]:
+        pending = self._pending
+        if not pending or self.build_on_scrub:
+            return []
+        out = []
+        for value, name in list(pending.items()):
+            i = text.find(value)
+            while i >= 0:
+                out.append(_known_span(i, value, name))
+                i = text.find(value, i + 1)
+        return out
+
+    def _spans(self, text: str) -> list[_Span]:
+        spans = self._current().spans(text)
+        extra = self._pending_spans(text)
+        return _merge(spans + extra) if extra else spans
 
     # -- scrubbing
     def scrub(self, text: str) -> str:
         if not text:
             return text
-        spans = self._current().spans(text)
+        spans = self._spans(text)
         return _render(text, spans) if spans else text
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, label) of every secret in text; labels never include the value."""
         if not text:
             return []
-        return [(s.start, s.end, s.label) for s in self._current().spans(text)]
+        return [(s.start, s.end, s.label) for s in self._spans(text)]
 
     def contains_secret(self, text: str) -> bool:
-        return bool(text) and bool(self._current().spans(text))
+        return bool(text) and bool(self._spans(text))
+
+    # -- encoded forms (outputs a browser renders, payloads a reader decodes)
+    def _deep_spans(self, text: str) -> list[_Span]:
+        engines = self._current_set()
+        spans = engines.derived.spans(text) + self._pending_spans(text)
+        if not _ENCODED_TOKEN.search(text):
+            return spans if len(spans) < 2 else _merge(spans)
+        # First a quick look (the decoding done by regex substitution, no position maps: HTML
+        # outputs are full of tags); the exact mapping back to the text only when it finds one.
+        decoded_hit = None
+        current = text
+        for _ in range(_DECODE_ROUNDS):
+            decoded = _decode_quick(current)
+            if decoded == current:
+                break
+            found = engines.main.spans(decoded) + self._pending_spans(decoded)
+            if found:
+                decoded_hit = found[0]
+                break
+            current = decoded
+        if decoded_hit is None:
+            return spans if len(spans) < 2 else _merge(spans)
+        mapped = []
+        for decoded, starts, ends in decoded_views(text):
+            for s in engines.main.spans(decoded) + self._pending_spans(decoded):
+                mapped.append(s._replace(start=starts[s.start], end=ends[s.end - 1]))
+        if not mapped:  # the two decoders disagree: withhold the whole text rather than guess
+            mapped.append(_Span(0, len(text), decoded_hit.rank, decoded_hit.label, decoded_hit.marker))
+        return _merge(spans + mapped)
+
+    def find_deep(self, text: str) -> list[tuple[int, int, str]]:
+        """Like ``find``, and also secrets in encoded form: base64 at any alignment, HTML
+        character references, percent-encoding, \\u / \\x escapes, split by tags or
+        invisible characters. Spans are in the original text."""
+        if not text:
+            return []
+        return [(s.start, s.end, s.label) for s in self._deep_spans(text)]
+
+    def scrub_deep(self, text: str) -> str:
+        if not text:
+            return text
+        spans = self._deep_spans(text)
+        return _render(text, spans) if spans else text
+
+    def scrub_bytes(self, data: bytes, fill: int = ord("*")) -> tuple[bytes, int]:
+        """Binary data (a widget buffer, a decoded image): every secret found by ``find_deep``
+        in its latin-1 reading is overwritten in place with `fill` bytes, so lengths and
+        offsets stay valid. Returns (data, number of redactions)."""
+        if not data:
+            return data, 0
+        text = bytes(data).decode("latin-1")
+        spans = self._deep_spans(text)
+        if not spans:
+            return data, 0
+        out = bytearray(data)
+        for s in spans:
+            out[s.start:s.end] = bytes([fill]) * (s.end - s.start)
+        return bytes(out), len(spans)
+
+    def bytes_hold_secret(self, data: bytes) -> bool:
+        """Whether raw bytes (e.g. a serialized message) contain a known value in clear, in
+        base64 or JSON-escaped, or a pattern match — one pass of each engine, no decoding of
+        other encodings (callers look for their markers themselves)."""
+        if not data:
+            return False
+        text = data.decode("latin-1")  # one character per byte: UTF-8 values are in the derived set
+        engines = self._current_set()
+        return bool(engines.derived.spans(text) or self._pending_spans(text))
+
+    def stream_would_hold(self, text: str) -> bool:
+        """Whether a fresh stream fed `text` would hold back its tail (it may be the start of a secret)."""
+        engine = self._current()
+        return engine.hold_from(text, "", max(256, engine.max_known)) < len(text)
 
     def stream(self) -> StreamScrubber:
         return StreamScrubber(self)
+
+
+# -- history fingerprints: let a kernel find values it was never given
+#
+# The server knows every stored value; a kernel in proxy mode must not. To let the kernel's
+# history scrubber find a pasted value anyway, the server sends, per kernel, keyed hashes of
+# the value's consecutive non-overlapping chunks. Each chunk is long enough to carry at least
+# FINGERPRINT_BITS bits by the value's own alphabet (its distinct characters: 16 for hex), so a
+# kernel holding the key and the hashes must still guess 2**64 candidates per chunk to learn
+# anything, and chunks do not overlap, so one guessed chunk does not help with the next.
+# Values too short for two such chunks are not sent (they are left to the other layers).
+
+FINGERPRINT_BITS = 64
+FINGERPRINT_VERSION = 1
+
+
+def fingerprint(salt: bytes, window: str) -> bytes:
+    """The keyed hash of one chunk (server) or one text window (kernel)."""
+    import hashlib
+
+    return hashlib.blake2b(window.encode("utf-8"), key=salt, digest_size=16).digest()
+
+
+def fingerprint_width(value: str) -> int | None:
+    """Characters per chunk for value, or None when value is too short to be fingerprinted safely.
+
+    The alphabet is taken as the distinct characters the value itself uses (what an attacker
+    who knows the key format would guess from), not the character classes they belong to:
+    a hex token counts 4 bits a character even when it starts with a few other letters."""
+    import math
+
+    distinct = len(set(value))
+    if distinct < 2:
+        return None
+    width = math.ceil(FINGERPRINT_BITS / math.log2(distinct))
+    return width if len(value) >= 2 * width else None
+
+
+def new_fingerprint_salt() -> bytes:
+    import os
+
+    return os.urandom(32)
+
+
+def history_fingerprints(values: Iterable[tuple[str, str]], salt: bytes) -> dict:
+    """The JSON document a server gives one kernel (never a value): for each value, the hash
+    of each chunk with its offset, the value's length and its name (for the marker)."""
+    import base64
+
+    if not isinstance(salt, bytes) or len(salt) < 16:
+        raise ValueError("the fingerprint salt must be at least 16 random bytes")
+    entries = []
+    skipped = 0
+    for value, name in values:
+        width = fingerprint_width(value) if isinstance(value, str) else None
+        if width is None:
+            skipped += 1
+            continue
+        for offset in range(0, len(value) - width + 1, width):
+            entries.append([base64.b64encode(fingerprint(salt, value[offset:offset + width])).decode(),
+                            width, offset, len(value), name or ""])
+    return {"version": FINGERPRINT_VERSION, "salt": base64.b64encode(salt).decode(), "chunks": entries,
+            "skipped": skipped}
+
+
+class FingerprintMatcher:
+    """Kernel side: finds the fingerprinted values in text, knowing only their hashes."""
+
+    def __init__(self, document: dict):
+        import base64
+
+        if not isinstance(document, dict) or document.get("version") != FINGERPRINT_VERSION:
+            raise ValueError("not a history fingerprint document of a known version")
+        self.salt = base64.b64decode(document["salt"])
+        self.by_width: dict[int, dict[bytes, list[tuple[int, int, str]]]] = defaultdict(dict)
+        for digest, width, offset, length, name in document.get("chunks", []):
+            if not (isinstance(width, int) and 0 < width <= length and 0 <= offset <= length - width):
+                raise ValueError("malformed fingerprint entry")
+            self.by_width[width].setdefault(base64.b64decode(digest), []).append((offset, length, str(name)))
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self.by_width.values())
+
+    def find(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, label) of every value found: a matching chunk places the whole value."""
+        spans: list[_Span] = []
+        salt = self.salt
+        for width, table in self.by_width.items():
+            for i in range(len(text) - width + 1):
+                hits = table.get(fingerprint(salt, text[i:i + width]))
+                for offset, length, name in hits or ():
+                    start = max(0, i - offset)
+                    spans.append(_known_span(start, text[start:start + length], name))
+        return [(s.start, s.end, s.label) for s in _merge(spans)]
+
+    def scrub(self, text: str) -> str:
+        if not text or not self.by_width:
+            return text
+        spans = [_known_span(a, text[a:b], label if label != "known value" else "") for a, b, label in self.find(text)]
+        return _render(text, spans) if spans else text
 
 
 _CONTEXT = 8  # characters of already-emitted text kept for look-behinds
@@ -677,7 +1201,7 @@ class StreamScrubber:
         ctx = self._context
         text = ctx + buf
         off = len(ctx)
-        spans = [s for s in engine.spans(text) if s.end > off]
+        spans = [s for s in self._scrubber._spans(text) if s.end > off]
         for s in spans:  # a secret that straddles the cut is held back whole
             if s.start < off + cut < s.end:
                 cut = max(0, s.start - off)
@@ -686,9 +1210,12 @@ class StreamScrubber:
             self._buffer = buf
             return ""
         emit = [s._replace(start=max(s.start, off)) for s in spans if s.end <= off + cut]
-        out = _render(text, emit, off, off + cut)
+        if emit:
+            out = _render(text, emit, off, off + cut)
+        else:  # the common case: no copy when the whole buffer goes out as it came
+            out = buf if cut == len(buf) else buf[:cut]
         self._buffer = buf[cut:]
-        self._context = (ctx + buf[:cut])[-_CONTEXT:]
+        self._context = buf[cut - _CONTEXT:cut] if cut >= _CONTEXT else (ctx + buf[:cut])[-_CONTEXT:]
         return out
 
     def flush(self) -> str:
@@ -698,7 +1225,7 @@ class StreamScrubber:
         ctx = self._context
         text = ctx + buf
         off = len(ctx)
-        spans = [s._replace(start=max(s.start, off)) for s in self._scrubber._current().spans(text) if s.end > off]
+        spans = [s._replace(start=max(s.start, off)) for s in self._scrubber._spans(text) if s.end > off]
         self._context = text[-_CONTEXT:]
         return _render(text, spans, off)
 

@@ -11,6 +11,10 @@
   (a value registered later in the same cell is caught here when the write happens after).
 
 `Out` / `_` keep the objects themselves; only text can be scrubbed.
+
+A value the kernel was never given (a key pasted into a cell that has no provider pattern)
+is found by its fingerprints: keyed hashes of its chunks that the server computes per kernel
+(`scrub.history_fingerprints`); `set_fingerprints(ip, document)` hands them to the hook.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from .. import scrub as _scrub
 
-__all__ = ["install", "installed", "uninstall"]
+__all__ = ["install", "installed", "set_fingerprints", "uninstall"]
 
 WITHHELD = "# [keyvault: history entry withheld because it could not be scrubbed]"
 _METHODS = ("store_inputs", "store_output", "_writeout_input_cache", "_writeout_output_cache")
@@ -30,13 +34,15 @@ class _HistoryHook:
         self.hm = hm
         self.scrubber = scrubber
         self.enabled = True
+        self.fingerprints: _scrub.FingerprintMatcher | None = None
         self.originals = {name: getattr(hm, name) for name in _METHODS}
 
     def clean(self, text: Any) -> Any:
         if not self.enabled or not isinstance(text, str) or not text:
             return text
         try:
-            return self.scrubber.scrub(text)
+            text = self.scrubber.scrub(text)
+            return self.fingerprints.scrub(text) if self.fingerprints is not None else text
         except Exception:  # noqa: BLE001 - never persist in clear, never break the shell
             return WITHHELD
 
@@ -107,3 +113,14 @@ def uninstall(ip: Any) -> bool:
                 setattr(hm, name, hook.originals[name])
         del hm._keyvault_history_hook
     return True
+
+
+def set_fingerprints(ip: Any, document: dict | None) -> int:
+    """Give the installed history hook the server's fingerprints of stored values (a document
+    from `scrub.history_fingerprints`; None clears them). Returns how many chunks it holds.
+    Raises ValueError for a malformed document, RuntimeError when the hook is not installed."""
+    hook = _hook_of(getattr(ip, "history_manager", None))
+    if hook is None:
+        raise RuntimeError("the keyvault history hook is not installed in this shell")
+    hook.fingerprints = _scrub.FingerprintMatcher(document) if document is not None else None
+    return len(hook.fingerprints) if hook.fingerprints is not None else 0
