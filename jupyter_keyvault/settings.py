@@ -253,9 +253,11 @@ class KeyVault(Configurable):
     def credential_env_names(self) -> set[str]:
         return providers.credential_env_names() | set(self.env_credentials)
 
-    def make_scrubber(self) -> Scrubber:
-        if self.extra_secret_patterns:
-            return Scrubber(extra_patterns=self.extra_secret_patterns)
+    def make_scrubber(self, *, build_on_scrub: bool = True) -> Scrubber:
+        """The scrubber for this process. A server passes build_on_scrub=False and rebuilds off its
+        event loop (Scrubber.rebuild_async), so nothing on the loop grows with the vault."""
+        if self.extra_secret_patterns or not build_on_scrub:
+            return Scrubber(extra_patterns=self.extra_secret_patterns, build_on_scrub=build_on_scrub)
         return default_scrubber
 
     def open_vault(self, env=None, scrubber: Scrubber | None = None) -> ServerVault:
@@ -279,7 +281,8 @@ class KeyVault(Configurable):
             use_keyring=self.use_keyring,
             env_credential_names=self.credential_env_names(),
             max_value_bytes=self.max_value_bytes,
-            on_value=lambda name, value: scrubber.add_known(value, name),
+            # A value seen under a name replaces what was known under it (a replaced key is forgotten).
+            on_value=lambda name, value: scrubber.replace_known(None, value, name),
         )
 
     def base_url_for(self, provider: providers.Provider, env=None) -> str:

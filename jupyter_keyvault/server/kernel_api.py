@@ -87,7 +87,7 @@ class KernelCredentialHandler(KernelAPIHandler):
     async def delete(self, raw_name: str):
         name = self.name_from_path(raw_name)
         await self.off_loop(self.kv.vault.delete, self.kv.owner, name, actor=self.caller)
-        self.kv.invalidate(name)
+        self.kv.invalidate(name, deleted=True)
         self.set_status(204)
         self.finish()
 

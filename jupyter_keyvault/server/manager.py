@@ -43,7 +43,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.connection_url = connection_url
         self.root_dir = root_dir or os.getcwd()
         env = dict(os.environ) if env is None else env
-        self.scrubber = self.make_scrubber()
+        self.scrubber = self.make_scrubber(build_on_scrub=False)
         self.vault: ServerVault = self.open_vault(env=env, scrubber=self.scrubber)
         self.tokens: AccessTokens = self.vault.access_tokens()
         self.isolation_policy = self._isolation_policy()
@@ -58,6 +58,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._upstreams: dict[tuple[str, str], tuple[float, Upstream]] = {}
         self._metadata: dict[str, tuple[float, dict]] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Future] = set()
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
 
     # -- kernels
@@ -137,11 +138,23 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._upstreams[key] = (now + self.resolve_cache_seconds, upstream)
         return upstream
 
-    def invalidate(self, name: str) -> None:
-        """A write through this server: forget what was cached about `name` at once."""
+    def invalidate(self, name: str, *, deleted: bool = False) -> None:
+        """A write through this server: forget what was cached about `name` at once, and bring the
+        scrubber up to date off the event loop (a deleted value is no longer redacted)."""
         self._metadata.pop(name, None)
         for key in [k for k in self._upstreams if k[1] == name]:
             self._upstreams.pop(key, None)
+        if deleted:
+            self.scrubber.forget_name(name)
+        self.refresh_scrubber()
+
+    def refresh_scrubber(self) -> None:
+        """Rebuild the scrubber in a worker thread when values changed; scrubbing meanwhile still
+        finds values added since the last build (Scrubber's pending list)."""
+        if self.scrubber.dirty:
+            task = asyncio.ensure_future(self.scrubber.rebuild_async())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def test_credential(self, name: str, *, actor: str) -> dict:
         """Run the provider's test request; the result never carries the key."""
@@ -221,6 +234,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
     async def learn_values(self) -> None:
         """Feed the scrubber every stored value, so logs redact even values never used here."""
         await asyncio.to_thread(self.vault.learn_values, self.owner)
+        await self.scrubber.rebuild_async()
 
     async def close(self) -> None:
         if self._http is not None:

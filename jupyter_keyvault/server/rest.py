@@ -100,7 +100,7 @@ class CredentialHandler(RestHandler):
         name = self.name_from_path(raw_name)
         self.limit(self.kv.write_limiter, "write")
         await self.off_loop(self.kv.vault.delete, self.owner, name, actor=self.actor)
-        self.kv.invalidate(name)
+        self.kv.invalidate(name, deleted=True)
         self.set_status(204)
         self.finish()
 
