@@ -20,7 +20,6 @@ from jupyter_keyvault.store import SQLiteBackend, Vault
 from jupyter_keyvault.testing.kernel_client import ServerKernel
 from jupyter_keyvault.testing.live_server import JupyterServer
 
-
 CONFIGS = {  # label -> (kernel helper loaded, server-side filter on)
     "without scrubbing": (False, False),
     "with scrubbing": (True, True),

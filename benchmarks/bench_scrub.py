@@ -302,14 +302,14 @@ def bench_server_filter(known: list[tuple[str, str]], total_lines: int) -> None:
             texts.append(text)
             frames_list.append(session.serialize(session.msg("stream", {"name": "stdout", "text": text}, parent=parent)))
 
-        def server_work():
+        def server_work(frames_list=frames_list):
             for frames in frames_list:
                 _, fed = session.feed_identities(frames)
                 msg = session.deserialize(fed)
                 session.digest_history.discard(fed[0])
                 json.dumps(msg, default=str)
 
-        def filter_work():
+        def filter_work(frames_list=frames_list):
             filt = MessageFilter(server_scrubber)
             parsed = 0
             for frames in frames_list:
@@ -317,7 +317,7 @@ def bench_server_filter(known: list[tuple[str, str]], total_lines: int) -> None:
                 parsed += filt.needs_parsing([bytes(f) for f in fed[1:]])
             return parsed
 
-        def old_filter_work():  # the previous filter: parse and stream-scrub every stream message
+        def old_filter_work(frames_list=frames_list):  # the previous filter: parse and stream-scrub every stream message
             stream = server_scrubber.stream()
             for frames in frames_list:
                 _, fed = session.feed_identities(frames)
@@ -325,7 +325,7 @@ def bench_server_filter(known: list[tuple[str, str]], total_lines: int) -> None:
                 session.digest_history.discard(fed[0])
                 stream.feed(msg["content"]["text"])
 
-        def kernel_work():
+        def kernel_work(texts=texts):
             stream = kernel_scrubber.stream()
             for text in texts:
                 stream.feed(text)

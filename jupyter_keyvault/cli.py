@@ -18,8 +18,8 @@ from jupyter_core.application import JupyterApp
 from traitlets import Bool, Int, List, Unicode
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from ._version import __version__
 from . import dotenv, providers
+from ._version import __version__
 from .settings import KeyVault
 from .store import InvalidInput, VaultError
 from .store.backup import export_backup, import_backup
@@ -154,7 +154,7 @@ class ListCommand(_Command):
                   _fmt_time(i.last_used_at)) for i in items]
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         for r in rows:
-            self.out("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+            self.out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 class SetCommand(_Command):
@@ -543,7 +543,7 @@ class TokenCommand(_Command):
                       _fmt_time(t.expires_at)) for t in items]
             widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
             for r in rows:
-                self.out("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+                self.out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
         elif action == "delete" and len(rest) == 1:
             tokens.delete(self.owner, rest[0].strip())
             self.out(f"Deleted token {rest[0].strip()}")

@@ -355,7 +355,7 @@ def _calibration_text() -> str:
         return _CALIBRATION[0]
     import random
 
-    rng = random.Random(20240601)
+    rng = random.Random(20240601)  # noqa: S311 - reproducible benchmark-like sample text, not secrets
     hexd, b64 = "0123456789abcdef", string.ascii_letters + string.digits + "+/"
     words = ("the of and to in is for on with model data train test loss accuracy epoch batch value error "
              "warning info request response client server file path line index frame shape dtype float64 "
@@ -375,10 +375,11 @@ def _calibration_text() -> str:
         elif kind == 4:
             line = "".join(rng.choices(b64, k=rng.randrange(40, 120)))
         elif kind == 5:
-            line = f"/home/user/project/src/{rng.choice(words)}_{rng.randrange(100)}.py:{rng.randrange(999)}: {rng.choice(words).upper()}"
+            line = (f"/home/user/project/src/{rng.choice(words)}_{rng.randrange(100)}.py:{rng.randrange(999)}: "
+                    f"{rng.choice(words).upper()}")
         else:
-            line = f"2024-06-01 12:{rng.randrange(60):02d}:{rng.randrange(60):02d} {rng.choice(words).upper()} [{rng.choice(words)}] " \
-                   + " ".join(rng.choices(words, k=8))
+            line = (f"2024-06-01 12:{rng.randrange(60):02d}:{rng.randrange(60):02d} {rng.choice(words).upper()} "
+                    f"[{rng.choice(words)}] " + " ".join(rng.choices(words, k=8)))
         parts.append(line + "\n")
         size += len(line) + 1
     _CALIBRATION.append("".join(parts))
@@ -785,7 +786,7 @@ class _EngineSet:
     (encoded) forms of the values, so a deep scan is one pass; that one is built with the
     main one (``prepare``) or, for scrubbers that build on scrub, on first use."""
 
-    def __init__(self, main: "_Engine", derived: "_Engine | None", generation: int,
+    def __init__(self, main: _Engine, derived: _Engine | None, generation: int,
                  known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool):
         self.main = main
         self._derived = derived
@@ -796,7 +797,7 @@ class _EngineSet:
         self._lock = threading.Lock()
 
     @property
-    def derived(self) -> "_Engine":
+    def derived(self) -> _Engine:
         if self._derived is None:
             with self._lock:
                 if self._derived is None:

@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import AS_UNPRIVILEGED as DROP_DAC
+from test_cli import ERROR, OWNER, Cli, new_canary
 
 from jupyter_keyvault.store import SQLiteBackend, Vault, VaultDiskFull, VaultReadOnly
 from jupyter_keyvault.testing.pytest_plugin import new_master_key
-from test_cli import AS_UNPRIVILEGED as DROP_DAC
-from test_cli import ERROR, OWNER, Cli, new_canary
 
 pytestmark = pytest.mark.faults
 

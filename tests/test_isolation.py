@@ -28,7 +28,6 @@ from jupyter_keyvault.isolation import landlock as ll
 from jupyter_keyvault.isolation.launch import FORCE_NO_LANDLOCK_ENV, REFUSAL_EXIT
 from jupyter_keyvault.isolation.policy import (
     ANCESTOR,
-    DENY,
     FULL,
     READ,
     IsolationPolicy,
@@ -563,7 +562,7 @@ def test_given_a_notebook_root_that_holds_protected_dirs_then_only_new_top_level
             assert kernel.run(_attempt(f"open('project/{marker}.txt', 'w').write('x')")).strip() == "OK:1"
             assert kernel.run(_attempt("open('existing.txt', 'a').write('+after')")).strip() == "OK:6"
             assert kernel.run(_attempt(f"open('new-{marker}.txt', 'w')")).strip() == "DENIED:PermissionError"
-            assert kernel.run(_attempt(f"open('data/keyvault/master.key').read()")).strip() == "DENIED:PermissionError"
+            assert kernel.run(_attempt("open('data/keyvault/master.key').read()")).strip() == "DENIED:PermissionError"
             assert sorted(kernel.run("import os; print(sorted(os.listdir('.')))").strip()[1:-1].split(", "))
         finally:
             kernel.close()

@@ -276,7 +276,7 @@ def test_given_many_known_values_of_every_length_when_scrubbing_then_every_occur
         at = rng.randrange(len(text))
         text = text[:at] + " " + value + " " + text[at:]
     out = s.scrub(text)
-    for value, name in picks:
+    for value, _name in picks:
         assert value not in out
     assert out.count("[REDACTED") >= len({v for v, _ in picks}) - 5  # a few may merge with neighbours
 

@@ -51,7 +51,7 @@ def test_given_fingerprints_when_text_holds_the_value_anywhere_then_the_whole_va
 def test_given_a_real_ipython_shell_when_a_never_fetched_value_is_pasted_then_history_sqlite_never_holds_it(tmp_path):
     value = "tok" + secrets.token_hex(24)  # no provider prefix, never given to the kernel
     doc = history_fingerprints([(value, "PASTED")], new_fingerprint_salt())
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import json, sys
         from IPython.core.interactiveshell import InteractiveShell
         from jupyter_keyvault.kernel import history

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed: pip install jupyter-keyvault[hub]")
 
-from jupyter_keyvault.store.sql import SQLBackend, migrate_command  # noqa: E402
-
 from store_suite import StorageBackendSuite  # noqa: E402
+
+from jupyter_keyvault.store.sql import SQLBackend, migrate_command  # noqa: E402
 
 
 class TestSQLBackendOnSQLite(StorageBackendSuite):
@@ -35,13 +35,18 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
-
-from jupyter_keyvault.store import MasterKeyError, Vault, VaultError, VaultLocked, WrongMasterKey  # noqa: E402
-from jupyter_keyvault.store import migrate  # noqa: E402
-from jupyter_keyvault.testing.pytest_plugin import new_master_key  # noqa: E402
-
 from store_suite import make_event, make_record  # noqa: E402
 from test_store_durability import assert_absent_from_text, encodings_of  # noqa: E402
+
+from jupyter_keyvault.store import (  # noqa: E402
+    MasterKeyError,
+    Vault,
+    VaultError,
+    VaultLocked,
+    WrongMasterKey,
+    migrate,  # noqa: E402
+)
+from jupyter_keyvault.testing.pytest_plugin import new_master_key  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

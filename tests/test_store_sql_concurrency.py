@@ -5,25 +5,23 @@ key while others create owners, and writers (or the database server) killed mid-
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed: pip install jupyter-keyvault[hub]")
+
+from test_store_durability import burst_value, child_env, concurrent_owner, concurrent_value  # noqa: E402
 
 from jupyter_keyvault.store import Vault, WrongMasterKey  # noqa: E402
 from jupyter_keyvault.store.crypto import KeyEncryptionKey  # noqa: E402
 from jupyter_keyvault.store.masterkey import read_key_file  # noqa: E402
 from jupyter_keyvault.store.sql import SQLBackend  # noqa: E402
 from jupyter_keyvault.testing.pytest_plugin import new_master_key  # noqa: E402
-
-from test_store_durability import burst_value, child_env, concurrent_owner, concurrent_value  # noqa: E402
 
 WORKERS = 4
 SETS_PER_WORKER = 100

@@ -9,11 +9,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from store_suite import StorageBackendSuite, make_event, make_record
 
 from jupyter_keyvault.store import SQLiteBackend, VaultDamaged, VaultError, VaultLocked
 from jupyter_keyvault.store.sqlite import SCHEMA_VERSION
-
-from store_suite import StorageBackendSuite, make_event, make_record
 
 
 def mode(path: Path) -> int:

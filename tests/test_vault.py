@@ -739,7 +739,7 @@ def test_given_an_env_keyed_vault_with_a_new_key_when_rotated_then_only_the_new_
 
     new_wrapped = owner_keys(vault_path)
     assert [r[0] for r in new_wrapped] == ["alice", "bob"]
-    assert all(o[1] != n[1] and o[2] != n[2] for o, n in zip(old_wrapped, new_wrapped))
+    assert all(o[1] != n[1] and o[2] != n[2] for o, n in zip(old_wrapped, new_wrapped, strict=True))
     info = open_fails(vault_path, WrongMasterKey, env={"KEYVAULT_MASTER_KEY": master_key})
     assert "vault was sealed with a different master key" in str(info.value)
     assert "KEYVAULT_NEW_MASTER_KEY" in str(info.value)  # the hint for a forgotten swap

@@ -110,5 +110,5 @@ class StorageBackend(ABC):
         for a database server (the key then must come from env, keyring or passphrase)."""
         return Path(self.location).with_name("master.key") if self.location else Path("master.key")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: backends without resources need nothing
         """Release connections."""

@@ -23,9 +23,9 @@ from .errors import MasterKeyError
 log = logging.getLogger("jupyter_keyvault.store")
 
 ENV_MASTER_KEY = "KEYVAULT_MASTER_KEY"
-ENV_PASSPHRASE = "KEYVAULT_PASSPHRASE"
+ENV_PASSPHRASE = "KEYVAULT_PASSPHRASE"  # noqa: S105 - an env-var name
 ENV_NEW_MASTER_KEY = "KEYVAULT_NEW_MASTER_KEY"
-ENV_NEW_PASSPHRASE = "KEYVAULT_NEW_PASSPHRASE"
+ENV_NEW_PASSPHRASE = "KEYVAULT_NEW_PASSPHRASE"  # noqa: S105 - an env-var name
 SOURCES = ("env", "keyring", "passphrase", "file")
 KEYRING_SERVICE = "jupyter-keyvault"
 SCRYPT_PARAMS = {"n": 2**15, "r": 8, "p": 1}

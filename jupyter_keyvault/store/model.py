@@ -109,7 +109,7 @@ class CredentialInfo:
     source: str = "vault"
 
     @classmethod
-    def from_record(cls, rec: CredentialRecord) -> "CredentialInfo":
+    def from_record(cls, rec: CredentialRecord) -> CredentialInfo:
         return cls(
             id=rec.id,
             owner=rec.owner,
@@ -172,7 +172,7 @@ class AuditEvent:
 @functools.lru_cache(maxsize=8192)
 def _iso_second(second: int) -> str:
     t = time.gmtime(second)
-    return "%04d-%02d-%02dT%02d:%02d:%02d" % (t[0], t[1], t[2], t[3], t[4], t[5])
+    return f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}"
 
 
 def _iso(ts: float | None) -> str | None:

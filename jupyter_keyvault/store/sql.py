@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import stat
+import sys
 import threading
 import time
 import weakref
@@ -206,7 +206,7 @@ def _dispose_all_after_fork() -> None:
         backend._engine.dispose(close=False)  # the parent's sockets stay the parent's
 
 
-_LIVE: "weakref.WeakSet[SQLBackend]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[SQLBackend] = weakref.WeakSet()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_dispose_all_after_fork)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 from . import faults
 from . import masterkey as mk
 from .backend import StorageBackend
-from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, open_value, seal_value, new_data_key
+from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, new_data_key, open_value, seal_value
 from .errors import (
     DecryptionError,
     InvalidInput,
@@ -284,7 +284,8 @@ class Vault:
         return count
 
     # -- audit
-    def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *, actor: str | None = None, detail: str | None = None) -> None:
+    def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *, actor: str | None = None,
+              detail: str | None = None) -> None:
         self.backend.append_audit(
             AuditEvent(None, self._clock(), owner, actor or owner, action, target, outcome, detail)
         )
