@@ -280,7 +280,7 @@ def bench_server_filter(known: list[tuple[str, str]], total_lines: int) -> None:
 
     from jupyter_client.session import Session
 
-    from jupyter_keyvault.iopub import MessageFilter
+    from jupyter_keyvault.server.iopub import MessageFilter
 
     server_scrubber = Scrubber(build_on_scrub=False)
     for value, name in known:

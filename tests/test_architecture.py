@@ -21,6 +21,8 @@ FORBIDDEN = {
                "cli", "testing"}, {"tornado", "jupyter_server", "jupyterhub", "aiohttp"}),
     "scrub": ({"settings", "vaults", "web", "server", "kernel", "hub", "cli"}, {"tornado", "jupyter_server"}),
     "providers": ({"settings", "vaults", "web", "server", "kernel", "hub", "cli"}, {"tornado", "jupyter_server"}),
+    "isolation": ({"settings", "vaults", "web", "server", "kernel", "hub", "cli", "store", "scrub"},
+                  {"tornado", "jupyter_server", "jupyterhub"}),
     "vaults": ({"web", "server", "kernel", "hub", "cli"}, {"tornado", "jupyter_server", "jupyterhub"}),
     "web": ({"settings", "server", "kernel", "hub", "cli"}, {"jupyter_server", "jupyterhub"}),
     "kernel": ({"web", "server", "hub", "cli", "vaults"}, {"tornado", "jupyter_server", "jupyterhub"}),

@@ -8,7 +8,7 @@ import secrets
 
 from jupyter_client.session import Session
 
-from jupyter_keyvault.iopub import MessageFilter
+from jupyter_keyvault.server.iopub import MessageFilter
 from jupyter_keyvault.scrub import Scrubber
 
 SESSION = Session(key=b"unit-test-key")
