@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_keyvault.isolation import landlock as ll
-from jupyter_keyvault.isolation.launch import FORCE_NO_LANDLOCK_ENV, REFUSAL_EXIT
+from jupyter_keyvault.isolation.landlock import FORCE_NO_LANDLOCK_ENV
+from jupyter_keyvault.isolation.launch import REFUSAL_EXIT
 from jupyter_keyvault.isolation.policy import (
     ANCESTOR,
     FULL,
@@ -614,11 +615,11 @@ def _server(*args: str):
 @needs_landlock
 @pytest.mark.parametrize("isolated_server", [False, True], ids=["plain-server", "isolating-server"])
 async def test_given_a_real_jupyter_server_then_its_kernels_cannot_read_its_token_env_or_vault(isolated_server):
-    """The deployment path: jupyter_server's own kernel manager, REST session, websocket."""
+    """The deployment path: jupyter_server's own kernel manager, REST session, websocket. The
+    extension isolates kernels by default (isolate_kernels = "auto"); "off" is the control."""
     from jupyter_keyvault.testing.kernel_client import ServerKernel
 
-    args = ["--ServerApp.kernel_spec_manager_class="
-            "jupyter_keyvault.isolation.provisioner.IsolatingKernelSpecManager"] if isolated_server else []
+    args = [] if isolated_server else ["--KeyVault.isolate_kernels=off"]
     server = _server(*args)
     with server:
         runtime = server.root / "runtime"
