@@ -55,10 +55,45 @@ def wipe_process_env_value(name: str) -> bool:
     while True:  # a name may appear more than once in a hand-built environment
         value = getenv(os.fsencode(name))
         if not value or value in seen:
-            return wiped
+            break
         seen.add(value)
         length = strlen(value)
         if length == 0 or ctypes.string_at(value, length) == b"*" * length:
-            return wiped
+            break
         ctypes.memset(value, ord("*"), length)
         wiped = True
+    # setenv() may have moved the live value elsewhere: the block the process started with keeps the original.
+    return wipe_environ_block(name) or wiped
+
+
+def wipe_environ_block(name: str, value: str | None = None) -> bool:
+    """Overwrite `name`'s value in the environment block the kernel gave this process at exec
+    (what /proc/<pid>/environ shows), even after os.environ.pop() or unsetenv() unlinked it.
+    With `value`, only an entry holding exactly that value. Linux only; True when bytes changed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # Fields 50 and 51 of proc(5), counted after the ")" that ends the command name.
+        start, end = int(fields[47]), int(fields[48])
+    except (OSError, IndexError, ValueError):
+        return False
+    if not 0 < start < end or end - start > 1 << 24:
+        return False
+    block = ctypes.string_at(start, end - start)
+    prefix = os.fsencode(name) + b"="
+    wiped, at = False, 0
+    while True:
+        at = block.find(prefix, at)
+        if at < 0:
+            return wiped
+        if at == 0 or block[at - 1] == 0:  # the start of an entry, not the middle of another one
+            value_at = at + len(prefix)
+            stop = block.find(b"\0", value_at)
+            stop = len(block) if stop < 0 else stop
+            current = block[value_at:stop]
+            if current.strip(b"*") and (value is None or current == os.fsencode(value)):
+                ctypes.memset(start + value_at, ord("*"), stop - value_at)
+                wiped = True
+        at += len(prefix)

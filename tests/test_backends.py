@@ -72,9 +72,12 @@ def local_backend(upstream):
 def hub(upstream, tmp_path_factory):
     from jupyter_keyvault.hub.config import keyvault_service_config
 
+    data_dir = tmp_path_factory.mktemp("kv-service")
+    key_file = data_dir / "master.key"  # the service reads its key from a private file, not its environment
+    key_file.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+    key_file.chmod(0o600)
     service, roles, user_env = keyvault_service_config(
-        port=free_port(), master_key=base64.urlsafe_b64encode(os.urandom(32)).decode(), name=SERVICE,
-        data_dir=str(tmp_path_factory.mktemp("kv-service")),
+        port=free_port(), master_key_file=str(key_file), name=SERVICE, data_dir=str(data_dir),
         extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}"])
     harness = JupyterHubHarness(services=[service], load_roles=roles, user_env=user_env,
                                 singleuser_config='c.KeyVault.backend = "hub"\n'

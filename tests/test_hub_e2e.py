@@ -417,3 +417,22 @@ def test_the_admin_cli_adds_grants_lists_and_deletes_a_shared_key_without_ever_p
     assert kvhub.service("erin", "GET", "api/credentials").json()["shared"] == []
     for out in (done, listing, refused):
         assert value not in out.stdout + out.stderr
+
+
+def test_given_the_running_service_then_no_process_environment_block_holds_its_master_key(kvhub):
+    """The service reads KEYVAULT_MASTER_KEY, then overwrites it in its own environment block; the hub
+    never had it in its environment. A same-uid reader of /proc/<pid>/environ finds nothing."""
+    from pathlib import Path
+
+    service_pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and b"jupyter_keyvault.hub" in _read(p / "cmdline")]
+    assert service_pids, "the keyvault service process was not found"
+    for pid in [*service_pids, str(kvhub.hub.proc.pid)]:
+        assert kvhub.master_key.encode() not in _read(Path("/proc") / pid / "environ"), pid
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

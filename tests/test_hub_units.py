@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -129,3 +131,41 @@ def test_a_hub_client_without_a_url_or_token_says_what_to_configure():
         HubVaultClient("", "token", "alice")
     with pytest.raises(VaultError, match="JUPYTERHUB_API_TOKEN"):
         HubVaultClient("http://127.0.0.1:1/", "", "alice")
+
+
+SERVICE_CONFIG_RUN = """
+import json, os, sys
+from jupyter_keyvault.hub.config import keyvault_service_config
+key = os.environ.pop("KEYVAULT_MASTER_KEY")  # as docs/jupyterhub.md shows
+service, roles, user_env = keyvault_service_config(port=10101, master_key=key, db_url=os.environ["KEYVAULT_HUB_DB_URL"])
+print(json.dumps({"service_env": service["environment"], "db_in_os_environ": "KEYVAULT_HUB_DB_URL" in os.environ}))
+sys.stdout.flush()
+open(sys.argv[1], "wb").write(open("/proc/self/environ", "rb").read())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/<pid>/environ is Linux's")
+def test_given_the_service_key_popped_from_the_hubs_environment_then_its_proc_environ_no_longer_holds_it(tmp_path):
+    """os.environ.pop() leaves the bytes in the block /proc/<hub pid>/environ shows; the helper wipes them."""
+    import subprocess
+
+    key, db_url = "k" * 43 + "=", "postgresql+psycopg://kv:pa55word-canary@db/keyvault"
+    dump = tmp_path / "environ.bin"
+    proc = subprocess.run([sys.executable, "-c", SERVICE_CONFIG_RUN, str(dump)], capture_output=True, text=True,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")},
+                               "KEYVAULT_MASTER_KEY": key, "KEYVAULT_HUB_DB_URL": db_url}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["service_env"]["KEYVAULT_MASTER_KEY"] == key  # the service still gets it, through the hub
+    assert result["service_env"]["KEYVAULT_HUB_DB_URL"] == db_url and result["db_in_os_environ"] is False
+    block = dump.read_bytes()
+    assert key.encode() not in block and b"pa55word-canary" not in block
+
+
+def test_given_a_key_file_when_configuring_the_service_then_only_its_path_is_passed():
+    from jupyter_keyvault.hub.config import keyvault_service_config
+
+    service, _, _ = keyvault_service_config(port=10101, master_key_file="/srv/keyvault/master.key")
+    assert service["environment"] == {"KEYVAULT_MASTER_KEY_FILE": "/srv/keyvault/master.key"}
+    with pytest.raises(ValueError, match="exactly one of master_key= or master_key_file="):
+        keyvault_service_config(port=10101)

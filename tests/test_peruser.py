@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -255,3 +257,73 @@ def test_renaming_a_user_rekeys_their_vault_and_a_wrong_secret_changes_nothing(t
         assert vault.list("alice", include_env=False) == []
     finally:
         vault.close()
+
+
+# -- the hub's own process: no secret left in its environment block
+HUB_CONFIG_RUN = """
+import json, os, sys
+from traitlets.config import Config
+from jupyter_keyvault.peruser import configure_per_user_keys
+c = Config()
+c.Spawner.environment = {}
+configure_per_user_keys(c)
+key = c.Spawner.environment["KEYVAULT_MASTER_KEY"](type("S", (), {"user": type("U", (), {"name": "alice"})()})())
+block = open("/proc/self/environ", "rb").read()
+print(json.dumps({"in_os_environ": "KEYVAULT_HUB_SECRET" in os.environ, "alice_key": key}))
+sys.stdout.flush()
+open(sys.argv[1], "wb").write(block)
+"""
+
+
+def run_hub_config(tmp_path, env: dict[str, str]) -> tuple[dict, bytes]:
+    dump = tmp_path / "environ.bin"
+    proc = subprocess.run([sys.executable, "-c", HUB_CONFIG_RUN, str(dump)], capture_output=True, text=True,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")}, **env},
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), dump.read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/<pid>/environ is Linux's")
+def test_given_the_hub_secret_in_the_hubs_environment_when_configured_then_its_proc_environ_no_longer_holds_it(
+        tmp_path):
+    """The red team read KEYVAULT_HUB_SECRET from /proc/<hub pid>/environ after os.environ.pop: the
+    helper now overwrites the value in the environment block itself."""
+    pytest.importorskip("jupyterhub")
+    secret = generate_secret()
+    result, block = run_hub_config(tmp_path, {"KEYVAULT_HUB_SECRET": secret})
+    assert result["in_os_environ"] is False
+    assert result["alice_key"] == encode_master_key(derive_user_key(parse_hub_secret(secret), "alice"))
+    assert secret.encode() not in block
+    # Control: the same process without the helper keeps it there (so the check above can fail).
+    control = subprocess.run([sys.executable, "-c", "import sys; sys.stdout.buffer.write(open('/proc/self/environ', "
+                              "'rb').read())"], capture_output=True, env={"KEYVAULT_HUB_SECRET": secret}, timeout=30)
+    assert secret.encode() in control.stdout
+
+
+def test_given_the_hub_secret_in_a_private_file_when_configured_then_it_is_used_and_never_in_an_environment(tmp_path):
+    pytest.importorskip("jupyterhub")
+    secret = generate_secret()
+    path = tmp_path / "hub-secret"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    result, block = run_hub_config(tmp_path, {"KEYVAULT_HUB_SECRET_FILE": str(path)})
+    assert result["alice_key"] == encode_master_key(derive_user_key(parse_hub_secret(secret), "alice"))
+    assert secret.encode() not in block
+
+
+@pytest.mark.parametrize(("mode", "content", "message"), [
+    (0o644, "x" * 64, "readable by other users: chmod 600"),
+    (0o600, "\n", "is empty"),
+])
+def test_given_a_bad_secret_file_when_configured_then_the_hub_refuses_to_start_with_one_clear_line(
+        tmp_path, mode, content, message):
+    pytest.importorskip("jupyterhub")
+    path = tmp_path / "hub-secret"
+    path.write_text(content)
+    path.chmod(mode)
+    dump = tmp_path / "environ.bin"
+    proc = subprocess.run([sys.executable, "-c", HUB_CONFIG_RUN, str(dump)], capture_output=True, text=True,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")},
+                               "KEYVAULT_HUB_SECRET_FILE": str(path)}, timeout=60)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr

@@ -8,8 +8,8 @@ import secrets
 
 from jupyter_client.session import Session
 
-from jupyter_keyvault.server.iopub import MessageFilter
 from jupyter_keyvault.scrub import Scrubber
+from jupyter_keyvault.server.iopub import MessageFilter
 
 SESSION = Session(key=b"unit-test-key")
 PARENT = SESSION.msg("execute_request", {"code": "x"})

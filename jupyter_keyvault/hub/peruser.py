@@ -26,9 +26,10 @@ from typing import Any, Callable, Mapping
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..envguard import wipe_process_env_value
 from ..store.crypto import KEY_BYTES, encode_master_key
 from ..store.errors import MasterKeyError
-from ..store.masterkey import ENV_MASTER_KEY
+from ..store.masterkey import ENV_MASTER_KEY, env_secret
 
 DEFAULT_SECRET_ENV = "KEYVAULT_HUB_SECRET"  # noqa: S105 - a name, not a secret
 INFO_LABEL = "jupyter-keyvault/per-user-master-key/v1"
@@ -107,7 +108,12 @@ def configure_per_user_keys(
     Fails at hub start (not at the first spawn) when the secret is missing or weak.
     """
     environ = os.environ if environ is None else environ
-    secret = parse_hub_secret(environ.get(secret_env), name=secret_env)
+    secret = parse_hub_secret(env_secret(environ, secret_env), name=secret_env)
+    if environ is os.environ:
+        # The hub needs it no more (the closure below holds it): out of /proc/<hub pid>/environ too,
+        # even if the caller already popped it from os.environ.
+        wipe_process_env_value(secret_env)
+        os.environ.pop(secret_env, None)
     env = c.Spawner.environment
     if isinstance(env, dict) and secret_env in env:
         raise WeakHubSecret(f"c.Spawner.environment passes {secret_env} to user servers; remove it")

@@ -26,6 +26,8 @@ from .._version import __version__
 from ..ratelimit import RateLimiter
 from ..scrub import Scrubber, install_log_filter
 from ..settings import DEFAULT_SECRET_ENV_PATTERNS
+from ..store.errors import MasterKeyError
+from ..store.masterkey import ENV_MASTER_KEY, env_secret
 from ..vaults.local import LocalVault
 from ..web.relay import upstream_session
 from .common import SERVICE_NAME_DEFAULT, SHARED_OWNER, QuotaExceeded, personal_owner
@@ -75,7 +77,7 @@ class KeyVaultHubService(Application):
     @default("db_url")
     def _default_db_url(self):
         # From the environment, so a database password is never on a command line (or in the hub's log).
-        return os.environ.get("KEYVAULT_HUB_DB_URL") or "sqlite:///" + str(Path(self.data_dir) / "keyvault-hub.sqlite")
+        return env_secret(os.environ, "KEYVAULT_HUB_DB_URL") or "sqlite:///" + str(Path(self.data_dir) / "keyvault-hub.sqlite")
 
     admin_users = List(Unicode(), help="Hub users who administer shared keys, besides JupyterHub admins.").tag(config=True)
     admin_groups = List(Unicode(), help="Hub groups whose members administer shared keys.").tag(config=True)
@@ -107,9 +109,13 @@ class KeyVaultHubService(Application):
     def initialize(self, argv=None):
         super().initialize(argv)
         env = dict(os.environ)
-        if self.require_env_master_key and not env.get("KEYVAULT_MASTER_KEY"):
-            self.exit("KEYVAULT_MASTER_KEY is not set: give the service its master key in its environment "
-                      "(c.JupyterHub.services[...]['environment']); see docs/jupyterhub.md")
+        try:
+            has_key = bool(env_secret(env, ENV_MASTER_KEY))
+        except MasterKeyError as exc:
+            self.exit(str(exc))
+        if self.require_env_master_key and not has_key:
+            self.exit("KEYVAULT_MASTER_KEY_FILE (a 0600 file) or KEYVAULT_MASTER_KEY is not set: give the service "
+                      "its master key (keyvault_service_config(master_key_file=...)); see docs/jupyterhub.md")
         self.scrubber = Scrubber()
         install_log_filter(self.scrubber, [self.log, "tornado.access", "tornado.application", "jupyter_keyvault"])
         self._base_urls: dict[str, str] = {}

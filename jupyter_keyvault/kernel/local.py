@@ -17,7 +17,7 @@ from .errors import InvalidRequest, KeyVaultError, NoCredentialError
 
 _LOCK = threading.Lock()
 _VAULTS: dict[tuple[str, str], Any] = {}  # (vault path, fingerprint of the key env vars) -> Vault
-_KEY_ENV = ("KEYVAULT_MASTER_KEY", "KEYVAULT_PASSPHRASE")
+_KEY_ENV = ("KEYVAULT_MASTER_KEY", "KEYVAULT_PASSPHRASE", "KEYVAULT_MASTER_KEY_FILE", "KEYVAULT_PASSPHRASE_FILE")
 
 
 def how_to_add(name: str) -> str:

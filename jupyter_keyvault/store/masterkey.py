@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -26,6 +27,32 @@ ENV_MASTER_KEY = "KEYVAULT_MASTER_KEY"
 ENV_PASSPHRASE = "KEYVAULT_PASSPHRASE"  # noqa: S105 - an env-var name
 ENV_NEW_MASTER_KEY = "KEYVAULT_NEW_MASTER_KEY"
 ENV_NEW_PASSPHRASE = "KEYVAULT_NEW_PASSPHRASE"  # noqa: S105 - an env-var name
+FILE_SUFFIX = "_FILE"  # KEYVAULT_MASTER_KEY_FILE=/run/secrets/kv: the value read from a private file
+
+
+def env_secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret given as `NAME` or, preferably, as `NAME_FILE` (a 0600 file: the secret then never
+    sits in an environment block that other processes of the user can read via /proc)."""
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(name + FILE_SUFFIX)
+    if not path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise MasterKeyError(f"{name}{FILE_SUFFIX}={path}: cannot read it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise MasterKeyError(f"{name}{FILE_SUFFIX}={path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise MasterKeyError(f"{name}{FILE_SUFFIX}={path} is readable by other users: chmod 600 it")
+        text = f.read(64 * 1024).decode("utf-8", "replace").strip()
+    if not text:
+        raise MasterKeyError(f"{name}{FILE_SUFFIX}={path} is empty")
+    return text
 SOURCES = ("env", "keyring", "passphrase", "file")
 KEYRING_SERVICE = "jupyter-keyvault"
 SCRYPT_PARAMS = {"n": 2**15, "r": 8, "p": 1}
@@ -157,11 +184,11 @@ class MasterKeyResolver:
     def choose_new_source(self) -> str:
         if self.preferred_source:
             return self.preferred_source
-        if self.env.get(ENV_MASTER_KEY):
+        if env_secret(self.env, ENV_MASTER_KEY):
             return "env"
         if self.use_keyring and keyring_usable():
             return "keyring"
-        if self.env.get(ENV_PASSPHRASE):
+        if env_secret(self.env, ENV_PASSPHRASE):
             return "passphrase"
         return "file"
 
@@ -174,7 +201,7 @@ class MasterKeyResolver:
     ) -> MasterKey:
         """Load the key of an existing vault (recorded source) or a new one (recorded None)."""
         source = recorded or self.choose_new_source()
-        env_key = self.env.get(ENV_MASTER_KEY)
+        env_key = env_secret(self.env, ENV_MASTER_KEY)
         if env_key:
             # An explicit env key always wins; the vault's check tells if it is the right one.
             return MasterKey(decode_master_key(env_key, origin=ENV_MASTER_KEY), "env", True, ENV_MASTER_KEY)
@@ -183,7 +210,7 @@ class MasterKeyResolver:
         if source == "keyring":
             return self._from_keyring(vault_id, create=recorded is None)
         if source == "passphrase":
-            passphrase = self.env.get(ENV_PASSPHRASE)
+            passphrase = env_secret(self.env, ENV_PASSPHRASE)
             if not passphrase:
                 raise MasterKeyError(f"this vault is sealed with a passphrase: set {ENV_PASSPHRASE}")
             params_text = meta_get("kdf")
@@ -242,14 +269,14 @@ class MasterKeyResolver:
     def new_key_for_rotation(self, source: str, meta_get: Callable[[str], str | None]) -> tuple[bytes, dict[str, str]]:
         """The next master key for `source`, plus metadata to commit with the re-wrap."""
         if source == "env":
-            text = self.env.get(ENV_NEW_MASTER_KEY)
+            text = env_secret(self.env, ENV_NEW_MASTER_KEY)
             if not text:
                 raise MasterKeyError(
                     f"this vault is keyed by {ENV_MASTER_KEY}: put the new key in {ENV_NEW_MASTER_KEY} to rotate"
                 )
             return decode_master_key(text, origin=ENV_NEW_MASTER_KEY), {}
         if source == "passphrase":
-            passphrase = self.env.get(ENV_NEW_PASSPHRASE) or self.env.get(ENV_PASSPHRASE) or ""
+            passphrase = env_secret(self.env, ENV_NEW_PASSPHRASE) or env_secret(self.env, ENV_PASSPHRASE) or ""
             params = new_kdf_params()
             return derive_from_passphrase(passphrase, params), {"kdf": json.dumps(params)}
         return os.urandom(KEY_BYTES), {}
