@@ -6,6 +6,7 @@ bash scripts/setup.sh
 bash scripts/install-postgresql.sh
 bash scripts/install-chp.sh
 bash scripts/install-chromium.sh  # browser tests (tests/test_browser_*.py)
+bash scripts/install-uid-venv.sh  # JupyterHub users in their own uids (tests/test_hub_uids.py)
 echo "== static checks (ruff, mypy, labextension lint)"
 bash scripts/lint.sh
 echo "== pytest (a skip for a missing real part fails here: everything is installed above)"

@@ -97,13 +97,16 @@ def http(method: str, url: str, *, token: str | None = None, body: Any = None, h
         return Response(exc.code, exc.read(), exc.headers.items() if exc.headers else [])
 
 
+UID_VENV_PYTHON = os.path.join(os.environ.get("KEYVAULT_UID_VENV", "/opt/jupyter-keyvault-uid-venv"), "bin", "python")
+
+
 class JupyterHubHarness:
     """A real JupyterHub on free local ports, with an admin token and helpers for its REST API."""
 
     def __init__(self, *, services: list[dict] | None = None, load_roles: list[dict] | None = None,
                  extra_config: str = "", singleuser_config: str = "", user_env: dict[str, str] | None = None,
                  hub_env: dict[str, str] | None = None, root: str | Path | None = None,
-                 admin_users: list[str] = ()):
+                 admin_users: list[str] = (), system_users: bool = False):
         self.root = Path(root or tempfile.mkdtemp(prefix="kv-hub-"))
         self.port = free_port()  # the public proxy port: browsers and servers' users come here
         self.hub_port = free_port()
@@ -121,9 +124,18 @@ class JupyterHubHarness:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.root / "hub.log"
         self._user_tokens: dict[str, str] = {}
+        # True: every hub user is a system user (see add_system_user) and LocalProcessSpawner runs
+        # their server under their own uid, as production spawners do. False: one uid for all.
+        self.system_users = system_users
+        # Servers of system users need an interpreter they may execute (scripts/install-uid-venv.sh).
+        self.server_python = UID_VENV_PYTHON if system_users else sys.executable
 
     # -- paths
     def user_dir(self, name: str) -> Path:
+        if self.system_users:
+            import pwd
+
+            return Path(pwd.getpwnam(name).pw_dir)
         return self.root / "users" / name
 
     def user_log(self, name: str) -> str:
@@ -135,6 +147,9 @@ class JupyterHubHarness:
     def write_config(self) -> Path:
         for d in ("users", "singleuser-config", "runtime"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        if self.system_users:  # other uids read the single-user config (nothing secret lives there)
+            for d in (self.root, self.root / "singleuser-config"):
+                d.chmod(0o755)
         (self.root / "singleuser-config" / "jupyter_server_config.py").write_text(
             "c = get_config()  # noqa\n" + textwrap.dedent(self.singleuser_config) + "\n")
         admin_service = {"name": ADMIN_SERVICE, "api_token": self.admin_token}
@@ -162,26 +177,30 @@ c.JupyterHub.pid_file = os.path.join(ROOT, "jupyterhub.pid")
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {self.admin_users!r}
-c.JupyterHub.spawner_class = "simple"
-c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]
+c.JupyterHub.spawner_class = {"localprocess" if self.system_users else "simple"!r}
+c.Spawner.cmd = [{self.server_python!r}, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = ["--allow-root"]
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 c.Spawner.default_url = "/tree"
-c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(ROOT, "users", "{{username}}")
-c.Spawner.notebook_dir = os.path.join(ROOT, "users", "{{username}}")
 _base_env = {base_env!r}
+if {self.system_users!r}:
+    # Each server runs as its system user, in its own home (HOME and the Jupyter dirs from it).
+    c.Spawner.environment = _base_env
+else:
+    c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(ROOT, "users", "{{username}}")
+    c.Spawner.notebook_dir = os.path.join(ROOT, "users", "{{username}}")
 
-def _per_user(sub):
-    return lambda spawner: os.path.join(ROOT, "users", spawner.user.name, sub)
+    def _per_user(sub):
+        return lambda spawner: os.path.join(ROOT, "users", spawner.user.name, sub)
 
-c.Spawner.environment = {{
-    **_base_env,
-    "JUPYTER_DATA_DIR": _per_user(".local/share/jupyter"),
-    "JUPYTER_RUNTIME_DIR": _per_user(".local/share/jupyter/runtime"),
-    "IPYTHONDIR": _per_user(".ipython"),
-}}
+    c.Spawner.environment = {{
+        **_base_env,
+        "JUPYTER_DATA_DIR": _per_user(".local/share/jupyter"),
+        "JUPYTER_RUNTIME_DIR": _per_user(".local/share/jupyter/runtime"),
+        "IPYTHONDIR": _per_user(".ipython"),
+    }}
 c.JupyterHub.services = {[admin_service] + self.services!r}
 c.JupyterHub.load_roles = {roles!r}
 c.JupyterHub.cleanup_servers = True
@@ -244,6 +263,20 @@ c.JupyterHub.log_level = "INFO"
             if resp.status not in allowed:
                 raise HubError(resp.status, resp.text, path)
         return resp
+
+    @staticmethod
+    def add_system_user(name: str) -> None:
+        """A system user with a private home (tests run as root); remove with remove_system_user."""
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True,
+                       capture_output=True, timeout=60)
+        import pwd
+
+        os.chmod(pwd.getpwnam(name).pw_dir, 0o700)
+
+    @staticmethod
+    def remove_system_user(name: str) -> None:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, timeout=30)
+        subprocess.run(["userdel", "--remove", name], capture_output=True, timeout=60)
 
     def create_user(self, name: str) -> dict:
         """Create a user (hub admins are given as `admin_users` and exist from the start)."""
