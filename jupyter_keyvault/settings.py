@@ -210,6 +210,12 @@ class KeyVault(Configurable):
         "without it; 'off': kernels run as the server's user can. See docs/isolation.md.",
     ).tag(config=True)
 
+    isolate_terminals = Bool(
+        False, help="Start terminals under the same Landlock policy as kernels (when kernels are isolated). "
+        "Off by default: a terminal is the user's own shell, from which they manage their own vault "
+        "(jupyter keyvault set/list); turn it on where terminals must not reach the vault either.",
+    ).tag(config=True)
+
     isolation_writable_paths = List(
         Unicode(), help="Extra paths isolated kernels may write, besides the notebook root, /tmp and caches.",
     ).tag(config=True)

@@ -207,3 +207,23 @@ def test_given_each_mode_then_status_reports_whether_kernels_are_isolated(server
     assert status["isolation"]["enforced"] is (server.mode == "on")
     assert status["allow_direct_access"] is (server.mode == "off")
     assert CANARY not in json.dumps(status)
+
+
+@pytest.mark.parametrize("isolate_terminals", [False, True])
+async def test_given_isolate_terminals_then_a_terminal_cannot_read_the_key_file_and_otherwise_can(
+        upstream, isolate_terminals):
+    """A terminal is the user's own shell (it can, by default); isolate_terminals confines it like a kernel."""
+    from jupyter_keyvault.testing.terminal_client import run_in_terminal
+
+    srv = JupyterServer(f"--KeyVault.isolate_terminals={isolate_terminals}", env={"KEYVAULT_MASTER_KEY": ""}).start()
+    try:
+        resp = http("PUT", srv.url + "/keyvault/api/credentials/OPENAI_API_KEY", token=srv.token,
+                    body={"value": CANARY, "provider": "openai"})
+        assert resp.status == 201, resp.text
+        key_file = srv.root / "data" / "keyvault" / "master.key"
+        out = await run_in_terminal(srv.url + "/", srv.token,
+                                    f"wc -c < {key_file} && echo READ-''OK || echo READ-''REFUSED; echo shell-''ok")
+    finally:
+        srv.stop()
+    assert "shell-ok" in out  # the terminal itself works either way
+    assert ("READ-REFUSED" in out) is isolate_terminals and ("READ-OK" in out) is not isolate_terminals, out

@@ -75,8 +75,41 @@ class KeyVaultApp(ExtensionApp):
 
         specs.get_kernel_spec = get_kernel_spec  # the instance the kernel manager asks for every start
         self.log.info("jupyter-keyvault: kernel isolation %s: %s", mode, status["detail"])
+        if manager.isolate_terminals:
+            self._isolate_terminals(policy)
         for note in status["limitations"]:
             self.log.info("jupyter-keyvault: kernel isolation limit: %s", note)
+
+    def _isolate_terminals(self, policy):
+        """New terminals start through the same launcher and policy as kernels."""
+        import shlex
+        import shutil
+        import sys
+
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        from ..isolation.provisioner import wrap_kernel_cmd
+
+        runtime = jupyter_runtime_dir()
+        os.makedirs(runtime, mode=0o700, exist_ok=True)
+        policy_file = os.path.join(runtime, f"keyvault-terminal-isolation-{os.getpid()}.json")
+        fd = os.open(policy_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(policy.to_json())
+        terminado = self.serverapp.terminado_settings
+        shell = terminado.get("shell_command")
+        if isinstance(shell, str):
+            shell = shlex.split(shell)
+        if not shell:  # as jupyter_server_terminals chooses it
+            shell = [os.environ.get("SHELL") or shutil.which("sh") or "/bin/sh"]
+            if not sys.stdout.isatty():
+                shell.append("-l")
+        wrapped = wrap_kernel_cmd(list(shell), policy_file, kernel_name="terminal")
+        terminado["shell_command"] = wrapped  # for a terminal manager created after this extension
+        manager = self.serverapp.web_app.settings.get("terminal_manager") if self.serverapp.web_app else None
+        if manager is not None:  # ... or one created before it
+            manager.shell_command = wrapped
+        self.log.info("jupyter-keyvault: terminals are isolated like kernels")
 
     def _install_log_filters(self, manager: KeyVaultManager):
         """Redact on every handler of every logger that exists now (the access log included)."""
