@@ -102,7 +102,7 @@ def install(ip: Any, scrubber: _scrub.Scrubber | None = None) -> bool:
 def uninstall(ip: Any) -> bool:
     hm = getattr(ip, "history_manager", None)
     hook = _hook_of(hm)
-    if hook is None:
+    if hm is None or hook is None:  # without a history manager there is no hook either
         return False
     hook.enabled = False
     if all(getattr(hm, name) == getattr(hook, name) for name in _METHODS):

@@ -331,9 +331,10 @@ def uninstall(ip: Any) -> bool:
         return False
     hook.flush_all()
     hook.enabled = False
+    original = hook.original  # read before the `is hook` test below, which types `hook` as that getattr's Any | None
     if getattr(session.__dict__.get("send"), "__keyvault_hook__", None) is hook:
         del session.__dict__["send"]
-        if getattr(session.send, "__keyvault_hook__", None) is None and session.send != hook.original:
-            session.send = hook.original  # we had wrapped someone else's instance-level wrapper
+        if getattr(session.send, "__keyvault_hook__", None) is None and session.send != original:
+            session.send = original  # we had wrapped someone else's instance-level wrapper
         del session._keyvault_output_hook
     return True

@@ -34,7 +34,8 @@ def _check_kdf(kdf: Any) -> None:
     if not isinstance(kdf, dict) or kdf.get("alg") != "scrypt":
         raise bad
     n, r, p, salt = kdf.get("n"), kdf.get("r"), kdf.get("p"), kdf.get("salt")
-    if not all(type(x) is int for x in (n, r, p)) or not isinstance(salt, str):
+    # Spelled out (not all(...)) so the type checker narrows each; `type(x) is int` rejects bools.
+    if not (type(n) is int and type(r) is int and type(p) is int) or not isinstance(salt, str):
         raise bad
     if not (2 <= n <= MAX_SCRYPT_N and n & (n - 1) == 0 and 1 <= r <= MAX_SCRYPT_R and 1 <= p <= MAX_SCRYPT_P
             and 128 * n * r <= MAX_SCRYPT_MEMORY):
@@ -69,7 +70,7 @@ def export_backup(vault: Vault, owner: str, passphrase: str, *, actor: str | Non
         }
         for info, value in vault.values_for_export(owner, actor=actor)
     ]
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "created_at": time.time(),

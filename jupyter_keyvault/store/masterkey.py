@@ -159,6 +159,16 @@ def read_key_file(path: Path) -> bytes:
     return decode_master_key(text, origin=f"master key file {path}")
 
 
+def require_key_file(key_file: Path | None) -> Path:
+    """The key file of a vault keyed by a file; a clear error when its database has no directory for one."""
+    if key_file is None:
+        raise MasterKeyError(
+            f"this vault's database has no directory for a key file: set {ENV_MASTER_KEY} "
+            f"(or {ENV_PASSPHRASE}, or an OS keyring), or give a key file"
+        )
+    return key_file
+
+
 class MasterKeyResolver:
     """Finds (or, for a new vault, creates) the master key.
 
@@ -237,33 +247,29 @@ class MasterKeyResolver:
         return MasterKey(key, "keyring", True, backend)
 
     def _from_file(self, create: bool) -> MasterKey:
-        if self.key_file is None:
-            raise MasterKeyError(
-                f"this vault's database has no directory for a key file: set {ENV_MASTER_KEY} "
-                f"(or {ENV_PASSPHRASE}, or an OS keyring), or give a key file"
-            )
-        if self.key_file.exists():
-            key = read_key_file(self.key_file)
+        key_file = require_key_file(self.key_file)
+        if key_file.exists():
+            key = read_key_file(key_file)
         elif create:
-            key = self._create_key_file()
+            key = self._create_key_file(key_file)
         else:
-            raise MasterKeyError(f"this vault is sealed with a key file, but {self.key_file} is missing")
+            raise MasterKeyError(f"this vault is sealed with a key file, but {key_file} is missing")
         if create:  # later opens report it through status() instead of on every command
-            log.warning("jupyter-keyvault: %s (%s)", KEY_FILE_WARNING, self.key_file)
-        return MasterKey(key, "file", False, str(self.key_file), [KEY_FILE_WARNING])
+            log.warning("jupyter-keyvault: %s (%s)", KEY_FILE_WARNING, key_file)
+        return MasterKey(key, "file", False, str(key_file), [KEY_FILE_WARNING])
 
-    def _create_key_file(self) -> bytes:
+    def _create_key_file(self, key_file: Path) -> bytes:
         """Create the key file exclusively: two processes opening a new vault agree on one key."""
         key = os.urandom(KEY_BYTES)
-        tmp = self.key_file.with_name(f"{self.key_file.name}.{os.getpid()}.tmp")
+        tmp = key_file.with_name(f"{key_file.name}.{os.getpid()}.tmp")
         write_private_file(tmp, (encode_master_key(key) + "\n").encode())
         try:
-            os.link(tmp, self.key_file)  # fails if another process won the race
+            os.link(tmp, key_file)  # fails if another process won the race
         except FileExistsError:
-            key = read_key_file(self.key_file)
+            key = read_key_file(key_file)
         finally:
             tmp.unlink()
-        _fsync_dir(self.key_file.parent)
+        _fsync_dir(key_file.parent)
         return key
 
     def new_key_for_rotation(self, source: str, meta_get: Callable[[str], str | None]) -> tuple[bytes, dict[str, str]]:

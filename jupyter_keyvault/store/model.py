@@ -45,7 +45,7 @@ def validate_owner(owner: object) -> str:
 def validate_type(kind: object) -> str:
     if kind not in CREDENTIAL_TYPES:
         raise InvalidInput(f"credential type must be one of {', '.join(CREDENTIAL_TYPES)}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def validate_value(value: object, *, max_bytes: int = MAX_VALUE_BYTES) -> str:

@@ -146,6 +146,9 @@ def mask_url(url: str | URL) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+NO_SQLITE_FILE = "db_url: an in-memory SQLite database would lose every credential; give a file path"
+
+
 def _parse_url(db_url: str | URL) -> URL:
     try:
         url = make_url(db_url)
@@ -154,7 +157,7 @@ def _parse_url(db_url: str | URL) -> URL:
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise VaultLocked(f"db_url: unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-        raise VaultLocked("db_url: an in-memory SQLite database would lose every credential; give a file path")
+        raise VaultLocked(NO_SQLITE_FILE)
     if url.get_backend_name() == "postgresql" and url.get_driver_name() not in ("psycopg",):
         raise VaultLocked("db_url: use the psycopg 3 driver, postgresql+psycopg://...")
     return url
@@ -234,7 +237,10 @@ class SQLBackend(StorageBackend):
         self._busy_timeout = busy_timeout
         # hide_parameters: SQLAlchemy errors and logs would otherwise quote bound values (blobs, names).
         options: dict = {"hide_parameters": True}
+        self.path: Path | None  # the SQLite file; None for a server database
         if self.dialect == "sqlite":
+            if url.database is None:  # _parse_url refused it already; checked again to narrow the type
+                raise VaultLocked(NO_SQLITE_FILE)
             self.path = Path(url.database).expanduser().absolute()
             url = url.set(database=str(self.path))
             self.location = str(self.path)
@@ -341,11 +347,14 @@ class SQLBackend(StorageBackend):
         )
 
     def _insert(self, table: sa.Table):
+        # Two names: the dialects' insert() functions return different Insert types.
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            return postgresql_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
 
     # -- schema
     def _open(self, auto_migrate: bool) -> None:
@@ -419,7 +428,10 @@ class SQLBackend(StorageBackend):
             if current is not None and current != kek_id:
                 raise StaleMasterKey("the master key was rotated by another process")
             conn.execute(self._owner_key_insert_ignore, {"owner": owner, "wrapped": wrapped, "kek_id": kek_id})
-            return bytes(conn.execute(_SELECT_OWNER_KEY, {"owner": owner}).first()[0])
+            row = conn.execute(_SELECT_OWNER_KEY, {"owner": owner}).first()
+            if row is None:  # never: inserted just above, or by the writer that insert waited for
+                raise faults.damaged(self.location, f"the data key of owner {owner!r} vanished as it was stored")
+            return bytes(row[0])
 
     def rewrap_owner_keys(self, rewrap: Callable[[str, bytes], bytes], new_kek_id: str, meta: dict[str, str]) -> int:
         with self._tx() as conn:

@@ -11,7 +11,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping, overload
 
 from . import faults
 from . import masterkey as mk
@@ -104,6 +104,7 @@ class Vault:
         self._deks: dict[str, bytes] = {}
         self._touched: dict[tuple[str, str], float] = {}
         self._lock = threading.RLock()
+        self._vault_id: str
         self.master: mk.MasterKey
         self._kek: KeyEncryptionKey
         self._unlock()
@@ -118,16 +119,17 @@ class Vault:
         b = self.backend
         if b.is_new() and self._create():
             return
-        self._vault_id = b.meta_get(VERSION_KEY)
+        vault_id = b.meta_get(VERSION_KEY)
         check = b.meta_get("kek_check")
-        if self._vault_id is None or check is None:
-            missing = " and ".join(n for n, v in (("vault id", self._vault_id), ("key check", check)) if v is None)
+        if vault_id is None or check is None:
+            missing = " and ".join(n for n, v in (("vault id", vault_id), ("key check", check)) if v is None)
             raise faults.damaged(
                 b.location,
                 f"it has no {missing} record, so it is not a complete vault (damaged, or its "
                 f"{Path(b.location).name}-wal was lost; if it never held credentials, moving it aside lets a "
                 "new vault be created)",
             )
+        self._vault_id = vault_id
         recorded = b.meta_get("kek_source")
         master = self._resolver.resolve(self._vault_id, recorded, b.meta_get, b.meta_init)
         kek = KeyEncryptionKey(master.key)
@@ -210,11 +212,12 @@ class Vault:
             return None
         with self._rotation_guard():
             promote = True
+            staged: bytes | None
             if master.source == "file":
                 if self._staged_key_file().exists():
                     staged = mk.read_key_file(self._staged_key_file())
                 else:  # another process may have finished the rotation meanwhile
-                    staged, promote = mk.read_key_file(self.key_file), False
+                    staged, promote = mk.read_key_file(self._file_source_key_file()), False
             else:
                 staged = mk.keyring_get(self._vault_id, pending=True)
                 if staged is None:
@@ -225,8 +228,9 @@ class Vault:
             if not kek.verify_check(self._vault_id, check):
                 return None
             if promote and master.source == "file":
-                os.replace(self._staged_key_file(), self.key_file)
-                mk._fsync_dir(self.key_file.parent)
+                key_file = self._file_source_key_file()
+                os.replace(self._staged_key_file(), key_file)
+                mk._fsync_dir(key_file.parent)
             elif promote:
                 mk.keyring_set(self._vault_id, staged)
                 mk.keyring_delete(self._vault_id, pending=True)
@@ -234,13 +238,26 @@ class Vault:
                 log.warning("jupyter-keyvault: finished an interrupted master-key rotation")
         return mk.MasterKey(staged, master.source, master.strong, master.detail, master.warnings), kek
 
+    def _file_source_key_file(self) -> Path:
+        """The key file of a vault whose master key source is "file" (the resolver picks that
+        source only when there is one); otherwise the resolver's clear error."""
+        return mk.require_key_file(self.key_file)
+
     def _staged_key_file(self) -> Path:
-        return self.key_file.with_name(self.key_file.name + ".next")
+        key_file = self._file_source_key_file()
+        return key_file.with_name(key_file.name + ".next")
 
     # -- data keys
     STALE_KEY_RETRIES = 5  # rotations back to back may outrun one reload
 
+    @overload
+    def _dek(self, owner: str, create: Literal[True]) -> bytes: ...
+
+    @overload
+    def _dek(self, owner: str, create: Literal[False]) -> bytes | None: ...
+
     def _dek(self, owner: str, create: bool) -> bytes | None:
+        """The owner's data key; None only when it has none and `create` is False."""
         with self._lock:
             dek = self._deks.get(owner)
             if dek is not None:
@@ -517,8 +534,9 @@ class Vault:
                     ) from None
                 raise
             if source == "file":
-                os.replace(self._staged_key_file(), self.key_file)
-                mk._fsync_dir(self.key_file.parent)
+                key_file = self._file_source_key_file()
+                os.replace(self._staged_key_file(), key_file)
+                mk._fsync_dir(key_file.parent)
             elif source == "keyring":
                 mk.keyring_set(self._vault_id, new_key)
                 mk.keyring_delete(self._vault_id, pending=True)

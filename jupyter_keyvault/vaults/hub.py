@@ -174,7 +174,7 @@ class HubVaultClient:
                                      e.get("outcome") or "", e.get("detail")))
         return events
 
-    def status(self, **_: Any) -> dict[str, Any]:
+    def status(self, **_options: Any) -> dict[str, Any]:  # check= and with_paths= are local-vault options
         try:
             _, body = self._call("GET", "api/status")
         except HubServiceError as exc:
