@@ -68,7 +68,8 @@ def kvhub(tmp_path_factory):
         extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
                     "--KeyVaultHubService.groups_cache_seconds=0"])
     hub = JupyterHubHarness(services=[service], load_roles=roles, user_env=user_env, admin_users=["carol"],
-                            singleuser_config='c.KeyVault.backend = "hub"\n')
+                            # Direct mode is off by default where kernels are isolated; this hub opts in to test it.
+                            singleuser_config='c.KeyVault.backend = "hub"\nc.KeyVault.allow_direct_access = True\n')
     hub.start()
     try:
         for user in ("alice", "bob", "dave", "erin", "carol"):
@@ -114,7 +115,7 @@ async def test_each_user_stores_a_personal_key_through_their_server_and_uses_it_
             result = await kvhub.run(kernel, CHAT)
             assert result.error is None, result.text
             assert "REPLY:" in result.stdout
-            # Direct mode reaches the user's OWN personal value (allow_direct_access, the default).
+            # Direct mode (allowed on this hub's servers) reaches the user's OWN personal value.
             result = await kernel.execute(f'import keyvault\nprint(keyvault.get("OPENAI_API_KEY").reveal() == "{key}")')
             assert result.stdout.strip() == "True", result.text
         finally:
