@@ -140,11 +140,12 @@ def write_private_file(path: Path, data: bytes) -> None:
         os.close(fd)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path | str) -> None:
+    """Flush a file's data, or a directory's entries (after a create, link or rename), to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -269,7 +270,7 @@ class MasterKeyResolver:
             key = read_key_file(key_file)
         finally:
             tmp.unlink()
-        _fsync_dir(key_file.parent)
+        fsync_path(key_file.parent)
         return key
 
     def new_key_for_rotation(self, source: str, meta_get: Callable[[str], str | None]) -> tuple[bytes, dict[str, str]]:

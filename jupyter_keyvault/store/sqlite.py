@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 from . import faults
 from .backend import StorageBackend
 from .errors import StaleMasterKey, VaultError, VaultLocked
+from .masterkey import fsync_path
 from .model import AuditEvent, CredentialRecord
 
 log = logging.getLogger("jupyter_keyvault.store")
@@ -400,17 +401,13 @@ class SQLiteBackend(StorageBackend):
                     db.execute("PRAGMA journal_mode = WAL")  # recorded in the file header
                 finally:
                     db.close()
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(tmp)
                 try:
                     os.link(tmp, self.path)  # atomic; fails if another process won the race
                     created = True
                 except FileExistsError:
                     created = False
-                _fsync_dir(self.path.parent)
+                fsync_path(self.path.parent)
             finally:
                 for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
                     try:
@@ -468,13 +465,9 @@ class SQLiteBackend(StorageBackend):
                 target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
             finally:
                 target.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(tmp)
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_path(dest.parent)
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -625,13 +618,6 @@ class SQLiteBackend(StorageBackend):
         sql = _AUDIT_QUERIES[(owner is not None, before_id is not None)]
         return [_event(r) for r in self._conn().execute(sql, args).fetchall()]
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _split_sql(script: str) -> list[str]:

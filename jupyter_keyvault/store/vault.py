@@ -230,7 +230,7 @@ class Vault:
             if promote and master.source == "file":
                 key_file = self._file_source_key_file()
                 os.replace(self._staged_key_file(), key_file)
-                mk._fsync_dir(key_file.parent)
+                mk.fsync_path(key_file.parent)
             elif promote:
                 mk.keyring_set(self._vault_id, staged)
                 mk.keyring_delete(self._vault_id, pending=True)
@@ -536,7 +536,7 @@ class Vault:
             if source == "file":
                 key_file = self._file_source_key_file()
                 os.replace(self._staged_key_file(), key_file)
-                mk._fsync_dir(key_file.parent)
+                mk.fsync_path(key_file.parent)
             elif source == "keyring":
                 mk.keyring_set(self._vault_id, new_key)
                 mk.keyring_delete(self._vault_id, pending=True)
