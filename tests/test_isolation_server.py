@@ -227,3 +227,36 @@ async def test_given_isolate_terminals_then_a_terminal_cannot_read_the_key_file_
         srv.stop()
     assert "shell-ok" in out  # the terminal itself works either way
     assert ("READ-REFUSED" in out) is isolate_terminals and ("READ-OK" in out) is not isolate_terminals, out
+
+
+def test_given_isolation_on_without_landlock_when_a_kernel_is_started_then_one_clear_refusal():
+    srv = JupyterServer("--KeyVault.isolate_kernels=on", env={"KEYVAULT_TEST_FORCE_NO_LANDLOCK": "1"}).start()
+    try:
+        kernels = http("POST", srv.url + "/api/kernels", token=srv.token, body={"name": "python3"})
+        # jupyter_server's sessions API wraps every start failure in a 500; the message is ours.
+        session = http("POST", srv.url + "/api/sessions", token=srv.token,
+                       body={"path": "a.ipynb", "type": "notebook", "kernel": {"name": "python3"}})
+        running = http("GET", srv.url + "/api/kernels", token=srv.token).json()
+        status = http("GET", srv.url + "/keyvault/api/status", token=srv.token).json()
+    finally:
+        srv.stop()
+    assert kernels.status == 503
+    message = "no kernel started: 'on' but Landlock is unavailable"
+    assert message in kernels.json()["message"] and message in session.json()["message"]
+    assert running == []  # nothing started
+    assert status["isolation"]["mode"] == "on" and status["isolation"]["enforced"] is False
+
+
+def test_given_a_kernelspec_isolation_cannot_wrap_when_started_then_the_error_names_it():
+    srv = JupyterServer()
+    spec = srv.root / "data" / "kernels" / "broken"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [], "display_name": "broken", "language": "python"}))
+    srv.start()
+    try:
+        resp = http("POST", srv.url + "/api/kernels", token=srv.token, body={"name": "broken"})
+        running = http("GET", srv.url + "/api/kernels", token=srv.token).json()
+    finally:
+        srv.stop()
+    assert resp.status == 400 and running == []
+    assert "kernelspec 'broken' has an empty argv" in resp.json()["message"]

@@ -4,6 +4,7 @@ Configuration is `c.KeyVault.*` (settings.KeyVault); this class adds nothing of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from functools import partial
@@ -14,7 +15,7 @@ from tornado import web
 from .. import envguard
 from .._version import __version__
 from ..isolation import set_non_dumpable
-from ..isolation.provisioner import KeyVaultIsolatedProvisioner, isolated_spec
+from ..isolation.provisioner import KernelSpecNotWrappable, KeyVaultIsolatedProvisioner, isolated_spec
 from ..scrub import install_log_filter
 from ..settings import KERNEL_ENV_ALLOWLIST
 from . import kernel_api, oauth_pages, proxy, rest
@@ -28,6 +29,7 @@ class KeyVaultApp(ExtensionApp):
     name = "jupyter_keyvault"
     extension_url = "/keyvault/api/status"
     load_other_extensions = True
+    _unwrappable: dict[str, str]  # kernelspec name -> why kernel isolation cannot start it
 
     def initialize_settings(self):
         env_snapshot = dict(os.environ)  # read before the secrets are removed from it below
@@ -65,13 +67,20 @@ class KeyVaultApp(ExtensionApp):
                              "vault, the runtime dir and this server's memory", status["detail"])
             return
         set_non_dumpable()
+        self._unwrappable = {}
         policy = manager.isolation_policy
         KeyVaultIsolatedProvisioner.policy_factory = lambda _provisioner, _kwargs: policy
         specs = self.serverapp.kernel_spec_manager
         get_spec, mode = specs.get_kernel_spec, manager.isolate_kernels
 
         def get_kernel_spec(kernel_name, *args, **kwargs):
-            return isolated_spec(get_spec(kernel_name, *args, **kwargs), kernel_name, mode)
+            spec = get_spec(kernel_name, *args, **kwargs)
+            try:
+                return isolated_spec(spec, kernel_name, mode)
+            except KernelSpecNotWrappable as exc:
+                # Still listed (so the user sees it), but start_kernel refuses it with this reason.
+                self._unwrappable[kernel_name] = str(exc)
+                return spec
 
         specs.get_kernel_spec = get_kernel_spec  # the instance the kernel manager asks for every start
         self.log.info("jupyter-keyvault: kernel isolation %s: %s", mode, status["detail"])
@@ -140,6 +149,12 @@ class KeyVaultApp(ExtensionApp):
             isolation = manager.isolation_status()
             if manager.isolate_kernels == "on" and not isolation["enforced"]:
                 raise web.HTTPError(503, f"jupyter-keyvault: no kernel started: {isolation['detail']}")
+            if manager.isolation_policy is not None:
+                name = kwargs.get("kernel_name") or km.default_kernel_name
+                with contextlib.suppress(Exception):  # unknown kernels etc.: jupyter_server reports them itself
+                    km.kernel_spec_manager.get_kernel_spec(name)  # records a kernelspec isolation cannot wrap
+                if name in self._unwrappable:
+                    raise web.HTTPError(400, f"jupyter-keyvault: no kernel started: {self._unwrappable[name]}")
             kwargs["env"] = manager.kernel_env(kwargs.get("env"))
             return await start(*args, **kwargs)
 

@@ -47,6 +47,8 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.vault: ServerVault = self.open_vault(env=env, scrubber=self.scrubber)
         self.tokens: AccessTokens = self.vault.access_tokens()
         self.isolation_policy = self._isolation_policy()
+        # Landlock does not come or go while the server runs: decided once, before secrets leave os.environ.
+        self._isolation = isolation_status(self.isolate_kernels, self.isolation_policy, with_paths=False)
         self.kernel_auth = KernelAuthenticator(self._session_key_for)
         self.oauth = OAuthManager(self.vault, self.owner, build_providers(self.oauth_providers),
                                   refresh_skew=self.oauth_refresh_skew, timeout=self.test_timeout)
@@ -74,7 +76,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
 
     def isolation_status(self) -> dict[str, Any]:
         """As the browser may see it: limitations without server paths."""
-        return isolation_status(self.isolate_kernels, self.isolation_policy, with_paths=False)
+        return dict(self._isolation)
 
     def _session_key_for(self, kernel_id: str) -> bytes | None:
         if kernel_id not in self.kernel_manager:
