@@ -7,9 +7,7 @@ isolation on it must fail, while ordinary work (files in the notebook root and /
 
 from __future__ import annotations
 
-import base64
 import ctypes
-import hashlib
 import json
 import os
 import secrets
@@ -19,7 +17,6 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -43,6 +40,7 @@ from jupyter_keyvault.isolation.provisioner import (
     KeyVaultIsolatedProvisioner,
     wrap_kernel_cmd,
 )
+from jupyter_keyvault.testing.wheels import tiny_wheel
 
 needs_landlock = pytest.mark.skipif(ll.abi_version() < 1, reason=f"Landlock unavailable: {ll.availability().reason}")
 
@@ -436,28 +434,6 @@ def test_given_the_servers_own_interpreter_then_its_kernels_get_the_pip_target_a
     assert "PIP_TARGET" not in other and "PYTHONPATH" not in other
 
 
-def _tiny_wheel(directory: Path, name: str, marker: str) -> Path:
-    """A valid pure-Python wheel written by hand (no build tools, no index)."""
-    version = "0.1"
-    dist_info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f"MARKER = {marker!r}\n".encode(),
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist_info}/RECORD,,")
-    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        for path, data in files.items():
-            z.writestr(path, data)
-    return wheel
-
-
 @pytest.mark.e2e
 @needs_landlock
 def test_given_isolation_on_then_ordinary_notebook_work_still_works(world, isolated, tmp_path):
@@ -494,7 +470,7 @@ def test_given_isolation_on_then_ordinary_notebook_work_still_works(world, isola
 
     # %pip install of a local wheel lands in the kernels' own target and imports
     name = f"kvtiny{marker}"
-    wheel = _tiny_wheel(tmp_path, name, marker)
+    wheel = tiny_wheel(tmp_path, name, marker)
     out = isolated.run(f"%pip install --no-index --no-deps -q {wheel}\nimport os\nprint(os.environ['PIP_TARGET'])")
     target = out.strip().splitlines()[-1]
     assert target.startswith(str(world.home / ".local/share/jupyter-keyvault-kernel/site-packages/")), out

@@ -260,3 +260,36 @@ def test_given_a_kernelspec_isolation_cannot_wrap_when_started_then_the_error_na
         srv.stop()
     assert resp.status == 400 and running == []
     assert "kernelspec 'broken' has an empty argv" in resp.json()["message"]
+
+
+async def test_given_isolation_on_then_notebooks_save_and_pip_install_work_the_documented_way(upstream, tmp_path):
+    """In the set-up where every attack above is refused: the server opens, edits and saves a notebook
+    in the root dir while an isolated kernel runs, the kernel reads files of a project folder, and
+    `%pip install` works from the kernel."""
+    from jupyter_keyvault.testing.wheels import tiny_wheel
+
+    server = JupyterServer("--KeyVault.isolate_kernels=on", env={"KEYVAULT_MASTER_KEY": ""}).start()
+    (server.root / "home" / "project").mkdir()  # a project folder, as users keep one
+    marker = secrets.token_hex(6)
+    name = f"kvtiny{marker}"
+    wheel = tiny_wheel(tmp_path, name, marker)
+    kernel = await ServerKernel(server.url + "/", server.token, path="work.ipynb").start()
+    try:
+        out = (await kernel.execute(f"%pip install --no-index --no-deps -q {wheel}\nimport {name}\n"
+                                    f"print('IMPORTED', {name}.MARKER)", timeout=180)).text
+        nb = {"type": "notebook", "content": {"cells": [{"cell_type": "markdown", "metadata": {}, "source": marker}],
+                                              "metadata": {}, "nbformat": 4, "nbformat_minor": 5}}
+        saved = http("PUT", server.url + "/api/contents/work.ipynb", token=server.token, body=nb)
+        nb["content"]["cells"][0]["source"] = marker + " edited"
+        edited = http("PUT", server.url + "/api/contents/work.ipynb", token=server.token, body=nb)
+        opened = http("GET", server.url + "/api/contents/work.ipynb", token=server.token)
+        http("PUT", server.url + "/api/contents/project/data.ipynb", token=server.token, body=nb)
+        read_back = (await kernel.execute(
+            "import json; print(json.load(open('project/data.ipynb'))['cells'][0]['source'])", timeout=60)).text
+    finally:
+        await kernel.stop()
+        server.stop()
+    assert f"IMPORTED {marker}" in out, out
+    assert saved.status in (200, 201) and edited.status == 200
+    assert opened.json()["content"]["cells"][0]["source"] == marker + " edited"
+    assert f"{marker} edited" in read_back
