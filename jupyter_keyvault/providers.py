@@ -90,6 +90,27 @@ def get_provider(provider_id: str) -> Provider:
         raise InvalidInput(f"unknown provider {provider_id!r}; known: {', '.join(PROVIDERS)}") from None
 
 
+INJECTABLE_TYPES = ("api_key", "custom")
+
+
+def injection_refusal(provider: Provider, name: str, credential_provider: str | None,
+                      credential_type: str = "api_key") -> str | None:
+    """Why credential `name` may not be sent to `provider`'s API, or None when it may.
+
+    A credential goes only to its own provider (an HF token never to the OpenAI base URL); one
+    without a provider only under that provider's own variable name (OPENAI_API_KEY to openai);
+    OAuth tokens, client secrets and access tokens never to a provider route."""
+    if credential_type not in INJECTABLE_TYPES:
+        return f"{name} is a {credential_type} credential, which is never sent to a provider's API"
+    if credential_provider == provider.id:
+        return None
+    if credential_provider is None and (name == provider.env_var or name in provider.aliases):
+        return None
+    owner = PROVIDERS[credential_provider].label if credential_provider in PROVIDERS else "no provider"
+    return (f"{name} is a credential for {owner}; it is sent only to its own provider's API, "
+            f"not to {provider.label}")
+
+
 def provider_for_env_var(name: str) -> Provider | None:
     for p in PROVIDERS.values():
         if name == p.env_var or name in p.aliases:

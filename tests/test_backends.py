@@ -69,7 +69,16 @@ def local_backend(upstream):
 
 
 @pytest.fixture(scope="module")
-def hub(upstream, tmp_path_factory):
+def hostile():
+    from jupyter_keyvault.testing.hostile_upstream import HostileUpstream
+
+    server = HostileUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(upstream, hostile, tmp_path_factory):
     from jupyter_keyvault.hub.config import keyvault_service_config
 
     data_dir = tmp_path_factory.mktemp("kv-service")
@@ -78,7 +87,8 @@ def hub(upstream, tmp_path_factory):
     key_file.chmod(0o600)
     service, roles, user_env = keyvault_service_config(
         port=free_port(), master_key_file=str(key_file), name=SERVICE, data_dir=str(data_dir),
-        extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}"])
+        extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
+                    f"--KeyVaultHubService.provider_base_urls=groq={hostile.base_url}"])
     harness = JupyterHubHarness(services=[service], load_roles=roles, user_env=user_env,
                                 singleuser_config='c.KeyVault.backend = "hub"\n'
                                                   'c.KeyVault.write_rate_per_minute = 10000.0\n')
@@ -201,6 +211,36 @@ def test_given_both_backends_when_the_suite_is_over_then_no_response_carried_the
         backend.call("POST", "keyvault/api/credentials/LAST_KEY/test")
         seen = "\n".join(backend.seen)
         assert seen and CANARY not in seen, backend.name
+
+
+# -- the hub service's proxy: the key it injects never comes back to the user
+GROQ_CANARY = "gsk_HUBHOSTILECANARY" + secrets.token_hex(20)
+
+
+@pytest.mark.parametrize("channel", ["body", "header", "sse", "escaped", "gzip", "error"])
+def test_given_the_hub_service_proxy_when_an_upstream_echoes_the_key_then_the_user_never_receives_it(
+        hub, hub_backend, hostile, channel):
+    service = hub.service_url(SERVICE)
+    stored = http("PUT", service + "api/credentials/GROQ_API_KEY", token=hub_backend.token,
+                  body={"value": GROQ_CANARY, "provider": "groq"})
+    assert stored.status in (201, 204), stored.text
+    resp = http("GET", service + f"proxy/groq/v1/echo/{channel}", token=hub_backend.token)
+    assert GROQ_CANARY in hostile.seen, (resp.status, resp.text)  # the service did inject it upstream
+    everything = resp.text + json.dumps(list(resp.headers.get_all()))
+    assert resp.status == (400 if channel == "error" else 200), resp.text
+    assert GROQ_CANARY not in everything and GROQ_CANARY[20:] not in everything, everything
+    assert "[REDACTED" in everything
+
+
+def test_given_the_hub_service_proxy_when_a_key_of_another_provider_is_named_then_403(hub, hub_backend, hostile):
+    service = hub.service_url(SERVICE)
+    http("PUT", service + "api/credentials/GROQ_API_KEY", token=hub_backend.token,
+         body={"value": GROQ_CANARY, "provider": "groq"})
+    before = len(hostile.seen)
+    resp = http("GET", service + "proxy/openai/v1/models", token=hub_backend.token,
+                headers={"X-KeyVault-Credential": "GROQ_API_KEY"})
+    assert resp.status == 403 and "GROQ_API_KEY is a credential for Groq" in resp.text, resp.text
+    assert len(hostile.seen) == before and GROQ_CANARY not in resp.text
 
 
 # -- schemathesis against the hub-backed server (the local one: tests/test_openapi_fuzz.py)

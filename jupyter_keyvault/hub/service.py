@@ -26,7 +26,7 @@ from .._version import __version__
 from ..ratelimit import RateLimiter
 from ..scrub import Scrubber, install_log_filter
 from ..settings import DEFAULT_SECRET_ENV_PATTERNS
-from ..store.errors import MasterKeyError
+from ..store.errors import AccessDenied, MasterKeyError
 from ..store.masterkey import ENV_MASTER_KEY, env_secret
 from ..vaults.local import LocalVault
 from ..web.relay import upstream_session
@@ -187,22 +187,29 @@ class KeyVaultHubService(Application):
         return self._cached(("limits", kind, subject), lambda: self.store.get_limits(kind, subject))
 
     # -- credentials chosen for a proxied request
-    def has_personal(self, username: str, name: str) -> bool:
+    def personal_kind(self, username: str, name: str) -> tuple[str | None, str] | None:
+        """(provider, type) of the user's own credential `name`, or None when they have none."""
         owner = personal_owner(username)
         hit = self._resolved.get((owner, name))
         if hit and hit[0] > time.monotonic():
-            return True
-        return self.vault.backend.get_credential(owner, name) is not None
+            return hit[1].provider, hit[1].type
+        rec = self.vault.backend.get_credential(owner, name)
+        return (rec.provider, rec.type) if rec is not None else None
 
     def choose_credential(self, username: str, groups: list[str], provider: providers.Provider, name: str):
         """(source, owner, name) of the key to use. Precedence: the user's own key of that name; a shared key of
         that name granted to them; when the name is the provider's default, any granted shared key of that
         provider (first by name)."""
-        if self.has_personal(username, name):
+        personal = self.personal_kind(username, name)
+        if personal is not None:
+            refusal = providers.injection_refusal(provider, name, *personal)
+            if refusal:
+                raise AccessDenied(refusal)
             return "personal", personal_owner(username), name
         granted = set(self.granted(username, groups))
         shared = {n: i for n, i in self.shared_keys().items() if n in granted}
-        if name in shared and shared[name].provider in (None, provider.id):
+        if name in shared and providers.injection_refusal(provider, name, shared[name].provider,
+                                                          shared[name].type) is None:
             return "shared", SHARED_OWNER, name
         if name == provider.env_var:
             for sname in sorted(shared):
@@ -228,7 +235,12 @@ class KeyVaultHubService(Application):
     def admit(self, username: str, groups: list[str], provider: providers.Provider, name: str):
         """Everything a proxied request needs before going upstream, in one call off the event loop:
         choose the key, enforce limits, count the request, audit the use, decrypt (cached)."""
-        choice = self.choose_credential(username, groups, provider, name)
+        try:
+            choice = self.choose_credential(username, groups, provider, name)
+        except AccessDenied as exc:
+            self.ledger.audit(personal_owner(username), "use", name, "denied", actor=username,
+                              detail=f"route={provider.id}: {exc}")
+            raise
         if choice is None:
             self.ledger.audit(personal_owner(username), "use", name, "denied", actor=username,
                               detail=f"provider={provider.id}: no personal key and no shared key granted")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .. import providers
+from ..providers import injection_refusal
 from ..store import Vault
-from ..store.errors import BadUpstream
+from ..store.errors import AccessDenied, BadUpstream
+from ..store.model import validate_name
 from ..store.tokens import TokenStore
 from . import Upstream
 
@@ -61,6 +63,14 @@ class LocalVault(Vault):
             raise BadUpstream(str(exc)) from None
         if not provider.needs_key:
             return Upstream(base_url, provider.auth_headers(None), None)
+        # Bound to its provider, checked on the record before anything is decrypted or counted as a use.
+        rec = self.backend.get_credential(owner, name) if validate_name(name) else None
+        from_env = bool(self._env.get(name)) and name in self.env_credential_names
+        refusal = injection_refusal(provider, name, None if from_env or rec is None else rec.provider,
+                                    "api_key" if from_env or rec is None else rec.type)
+        if refusal and (from_env or rec is not None):
+            self.audit(owner, "use", name, "denied", actor=actor, detail=f"route={provider.id}")
+            raise AccessDenied(refusal)
         key = self.resolve(owner, name, actor=actor).value
         return Upstream(base_url, provider.auth_headers(key), key)
 

@@ -10,7 +10,11 @@ from tornado import web
 from ..providers import Provider
 
 DROP_QUERY = {"token", "_xsrf"}  # the Jupyter server's own credentials never go upstream
-_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|^/|//|\\|%2e|%2f|%5c|%00|[\x00-\x20]|@", re.IGNORECASE)
+# Dot segments, absolute or doubled slashes, backslashes, `@`, whitespace and control characters, and
+# their encoded forms: `%2e` `%2f` `%5c`, any encoded control character, `%25` (a second round of
+# decoding upstream, e.g. `%252e%252e%252f`) and `;` (path parameters: `..;/` is `../` to some servers).
+_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|^/|//|\\|;|%2e|%2f|%5c|%25|%[01][0-9a-f]|%7f|[\x00-\x20\x7f]|@",
+                          re.IGNORECASE)
 _REFUSED = "refused: the path must stay under the provider's base URL"
 
 

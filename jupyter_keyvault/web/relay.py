@@ -15,6 +15,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from .headers import relayed_response_headers
+from .redact import InjectedValueRedactor, decoder_for
 
 MAX_ERROR_BODY = 256 * 1024
 
@@ -69,26 +70,43 @@ class RelayMixin:
 async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
                  body: bytes | None, injected: str | None, scrub: Callable[[str], str],
                  meter_for: Callable[[str], UsageMeter] | None) -> int:
+    # The value injected upstream never comes back: not in the status line, a header or the body.
+    redactor = InjectedValueRedactor(injected) if injected else None
     try:
         async with session.request(handler.request.method, url, data=body, headers=headers,
                                    allow_redirects=False) as upstream:
-            handler.set_status(upstream.status, upstream.reason or None)
+            reason = upstream.reason or None
+            handler.set_status(upstream.status, redactor.text(reason) if redactor and reason else reason)
             for name, value in relayed_response_headers(upstream.headers.items()):
-                handler.add_header(name, value)
+                handler.add_header(name, redactor.text(value) if redactor else value)
+            # Asked for identity, an upstream may compress anyway: relay decoded bytes (Content-Encoding is
+            # not relayed), which the redactor can also read.
+            decoder = decoder_for(upstream.headers.get("Content-Encoding"))
             if upstream.status >= 400:
                 # Error bodies are small: read, redact anything key-like (some providers echo it), send.
-                text = (await upstream.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
-                handler.finish(scrub(text.replace(injected, "[REDACTED]") if injected else text).encode("utf-8"))
+                raw = await upstream.content.read(MAX_ERROR_BODY)
+                raw = decoder.decompress(raw, MAX_ERROR_BODY) if decoder else raw
+                if redactor:
+                    raw = redactor.feed(raw) + redactor.flush()
+                handler.finish(scrub(raw.decode("utf-8", "replace")).encode("utf-8"))
                 return 0
             meter = meter_for(upstream.headers.get("Content-Type", "")) if meter_for else None
             # Small SSE writes must leave at once, not wait for Nagle's algorithm.
             handler.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
             async for chunk in upstream.content.iter_any():
+                if decoder:
+                    chunk = decoder.decompress(chunk)
                 if meter is not None:
                     meter.feed(chunk)
-                handler.write(chunk)
-                await handler.flush()
-            handler.finish()
+                if redactor:
+                    chunk = redactor.feed(chunk)
+                if chunk:
+                    handler.write(chunk)
+                    await handler.flush()
+            rest = decoder.flush() if decoder else b""
+            if redactor:
+                rest = redactor.feed(rest) + redactor.flush()
+            handler.finish(rest or None)
             return meter.finish() if meter is not None else 0
     except StreamClosedError:
         return 0

@@ -1,0 +1,95 @@
+"""An upstream that tries to hand back the key the proxy injected, by every channel a client
+would decode: a JSON body, a header, an SSE event split across chunks, a body partly written as
+JSON \\u escapes, a gzip body sent although identity was asked for, and an error body. Tests
+point a provider's base URL here and check that the client never receives the key."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+
+def escaped(key: str) -> str:
+    """The key with every other character as a JSON \\u escape (a JSON decoder gives the key back)."""
+    return "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(key))
+
+
+class _Echo(tornado.web.RequestHandler):
+    def initialize(self, seen: list):
+        self.seen = seen
+
+    def key(self) -> str:
+        value = self.request.headers.get("Authorization", "").partition(" ")[2] or \
+            self.request.headers.get("x-api-key", "")
+        self.seen.append(value)
+        return value
+
+    async def get(self, channel: str):
+        key = self.key()
+        if channel == "body":
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"object": "list", "data": [], "you_sent": key}))
+        elif channel == "header":
+            self.set_header("X-Echo", f"key={key}")
+            self.finish(json.dumps({"ok": True}))
+        elif channel == "sse":
+            self.set_header("Content-Type", "text/event-stream")
+            half = len(key) // 2
+            self.write('data: {"delta": "' + key[:half])
+            await self.flush()
+            await asyncio.sleep(0.05)
+            self.write(key[half:] + '"}\n\n')
+            await self.flush()
+            self.finish("data: [DONE]\n\n")
+        elif channel == "escaped":
+            self.set_header("Content-Type", "application/json")
+            self.finish('{"you_sent": "' + escaped(key) + '"}')
+        elif channel == "gzip":
+            self.set_header("Content-Type", "application/json")
+            self.set_header("Content-Encoding", "gzip")
+            self.finish(gzip.compress(json.dumps({"you_sent": key}).encode()))
+        elif channel == "error":
+            self.set_status(400)
+            self.set_header("Content-Type", "application/json")
+            self.finish('{"error": {"message": "bad key ' + escaped(key) + '"}}')
+        else:
+            self.send_error(404)
+
+
+class HostileUpstream:
+    """`base_url` ends in /v1; GET {base_url}/echo/{body,header,sse,escaped,gzip,error}."""
+
+    CHANNELS = ("body", "header", "sse", "escaped", "gzip", "error")
+
+    def __init__(self):
+        self.seen: list[str] = []  # the keys it was sent
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> HostileUpstream:
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+        def run():
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            app = tornado.web.Application([(r"/v1/echo/(\w+)", _Echo, {"seen": self.seen})])
+            server = tornado.httpserver.HTTPServer(app)
+            server.add_sockets(sockets)
+            self._ready.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
