@@ -887,6 +887,11 @@ class Scrubber:
     def known_count(self) -> int:
         return len(self._known)
 
+    def known_items(self) -> list[tuple[str, str]]:
+        """(value, name) of every known value: for server-side work such as history fingerprints."""
+        with self._lock:
+            return list(self._known.items())
+
     @property
     def dirty(self) -> bool:
         """True when the installed matcher predates the latest change."""

@@ -77,3 +77,29 @@ def test_given_a_real_ipython_shell_when_a_never_fetched_value_is_pasted_then_hi
     for path in [hist, *hist.parent.glob("history.sqlite-*")]:
         assert value.encode() not in path.read_bytes()
         assert value[3:19].encode() not in path.read_bytes()
+
+
+async def test_given_a_stored_opaque_value_never_fetched_when_pasted_in_a_real_kernel_then_history_never_holds_it(
+        jp_fetch, server_kernel):
+    """Through a real server: the kernel's helper loads the server's fingerprints at start, so a stored
+    value with no provider pattern, which this kernel never fetched, is redacted from history.sqlite.
+    A value the server does not store is the control: history keeps it (the check can fail)."""
+    import json
+    import secrets
+    import sqlite3
+    from pathlib import Path
+
+    stored, unknown = secrets.token_hex(20), secrets.token_hex(20)  # 40 hex: no provider pattern matches
+    await jp_fetch("keyvault", "api", "credentials", "DB_TOKEN", method="PUT",
+                   body=json.dumps({"value": stored, "type": "custom"}))
+    kernel = await server_kernel("paste.ipynb")
+    pasted = await kernel.execute(f"a = {stored!r}\nb = {unknown!r}\nlen(a) + len(b)")
+    assert pasted.error is None, pasted.text
+    check = await kernel.execute("hm = get_ipython().history_manager\nhm.writeout_cache()\nprint('HIST', hm.hist_file)")
+    hist_file = Path(check.stdout.split("HIST ", 1)[1].split("\n", 1)[0])
+    with sqlite3.connect(hist_file) as db:
+        sources = "\n".join(raw for (raw,) in db.execute("SELECT source_raw FROM history"))
+    assert unknown in sources  # control: history keeps what the server does not store
+    assert stored not in sources and "[REDACTED" in sources
+    for path in [hist_file, *hist_file.parent.glob(hist_file.name + "-*")]:
+        assert stored.encode() not in path.read_bytes()

@@ -47,6 +47,7 @@ def keyvault_magic(line: str = "") -> None:
             for warning in result.get("warnings") or ():
                 _err(f"warning: {warning}")
             print(f"Stored {name}" + (f" ({result['provider']})" if result.get("provider") else "") + ".")
+            refresh_history_fingerprints(_shell())
         elif command == "test":
             _expect(rest, 1)
             result = api.test_credential(rest[0])
@@ -146,6 +147,33 @@ def load_ipython_extension(ip, module=None) -> None:
         except Exception as exc:  # noqa: BLE001 - the extension must still load; say so, loudly
             _err(f"warning: output scrubbing ({hooks.__name__.rsplit('.', 1)[-1]}) is not active: "
                  f"{type(exc).__name__}: {exc}")
+    refresh_history_fingerprints(ip)
+
+
+def refresh_history_fingerprints(ip) -> None:
+    """Let the history hook redact stored values this kernel was never given (a value pasted into a
+    cell): the server sends salted hashes of them, never the values. Only in server mode."""
+    from . import history
+    from .mode import current_backend
+
+    if ip is None:
+        return
+    backend = current_backend()
+    fetch = getattr(backend, "history_fingerprints", None)
+    if fetch is None:  # local mode: the kernel holds the vault itself, its scrubber knows the values
+        return
+    try:
+        history.set_fingerprints(ip, fetch())
+    except (KeyVaultError, ValueError, RuntimeError) as exc:
+        _err(f"warning: history cannot redact values this kernel never fetched: {exc}")
+
+
+def _shell():
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - magics only run in IPython
+        return None
+    return get_ipython()
 
 
 def unload_ipython_extension(ip, module=None) -> None:

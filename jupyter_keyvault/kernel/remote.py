@@ -62,6 +62,9 @@ class RemoteBackend:
             return self._async_transport if self._async_transport is not None else self._transport
         return self._transport
 
+    def history_fingerprints(self) -> dict:
+        return self._request("GET", ("history-fingerprints",))
+
     # -- REST
     def _request(self, method: str, path: tuple[str, ...], *, body: dict | None = None, timeout: float = TIMEOUT,
                  name: str | None = None) -> Any:

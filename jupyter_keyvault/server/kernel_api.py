@@ -99,6 +99,14 @@ class KernelCredentialTestHandler(KernelAPIHandler):
         self.write_json(await self.off_loop_async(self.kv.test_credential(name, actor=self.caller)))
 
 
+class KernelHistoryFingerprintsHandler(KernelAPIHandler):
+    """What the kernel's history hook needs to redact stored values it was never given: hashes only."""
+
+    @allow_unauthenticated
+    async def get(self):
+        self.write_json(await self.off_loop(self.kv.history_fingerprints, self.kernel_id))
+
+
 class KernelOAuthTokenHandler(KernelAPIHandler):
     """Direct mode: a fresh OAuth2 access token for the kernel (`keyvault.token(name)`)."""
 
@@ -117,6 +125,7 @@ class KernelOAuthTokenHandler(KernelAPIHandler):
 _NAME = r"(?P<raw_name>[^/]+)"
 handlers = [
     (r"/keyvault/kernel/status/?", KernelStatusHandler),
+    (r"/keyvault/kernel/history-fingerprints/?", KernelHistoryFingerprintsHandler),
     (r"/keyvault/kernel/credentials/?", KernelCredentialsHandler),
     (rf"/keyvault/kernel/credentials/{_NAME}/test/?", KernelCredentialTestHandler),
     (rf"/keyvault/kernel/credentials/{_NAME}/?", KernelCredentialHandler),

@@ -25,6 +25,7 @@ from ..kernel_auth import KernelAuthenticator
 from ..nbscrub import scrub_notebook
 from ..oauth import OAuthManager, build_providers
 from ..ratelimit import RateLimiter
+from ..scrub import history_fingerprints, new_fingerprint_salt
 from ..settings import KERNEL_ENV_ALLOWLIST, KeyVault
 from ..store import InvalidInput, NotFound
 from ..store.errors import AccessDenied, RateLimited
@@ -61,6 +62,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._metadata: dict[str, tuple[float, dict]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Future] = set()
+        self._fingerprint_salts: dict[str, bytes] = {}
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
 
     # -- kernels
@@ -175,6 +177,17 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             return self.base_url_for(providers.PROVIDERS[provider_id])
         except InvalidInput:
             return None
+
+    def history_fingerprints(self, kernel_id: str) -> dict:
+        """Salted hashes of chunks of every stored value, so the kernel's history hook can redact a
+        value it was never given (pasted into a cell). A salt per kernel: documents of two kernels
+        cannot be compared, and a kernel learns nothing it could not brute-force per 64-bit chunk."""
+        salt = self._fingerprint_salts.get(kernel_id)
+        if salt is None or kernel_id not in self.kernel_manager:
+            for gone in [k for k in self._fingerprint_salts if k not in self.kernel_manager]:
+                del self._fingerprint_salts[gone]
+            salt = self._fingerprint_salts[kernel_id] = new_fingerprint_salt()
+        return history_fingerprints(self.scrubber.known_items(), salt)
 
     # -- vault access tokens
     async def verify_token(self, token: str, credential: str, client: str):
