@@ -8,8 +8,11 @@ Jupyter paths is used, with the kernel's working directory as the notebook root.
 
 from __future__ import annotations
 
+import codecs
 import os
+import subprocess
 import sys
+import threading
 from typing import Any, Callable, ClassVar
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -49,10 +52,14 @@ def wrap_kernel_cmd(
 
 
 class KeyVaultIsolatedProvisioner(LocalProvisioner):
-    """LocalProvisioner whose kernel process is confined by Landlock before it execs the kernel."""
+    """LocalProvisioner whose kernel process is confined by Landlock before it execs the kernel,
+    and whose stdout and stderr (fds 1 and 2: subprocesses, C libraries, sys.__stderr__) pass through
+    the server's scrubber before they reach the server's own console and logs."""
 
     # Set by the server: (provisioner, launch kwargs) -> policy. Class-level so every kernel gets it.
     policy_factory: ClassVar[Callable[[KeyVaultIsolatedProvisioner, dict[str, Any]], IsolationPolicy] | None] = None
+    # Set by the server: a factory of stream scrubbers (text in, redacted text out, split-safe).
+    output_scrubber: ClassVar[Callable[[], Any] | None] = None
 
     _policy_file: str | None = None
 
@@ -92,6 +99,18 @@ class KeyVaultIsolatedProvisioner(LocalProvisioner):
         )
         return kwargs
 
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any):
+        make_stream = type(self).output_scrubber
+        if make_stream is None:
+            return await super().launch_kernel(cmd, **kwargs)
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE  # every launch, restarts included
+        info = await super().launch_kernel(cmd, **kwargs)
+        for pipe, target in ((self.process.stdout, sys.__stdout__), (self.process.stderr, sys.__stderr__)):
+            if pipe is not None and target is not None:
+                threading.Thread(target=_pump, args=(pipe, target, make_stream()), daemon=True,
+                                 name=f"keyvault-kernel-output-{self.kernel_id}").start()
+        return info
+
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart=restart)
         if not restart and self._policy_file:
@@ -102,13 +121,33 @@ class KeyVaultIsolatedProvisioner(LocalProvisioner):
             self._policy_file = None
 
 
-def isolated_spec(kernel_spec: Any, kernel_name: str, mode: str) -> Any:
+def _pump(pipe, target, stream) -> None:
+    """Copy a kernel's output pipe to the server's stream, scrubbed; ends when the kernel closes it."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    try:
+        while True:
+            chunk = pipe.read1(65536)
+            if not chunk:
+                break
+            text = stream.feed(decoder.decode(chunk))
+            if text:
+                target.write(text)
+                target.flush()
+        target.write(stream.feed(decoder.decode(b"", final=True)) + stream.flush())
+        target.flush()
+    except (OSError, ValueError):  # the server's stream closed at shutdown: nothing left to protect
+        pass
+    finally:
+        pipe.close()
+
+
+def isolated_spec(kernel_spec: Any, kernel_name: str, mode: str, *, provision_when_off: bool = False) -> Any:
     """`kernel_spec` set to start through the isolating provisioner, whatever its kernel.json says.
 
     A kernelspec that names a provisioner of its own (remote, container, ...) cannot be wrapped:
     with mode "on" that is an error naming the kernelspec; with "auto" it is left as it is.
     """
-    if mode == "off":
+    if mode == "off" and not provision_when_off:
         return kernel_spec
     if not kernel_spec.argv:
         raise KernelSpecNotWrappable(f"kernelspec {kernel_name!r} has an empty argv: nothing to start under "

@@ -14,7 +14,7 @@ from tornado import web
 
 from .. import envguard
 from .._version import __version__
-from ..isolation import set_non_dumpable
+from ..isolation import IsolationPolicy, set_non_dumpable
 from ..isolation.provisioner import KernelSpecNotWrappable, KeyVaultIsolatedProvisioner, isolated_spec
 from ..scrub import install_log_filter
 from ..settings import KERNEL_ENV_ALLOWLIST
@@ -59,35 +59,38 @@ class KeyVaultApp(ExtensionApp):
         self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)
 
     def _isolate_kernels(self, manager: KeyVaultManager):
-        """Every kernelspec this server hands out starts through the Landlock launcher, and this
-        process becomes non-dumpable (no same-uid ptrace, no core dumps with values in them)."""
-        status = manager.isolation_status()
-        if manager.isolation_policy is None:
-            self.log.warning("jupyter-keyvault: kernels are NOT isolated (%s); code in a notebook can read the "
-                             "vault, the runtime dir and this server's memory", status["detail"])
-            return
-        set_non_dumpable()
-        self._unwrappable = {}
-        policy = manager.isolation_policy
-        KeyVaultIsolatedProvisioner.policy_factory = lambda _provisioner, _kwargs: policy
+        """Every kernel this server starts goes through the keyvault provisioner: its stdout and stderr
+        are scrubbed before they reach this server's console, and, where isolation is in force, it
+        starts under the Landlock launcher. This process becomes non-dumpable then (no same-uid
+        ptrace, no core dumps with values in them)."""
+        status, policy = manager.isolation_status(), manager.isolation_policy
+        KeyVaultIsolatedProvisioner.output_scrubber = manager.scrubber.stream
+        KeyVaultIsolatedProvisioner.policy_factory = lambda _provisioner, _kwargs: policy or IsolationPolicy(mode="off")
         specs = self.serverapp.kernel_spec_manager
-        get_spec, mode = specs.get_kernel_spec, manager.isolate_kernels
+        get_spec = specs.get_kernel_spec
+        mode = manager.isolate_kernels if policy is not None else "off"
+        self._unwrappable = {}
 
         def get_kernel_spec(kernel_name, *args, **kwargs):
             spec = get_spec(kernel_name, *args, **kwargs)
             try:
-                return isolated_spec(spec, kernel_name, mode)
+                return isolated_spec(spec, kernel_name, mode, provision_when_off=True)
             except KernelSpecNotWrappable as exc:
-                # Still listed (so the user sees it), but start_kernel refuses it with this reason.
-                self._unwrappable[kernel_name] = str(exc)
+                if mode != "off":  # still listed (so the user sees it), but start_kernel refuses it, saying why
+                    self._unwrappable[kernel_name] = str(exc)
                 return spec
 
         specs.get_kernel_spec = get_kernel_spec  # the instance the kernel manager asks for every start
+        if policy is None:
+            self.log.warning("jupyter-keyvault: kernels are NOT isolated (%s); code in a notebook can read the "
+                             "vault, the runtime dir and this server's memory", status["detail"])
+            return
+        set_non_dumpable()
         self.log.info("jupyter-keyvault: kernel isolation %s: %s", mode, status["detail"])
-        if manager.isolate_terminals:
-            self._isolate_terminals(policy)
         for note in status["limitations"]:
             self.log.info("jupyter-keyvault: kernel isolation limit: %s", note)
+        if manager.isolate_terminals:
+            self._isolate_terminals(policy)
 
     def _isolate_terminals(self, policy):
         """New terminals start through the same launcher and policy as kernels."""
