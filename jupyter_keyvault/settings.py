@@ -194,7 +194,8 @@ class KeyVault(Configurable):
     allow_direct_access = Bool(
         help="Let kernels fetch stored values (keyvault.get, keyvault.env, mode='direct'). When False only "
         "proxy mode works, and the key never enters any kernel. Default: True, except where kernels are "
-        "isolated (isolate_kernels), where a kernel that could read values would undo the isolation.",
+        "isolated (isolate_kernels), where a kernel that could read values would undo the isolation. One "
+        "credential can be allowed on its own: metadata {\"allow_direct\": true} (REST PATCH).",
     ).tag(config=True)
 
     @default("allow_direct_access")

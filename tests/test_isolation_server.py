@@ -293,3 +293,25 @@ async def test_given_isolation_on_then_notebooks_save_and_pip_install_work_the_d
     assert saved.status in (200, 201) and edited.status == 200
     assert opened.json()["content"]["cells"][0]["source"] == marker + " edited"
     assert f"{marker} edited" in read_back
+
+
+async def test_given_isolation_on_when_one_credential_allows_direct_mode_then_only_that_one_is_revealed(upstream):
+    """Direct mode is off by default under isolation; an admin re-enables it for one credential
+    (metadata allow_direct, through REST, which isolated kernels cannot reach)."""
+    other = "sk-proj-OTHERCANARY" + secrets.token_hex(20)
+    srv = JupyterServer("--KeyVault.isolate_kernels=on").start()
+    try:
+        for name, value in (("OPENAI_API_KEY", CANARY), ("OTHER_KEY", other)):
+            http("PUT", srv.url + f"/keyvault/api/credentials/{name}", token=srv.token,
+                 body={"value": value, "provider": "openai"})
+        patched = http("PATCH", srv.url + "/keyvault/api/credentials/OPENAI_API_KEY", token=srv.token,
+                       body={"metadata": {"allow_direct": True}})
+        assert patched.status == 200, patched.text
+        text = await run(srv, "import hashlib, keyvault\nfor n in ('OPENAI_API_KEY', 'OTHER_KEY'):\n"
+                              "    try:\n"
+                              "        print(n, 'LEAK:' + hashlib.sha256(keyvault.get(n).reveal().encode()).hexdigest())\n"
+                              "    except keyvault.KeyVaultError as exc:\n        print(n, 'REFUSED', exc)\n")
+    finally:
+        srv.stop()
+    assert f"OPENAI_API_KEY LEAK:{PROOF}" in text, text
+    assert "OTHER_KEY REFUSED direct access is disabled" in text and other not in text

@@ -26,9 +26,15 @@ class KernelAPIHandler(CallerMixin, JSONMixin, APIHandler):
     def json_body(self) -> dict:
         return json_object(self.request.body, max_bytes=self.kv.max_request_bytes, empty_ok=True)
 
-    def require_direct_mode(self, alternative: str) -> None:
-        if not self.kv.allow_direct_access:
-            raise web.HTTPError(403, DIRECT_MODE_DISABLED + alternative)
+    async def require_direct_mode(self, name: str, alternative: str) -> None:
+        """Direct mode for `name`: allowed globally (c.KeyVault.allow_direct_access), or for this one
+        credential by its metadata `"allow_direct": true` (set through REST PATCH, which kernels cannot
+        call: they do not hold the server's token)."""
+        if self.kv.allow_direct_access:
+            return
+        if (await self.kv.credential_metadata(name)).get("allow_direct") is True:
+            return
+        raise web.HTTPError(403, DIRECT_MODE_DISABLED + alternative)
 
 
 class KernelStatusHandler(KernelAPIHandler):
@@ -62,7 +68,7 @@ class KernelCredentialHandler(KernelAPIHandler):
     async def get(self, raw_name: str):
         """Direct mode: the value itself, only when the admin allows it and the notebook may."""
         name = self.name_from_path(raw_name)
-        self.require_direct_mode("use proxy mode")
+        await self.require_direct_mode(name, "use proxy mode")
         await self.check_notebook_access(name)
         resolved = await self.off_loop(self.kv.vault.resolve, self.kv.owner, name, actor=self.caller,
                                        purpose="reveal")
@@ -113,7 +119,7 @@ class KernelOAuthTokenHandler(KernelAPIHandler):
     @allow_unauthenticated
     async def get(self, raw_name: str):
         name = self.name_from_path(raw_name)
-        self.require_direct_mode("use keyvault.http(name)")
+        await self.require_direct_mode(name, "use keyvault.http(name)")
         await self.check_notebook_access(name)
         with http_errors():
             access, provider = await self.kv.oauth.access_token(name, actor=self.caller)
