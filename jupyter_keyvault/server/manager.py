@@ -27,9 +27,10 @@ from ..oauth import OAuthManager, build_providers
 from ..ratelimit import RateLimiter
 from ..scrub import history_fingerprints, new_fingerprint_salt
 from ..settings import KERNEL_ENV_ALLOWLIST, KeyVault
-from ..store import InvalidInput, NotFound
+from ..store import InvalidInput, NotFound, VaultError
 from ..store.errors import AccessDenied, RateLimited
 from ..vaults import AccessTokens, ServerVault, Upstream
+from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
 
 
@@ -45,7 +46,13 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.root_dir = root_dir or os.getcwd()
         env = dict(os.environ) if env is None else env
         self.scrubber = self.make_scrubber(build_on_scrub=False)
-        self.vault: ServerVault = self.open_vault(env=env, scrubber=self.scrubber)
+        try:
+            self.vault: ServerVault = self.open_vault(env=env, scrubber=self.scrubber)
+        except VaultError as exc:
+            # Serve "not available" (503 with the reason) rather than fail to load: a server without this
+            # extension would hand kernels the master key in their environment and leave them unconfined.
+            self.log.error("jupyter-keyvault: the vault is not available: %s", exc)
+            self.vault = UnavailableVault(str(exc))
         self.tokens: AccessTokens = self.vault.access_tokens()
         self.isolation_policy = self._isolation_policy()
         # Landlock does not come or go while the server runs: decided once, before secrets leave os.environ.

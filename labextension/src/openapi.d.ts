@@ -491,7 +491,7 @@ export interface components {
         Status: {
             protection: {
                 /** @enum {string} */
-                source: "env" | "keyring" | "passphrase" | "file" | "hub";
+                source: "env" | "keyring" | "passphrase" | "file" | "hub" | "unavailable";
                 strong: boolean | null;
                 detail?: string;
             };

@@ -1,0 +1,54 @@
+"""The vault as the server holds it when opening the configured one failed (wrong master key,
+damaged file, unreachable hub service): every call is refused with that reason (a 503), while the
+server keeps every other protection in force (no secrets in kernel environments, isolation,
+scrubbing) and shuts down normally."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, NoReturn
+
+from ..store.errors import VaultError
+
+
+class VaultUnavailable(VaultError):
+    """The vault could not be opened; the message says why and what to do."""
+
+
+class UnavailableVault:
+    kind = "unavailable"
+    key_file = None
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def _refuse(self, *_: Any, **__: Any) -> NoReturn:
+        raise VaultUnavailable(f"the vault is not available: {self.reason}")
+
+    list = info = set = update_metadata = replace_value = delete = resolve = get_value = _refuse
+    audit_events = test = upstream = _refuse
+
+    def audit(self, *_: Any, **__: Any) -> None:
+        """Nothing can be recorded; the refusals themselves are in the server log."""
+
+    def status(self, **_: Any) -> dict[str, Any]:
+        return {"protection": {"source": "unavailable", "strong": False, "detail": self.reason},
+                "backend": "unavailable", "location": "", "credentials": None,
+                "warnings": [f"the vault is not available: {self.reason}"]}
+
+    def learn_values(self, owner: str) -> None:
+        """No values to learn; provider patterns still scrub."""
+
+    def access_tokens(self) -> _UnavailableTokens:
+        return _UnavailableTokens(self)
+
+    def close(self) -> None:
+        """Nothing was opened."""
+
+
+class _UnavailableTokens:
+    def __init__(self, vault: UnavailableVault):
+        self.create = self.delete = self.verify = vault._refuse
+
+    def list(self, owner: str) -> builtins.list:
+        raise VaultUnavailable("the vault is not available")
