@@ -285,7 +285,7 @@ def test_given_generated_requests_when_sent_to_a_hub_backed_server_then_no_5xx_a
     case.validate_response(response)
 
 
-def test_given_the_hub_fuzzing_when_it_is_over_then_neither_the_server_nor_the_service_logged_a_traceback(hub):
+def test_given_the_generated_hub_fuzzing_when_it_is_over_then_every_operation_was_reached_and_nothing_crashed(hub):
     # The fuzz reached the backend: every documented operation got a 2xx for some request carrying
     # alice's token (schemathesis also sends requests with missing or mangled credentials on purpose;
     # only 403s would mean the fuzz tested the login check and nothing behind it).
