@@ -145,6 +145,8 @@ def test_given_either_backend_when_a_credential_is_written_read_limited_and_dele
     ({"value": "sk-proj-" + "A" * 40, "colour": "red"}, 422, "unknown field(s): colour"),
     ({"value": "x" * 70000}, 413, "larger than"),
     (b"{", 400, "not valid JSON"),
+    (b'{"value": NaN}', 400, "NaN and Infinity are not JSON"),
+    (b'{"value": "x", "metadata": ' + b'{"a": ' * 20 + b'1' + b'}' * 20 + b'}', 400, "nested more than 16 levels"),
     (b"[1, 2]", 400, "must be a JSON object"),
     (b"", 400, "request body is empty"),
 ])
@@ -157,6 +159,15 @@ def test_given_either_backend_when_a_bad_write_arrives_then_one_clear_4xx_and_no
         resp = backend.call("PUT", "keyvault/api/credentials/BAD_KEY", body)
     assert resp.status == status, resp.text
     assert message in resp.json()["message"]
+    assert names(backend) == before
+
+
+def test_given_either_backend_when_the_body_is_not_declared_json_then_415_and_nothing_stored(backend):
+    before = names(backend)
+    resp = http("PUT", backend.base_url + "keyvault/api/credentials/FORM_KEY", token=backend.token,
+                body=b"value=sk-proj-x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    backend.seen.append(resp.text)
+    assert resp.status == 415 and "application/json" in resp.json()["message"]
     assert names(backend) == before
 
 

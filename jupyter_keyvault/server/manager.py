@@ -201,8 +201,11 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         """The token's info, or TokenRefused/TokenScopeError; repeated failures from one client
         raise RateLimited for a while (audited either way)."""
         from ..store import VaultError
-        from ..store.tokens import TokenRefused, TokenScopeError
+        from ..store.tokens import TOKEN_RE, TokenRefused, TokenScopeError
 
+        # Per token id: a proxy in front of the server would otherwise put every user behind one address.
+        parsed = TOKEN_RE.fullmatch(token or "")
+        client = f"token:{parsed.group(1)}" if parsed else f"address:{client}"
         blocked = self._token_blocked_until.get(client, 0.0)
         if blocked > time.monotonic():
             raise RateLimited("too many failed token attempts", blocked - time.monotonic())

@@ -13,25 +13,47 @@ from .. import providers
 from ..store import InvalidInput
 
 MAX_METADATA_BYTES = 4096
+MAX_DEPTH = 16  # credential bodies are two levels deep; metadata a few more
 CREDENTIAL_FIELDS = frozenset({"value", "provider", "type", "metadata"})
 
 
-def json_object(raw: bytes | None, *, max_bytes: int, empty_ok: bool = False) -> dict[str, Any]:
-    """The body as a JSON object, or a 400/413 that says what is wrong."""
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_object(raw: bytes | None, *, max_bytes: int, empty_ok: bool = False,
+                content_type: str | None = None) -> dict[str, Any]:
+    """The body as a JSON object, or a 400/413/415 that says what is wrong. Strict: NaN and
+    Infinity (which Python would accept) and nesting deeper than MAX_DEPTH are refused."""
     raw = raw or b""
     if len(raw) > max_bytes:
         raise web.HTTPError(413, f"request body is larger than {max_bytes} bytes")
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise web.HTTPError(415, f"send the body as application/json, not {media}")
     if not raw.strip():
         if empty_ok:
             return {}
         raise web.HTTPError(400, "request body is empty; send a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise web.HTTPError(400, "request body is not valid JSON") from None
+        raise web.HTTPError(400, "request body is not valid JSON (NaN and Infinity are not JSON)") from None
     if not isinstance(body, dict):
         raise web.HTTPError(400, "request body must be a JSON object")
+    if _depth(body) > MAX_DEPTH:
+        raise web.HTTPError(400, f"request body is nested more than {MAX_DEPTH} levels deep")
     return body
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max([_depth(v, level + 1) for v in value.values()], default=level)
+    if isinstance(value, list):
+        return max([_depth(v, level + 1) for v in value], default=level)
+    return level
 
 
 def metadata_object(metadata: Any) -> dict[str, Any]:
