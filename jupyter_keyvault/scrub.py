@@ -887,6 +887,11 @@ class Scrubber:
     def known_count(self) -> int:
         return len(self._known)
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every change to the known values."""
+        return self._generation
+
     def known_items(self) -> list[tuple[str, str]]:
         """(value, name) of every known value: for server-side work such as history fingerprints."""
         with self._lock:

@@ -33,6 +33,8 @@ from ..vaults import AccessTokens, ServerVault, Upstream
 from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
 
+SCRUBBER_REBUILD_QUIET = 0.25  # seconds without a write before the scrubber is rebuilt
+
 
 class KeyVaultManager(KeyVault, LoggingConfigurable):
     """The server extension's state and rules (configured as `c.KeyVault.*`)."""
@@ -69,6 +71,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._metadata: dict[str, tuple[float, dict]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Future] = set()
+        self._rebuild_scheduled = False
         self._fingerprint_salts: dict[str, bytes] = {}
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
 
@@ -160,12 +163,28 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.refresh_scrubber()
 
     def refresh_scrubber(self) -> None:
-        """Rebuild the scrubber in a worker thread when values changed; scrubbing meanwhile still
-        finds values added since the last build (Scrubber's pending list)."""
-        if self.scrubber.dirty:
-            task = asyncio.ensure_future(self.scrubber.rebuild_async())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        """Rebuild the scrubber in a worker thread once writes pause (one build for a burst of writes,
+        instead of one per write competing with the event loop); scrubbing meanwhile still finds
+        values added since the last build (Scrubber's pending list)."""
+        if self._rebuild_scheduled or not self.scrubber.dirty:
+            return
+        self._rebuild_scheduled = True
+
+        async def rebuild_when_quiet() -> None:
+            try:
+                generation = None
+                while generation != self.scrubber.generation:  # wait until a pause in the writes
+                    generation = self.scrubber.generation
+                    await asyncio.sleep(SCRUBBER_REBUILD_QUIET)
+                await self.scrubber.rebuild_async()
+            finally:
+                self._rebuild_scheduled = False
+            if self.scrubber.dirty:
+                self.refresh_scrubber()
+
+        task = asyncio.ensure_future(rebuild_when_quiet())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def test_credential(self, name: str, *, actor: str) -> dict:
         """Run the provider's test request; the result never carries the key."""
@@ -262,6 +281,8 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         await self.scrubber.rebuild_async()
 
     async def close(self) -> None:
+        for task in list(self._background):  # a pending scrubber rebuild: nothing to scrub after shutdown
+            task.cancel()
         if self._http is not None:
             await self._http.close()
         self.vault.close()
