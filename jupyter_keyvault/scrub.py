@@ -888,6 +888,11 @@ class Scrubber:
         return len(self._known)
 
     @property
+    def pending_count(self) -> int:
+        """Values added since the installed engines were built (found by a plain search meanwhile)."""
+        return len(self._pending)
+
+    @property
     def generation(self) -> int:
         """Bumped by every change to the known values."""
         return self._generation

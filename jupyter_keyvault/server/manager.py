@@ -34,6 +34,8 @@ from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
 
 SCRUBBER_REBUILD_QUIET = 0.25  # seconds without a write before the scrubber is rebuilt
+SCRUBBER_REBUILD_MAX_WAIT = 2.0  # ... or this long after the first write of a burst
+SCRUBBER_MAX_PENDING = 256  # ... or this many values added since the last build
 
 
 class KeyVaultManager(KeyVault, LoggingConfigurable):
@@ -172,10 +174,13 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
 
         async def rebuild_when_quiet() -> None:
             try:
-                generation = None
-                while generation != self.scrubber.generation:  # wait until a pause in the writes
+                generation, waited = None, 0.0
+                # Wait for a pause in the writes, but not forever: the pending list is searched value by value.
+                while (generation != self.scrubber.generation and waited < SCRUBBER_REBUILD_MAX_WAIT
+                       and self.scrubber.pending_count < SCRUBBER_MAX_PENDING):
                     generation = self.scrubber.generation
                     await asyncio.sleep(SCRUBBER_REBUILD_QUIET)
+                    waited += SCRUBBER_REBUILD_QUIET
                 await self.scrubber.rebuild_async()
             finally:
                 self._rebuild_scheduled = False
