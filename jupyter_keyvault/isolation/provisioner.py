@@ -103,9 +103,13 @@ class KeyVaultIsolatedProvisioner(LocalProvisioner):
         make_stream = type(self).output_scrubber
         if make_stream is None:
             return await super().launch_kernel(cmd, **kwargs)
-        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE  # every launch, restarts included
+        piped = [name for name in ("stdout", "stderr") if kwargs.get(name) is None]  # a caller's own stream stays
+        for name in piped:
+            kwargs[name] = subprocess.PIPE  # every launch, restarts included
         info = await super().launch_kernel(cmd, **kwargs)
-        for pipe, target in ((self.process.stdout, sys.__stdout__), (self.process.stderr, sys.__stderr__)):
+        targets = {"stdout": sys.__stdout__, "stderr": sys.__stderr__}
+        for name in piped:
+            pipe, target = getattr(self.process, name), targets[name]
             if pipe is not None and target is not None:
                 threading.Thread(target=_pump, args=(pipe, target, make_stream()), daemon=True,
                                  name=f"keyvault-kernel-output-{self.kernel_id}").start()

@@ -169,6 +169,9 @@ class KeyVaultApp(ExtensionApp):
             km.update_env = update_env
 
     async def stop_extension(self):
+        # The provisioner's hooks are class-level: a later server in this process sets its own.
+        KeyVaultIsolatedProvisioner.output_scrubber = None
+        KeyVaultIsolatedProvisioner.policy_factory = None
         manager = getattr(self, "manager", None)
         if manager is not None:  # None when start-up failed: jupyter_server's own cleanup must still run
             await manager.close()
