@@ -78,8 +78,7 @@ class RestHandler(ManagerMixin, JSONMixin, RetryAfterMixin, APIHandler):
         return super().prepare()
 
     def json_body(self) -> dict[str, Any]:
-        return json_object(self.request.body, max_bytes=self.kv.max_request_bytes,
-                           content_type=self.request.headers.get("Content-Type"))
+        return json_object(self.request.body, max_bytes=self.kv.max_request_bytes)
 
     def limit(self, limiter, action: str) -> None:
         # Keyed by the vault owner, not the actor: token requests without a cookie get a fresh

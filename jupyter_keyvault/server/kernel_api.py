@@ -24,8 +24,7 @@ class KernelAPIHandler(CallerMixin, JSONMixin, APIHandler):
         self.authenticate_kernel()
 
     def json_body(self) -> dict:
-        return json_object(self.request.body, max_bytes=self.kv.max_request_bytes, empty_ok=True,
-                           content_type=self.request.headers.get("Content-Type"))
+        return json_object(self.request.body, max_bytes=self.kv.max_request_bytes, empty_ok=True)
 
     async def require_direct_mode(self, name: str, alternative: str) -> None:
         """Direct mode for `name`: allowed globally (c.KeyVault.allow_direct_access), or for this one
