@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== ruff"
-.venv/bin/ruff check jupyter_keyvault keyvault tests benchmarks scripts
+.venv/bin/ruff check jupyter_keyvault keyvault tests benchmarks scripts examples
 echo "== mypy"
 .venv/bin/mypy
 echo "== labextension: eslint, prettier, API types"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, NoReturn, Protocol, runtime_checkable
 
 from ..providers import Provider
 from ..store import AuditEvent, CredentialInfo, ResolvedCredential
@@ -38,6 +38,19 @@ class AccessTokens(Protocol):
     def list(self, owner: str) -> list[TokenInfo]: ...
     def delete(self, owner: str, token_id: str, *, actor: str | None = None) -> None: ...
     def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo: ...
+
+
+class RefusingTokens:
+    """Access tokens where a vault has none (hub mode, a vault that failed to open): every call
+    raises `error()`, a clear refusal, never a 500."""
+
+    def __init__(self, error: Callable[[], Exception]):
+        self._error = error
+
+    def _refuse(self, *_: Any, **__: Any) -> NoReturn:
+        raise self._error()
+
+    create = list = delete = verify = _refuse
 
 
 @runtime_checkable

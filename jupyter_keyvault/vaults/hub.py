@@ -20,9 +20,8 @@ from ..providers import Provider, secret_safe_opener
 from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
 from ..store.errors import NotAvailable
 from ..store.model import AuditEvent, CredentialInfo
-from ..store.tokens import TokenInfo
 from ..store.vault import ResolvedCredential
-from . import Upstream
+from . import RefusingTokens, Upstream
 
 TOKENS_NOT_AVAILABLE = ("vault access tokens are not available when this server uses the JupyterHub keyvault "
                         "service (c.KeyVault.backend = 'hub'); use a JupyterHub API token with the service instead")
@@ -159,8 +158,8 @@ class HubVaultClient:
         base = self.service_url + "proxy/" + provider.id + ("/" + provider.proxy_prefix if provider.proxy_prefix else "")
         return Upstream(base, {"X-KeyVault-Credential": name, "Authorization": f"token {self._token}"}, None)
 
-    def access_tokens(self) -> UnavailableTokens:
-        return UnavailableTokens()
+    def access_tokens(self) -> RefusingTokens:
+        return RefusingTokens(lambda: NotAvailable(TOKENS_NOT_AVAILABLE))
 
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", **_: Any) -> None:
         """The service audits every use itself; local events (e.g. notebook denials) go to the server log."""
@@ -195,19 +194,3 @@ class HubVaultClient:
     def close(self) -> None:
         pass
 
-
-class UnavailableTokens:
-    """Access tokens in hub mode: every call is a clear refusal (403), never a 500."""
-
-    def create(self, owner: str, name: str, credentials: list[str], expires_in_seconds: int, *,
-               actor: str | None = None) -> tuple[str, TokenInfo]:
-        raise NotAvailable(TOKENS_NOT_AVAILABLE)
-
-    def list(self, owner: str) -> list[TokenInfo]:
-        raise NotAvailable(TOKENS_NOT_AVAILABLE)
-
-    def delete(self, owner: str, token_id: str, *, actor: str | None = None) -> None:
-        raise NotAvailable(TOKENS_NOT_AVAILABLE)
-
-    def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo:
-        raise NotAvailable(TOKENS_NOT_AVAILABLE)

@@ -64,11 +64,14 @@ class LocalVault(Vault):
         if not provider.needs_key:
             return Upstream(base_url, provider.auth_headers(None), None)
         # Bound to its provider, checked on the record before anything is decrypted or counted as a use.
-        rec = self.backend.get_credential(owner, name) if validate_name(name) else None
-        from_env = bool(self._env.get(name)) and name in self.env_credential_names
-        refusal = injection_refusal(provider, name, None if from_env or rec is None else rec.provider,
-                                    "api_key" if from_env or rec is None else rec.type)
-        if refusal and (from_env or rec is not None):
+        name = validate_name(name)
+        if self._env.get(name) and name in self.env_credential_names:
+            kind: tuple[str | None, str] | None = (None, "api_key")  # the env var wins at use time
+        else:
+            rec = self.backend.get_credential(owner, name)
+            kind = (rec.provider, rec.type) if rec is not None else None  # None: resolve says it is missing
+        refusal = injection_refusal(provider, name, *kind) if kind is not None else None
+        if refusal:
             self.audit(owner, "use", name, "denied", actor=actor, detail=f"route={provider.id}")
             raise AccessDenied(refusal)
         key = self.resolve(owner, name, actor=actor).value

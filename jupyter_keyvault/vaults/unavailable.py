@@ -5,10 +5,10 @@ scrubbing) and shuts down normally."""
 
 from __future__ import annotations
 
-import builtins
 from typing import Any, NoReturn
 
 from ..store.errors import VaultError
+from . import RefusingTokens
 
 
 class VaultUnavailable(VaultError):
@@ -39,16 +39,9 @@ class UnavailableVault:
     def learn_values(self, owner: str) -> None:
         """No values to learn; provider patterns still scrub."""
 
-    def access_tokens(self) -> _UnavailableTokens:
-        return _UnavailableTokens(self)
+    def access_tokens(self) -> RefusingTokens:
+        return RefusingTokens(lambda: VaultUnavailable(f"the vault is not available: {self.reason}"))
 
     def close(self) -> None:
         """Nothing was opened."""
 
-
-class _UnavailableTokens:
-    def __init__(self, vault: UnavailableVault):
-        self.create = self.delete = self.verify = vault._refuse
-
-    def list(self, owner: str) -> builtins.list:
-        raise VaultUnavailable("the vault is not available")

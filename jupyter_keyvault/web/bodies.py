@@ -70,14 +70,12 @@ class CredentialWrite:
     type: str
     metadata: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_credential_write(name: str, body: dict[str, Any], *, max_value_bytes: int,
-                           allowed: Iterable[str] = CREDENTIAL_FIELDS, extra: Iterable[str] = ()) -> CredentialWrite:
+                           allowed: Iterable[str] = CREDENTIAL_FIELDS) -> CredentialWrite:
     """Validate a credential write; raise 413/422 with a clear message, never store half of it."""
-    allowed, extra = frozenset(allowed), frozenset(extra)
-    unknown = set(body) - allowed - extra
+    unknown = set(body) - frozenset(allowed)
     if unknown:
         raise web.HTTPError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
     value = body.get("value")
@@ -100,4 +98,4 @@ def parse_credential_write(name: str, body: dict[str, Any], *, max_value_bytes: 
         warnings = providers.check_key_format(provider, value) if kind == "api_key" else []
     except InvalidInput as exc:
         raise web.HTTPError(422, str(exc)) from None
-    return CredentialWrite(value, provider, kind, metadata, warnings, {k: body[k] for k in extra if k in body})
+    return CredentialWrite(value, provider, kind, metadata, warnings)
