@@ -977,6 +977,24 @@ class Scrubber:
             self.rebuild()
         return self._engines
 
+    def _pending_hold(self, buf: str) -> int:
+        """Where a trailing proper prefix of a value added since the last build starts in `buf`
+        (len(buf) when none): the installed engine does not know those values yet, so it would not
+        hold such a prefix back at a chunk boundary."""
+        pending = self._pending
+        if not pending or self.build_on_scrub:
+            return len(buf)
+        cut = len(buf)
+        for value in list(pending):
+            first, start = value[:1], max(0, len(buf) - len(value) + 1)
+            at = buf.find(first, start)
+            while at >= 0:
+                if value.startswith(buf[at:]):
+                    cut = min(cut, at)
+                    break
+                at = buf.find(first, at + 1)
+        return cut
+
     def _pending_spans(self, text: str) -> list[_Span]:
         pending = self._pending
         if not pending or self.build_on_scrub:
@@ -1210,7 +1228,7 @@ class StreamScrubber:
         buf = self._buffer + chunk
         engine = self._scrubber._current()
         window = max(256, engine.max_known)
-        cut = engine.hold_from(buf, self._context, window)
+        cut = min(engine.hold_from(buf, self._context, window), self._scrubber._pending_hold(buf))
         if cut <= 0:
             self._buffer = buf
             return ""

@@ -203,3 +203,20 @@ def test_given_ordinary_encoded_output_when_deep_scrubbed_then_nothing_changes()
     ]
     for text in samples:
         assert s.scrub_deep(text) == text
+
+
+def test_given_a_value_added_since_the_last_build_when_split_across_stream_chunks_then_it_is_still_redacted():
+    """Before a rebuild installs it, a new value is found by the pending search; a stream must also
+    hold back a trailing prefix of it at a chunk boundary, at every split point."""
+    import secrets as _secrets
+
+    from jupyter_keyvault.scrub import Scrubber
+
+    value = _secrets.token_hex(20)  # opaque: no provider pattern would catch it
+    line = f"FD2 {value} done\n"
+    for cut in range(1, len(line)):
+        scrubber = Scrubber(build_on_scrub=False)
+        scrubber.add_known(value, "DB_TOKEN")  # pending: no build has run
+        stream = scrubber.stream()
+        out = stream.feed(line[:cut]) + stream.feed(line[cut:]) + stream.flush()
+        assert value not in out and out == "FD2 [REDACTED:DB_TOKEN] done\n", (cut, out)
