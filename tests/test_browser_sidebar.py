@@ -220,3 +220,34 @@ def test_given_the_dark_theme_when_the_sidebar_opens_then_it_uses_the_theme_colo
     channels = [int(c) for c in background[background.index("(") + 1:background.index(")")].split(",")[:3]]
     assert sum(channels) < 3 * 100, background  # dark, from --jp-layout-color1
     page.screenshot(path=str(IMAGES / "sidebar-dark.png"), clip={"x": 0, "y": 0, "width": 700, "height": 800})
+
+
+def test_given_a_damaged_vault_when_the_sidebar_opens_then_it_says_the_vault_is_not_available_and_why(
+        fake_upstream):
+    require_chromium()
+    server = JupyterLab(config={"KeyVault": {"provider_base_urls": {"openai": fake_upstream.openai_base_url}}})
+    write_lab_settings(server.root / "config")
+    vault = server.root / "data" / "keyvault" / "vault.db"
+    vault.parent.mkdir(parents=True)
+    vault.write_bytes(b"")  # exists but empty: refused, never re-initialised
+    server.start(timeout=120)
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page()
+            page.set_default_timeout(90_000)
+            page.goto(server.lab_url())
+            open_sidebar(page)
+            protection = page.locator(f"{SIDEBAR} .kv-protection")
+            page.wait_for_selector(f"{SIDEBAR} .kv-protection[data-unavailable='true']")
+            text = protection.inner_text()
+            assert "Vault not available" in text and "vault.db" in text, text
+            assert "until the vault opens again" in page.locator(SIDEBAR).inner_text()
+            assert page.locator(f"{SIDEBAR} .kv-message[data-kind='error']").count() == 0
+            page.wait_for_selector(".kv-statusbar-button:has-text('Key Vault: not available')")
+            browser.close()
+    finally:
+        server.stop()
+    assert vault.read_bytes() == b""

@@ -33,6 +33,11 @@ export type Status = Omit<Schemas['Status'], 'providers'> & {
   notebook_warnings?: string[];
 };
 
+/** The vault could not be opened (damaged file, wrong key, unreachable hub): `detail` says why. */
+export function vaultUnavailable(status: Status): boolean {
+  return status.protection.source === 'unavailable';
+}
+
 type ApiPath = keyof paths;
 type Method = 'get' | 'put' | 'post' | 'delete' | 'patch';
 /** The methods openapi.json documents for a path (the others are generated as `?: never`). */

@@ -8,7 +8,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { KeyVaultApi, Status } from './api';
+import { KeyVaultApi, Status, vaultUnavailable } from './api';
 import { KeyVaultPanel } from './panel';
 
 const KEY_SVG =
@@ -31,6 +31,9 @@ function protectionText(status: Status | null): [string, string, string] {
     ];
   }
   const p = status.protection;
+  if (vaultUnavailable(status)) {
+    return ['Key Vault: not available', 'unavailable', p.detail ?? ''];
+  }
   const warn = !p.strong || (status.warnings ?? []).length > 0;
   return [
     `Key Vault: ${p.strong ? 'protected' : 'WEAK'} (${p.source})`,

@@ -9,7 +9,8 @@ import {
   Credential,
   KeyVaultApi,
   ProviderInfo,
-  Status
+  Status,
+  vaultUnavailable
 } from './api';
 
 type Attrs = Record<string, string>;
@@ -214,13 +215,19 @@ export class KeyVaultPanel extends Widget {
     // Refreshes overlap (a click, an action's own refresh): only the newest may render.
     const generation = ++this.refreshGeneration;
     try {
-      const [status, credentials] = await Promise.all([
+      const [status, listed] = await Promise.all([
         this.api.status(),
-        this.api.credentials()
+        this.api.credentials().catch((error: unknown) => error as Error)
       ]);
       if (generation !== this.refreshGeneration) {
         return;
       }
+      // An unopenable vault still answers status (with the reason); its listing is a 503.
+      const unavailable = vaultUnavailable(status);
+      if (listed instanceof Error && !unavailable) {
+        throw listed;
+      }
+      const credentials = listed instanceof Error ? [] : listed;
       this.status = status;
       this.credentials = credentials;
       this.statusChanged_.emit(status);
@@ -262,6 +269,15 @@ export class KeyVaultPanel extends Widget {
     }
     const p = this.status.protection;
     box.dataset.strong = String(p.strong);
+    if (vaultUnavailable(this.status)) {
+      box.dataset.unavailable = 'true';
+      box.append(
+        el('div', { class: 'kv-protection-source' }, 'Vault not available'),
+        el('div', { class: 'kv-protection-detail' }, p.detail ?? '')
+      );
+      return;
+    }
+    delete box.dataset.unavailable;
     box.append(
       el(
         'div',
@@ -304,6 +320,16 @@ export class KeyVaultPanel extends Widget {
   private renderList(): void {
     const box = this.listBox;
     box.replaceChildren();
+    if (this.status && vaultUnavailable(this.status)) {
+      box.append(
+        el(
+          'p',
+          { class: 'kv-empty' },
+          'Keys cannot be listed or changed until the vault opens again.'
+        )
+      );
+      return;
+    }
     if (!this.credentials.length) {
       box.append(el('p', { class: 'kv-empty' }, 'No keys yet. Add one below.'));
       return;
