@@ -453,6 +453,54 @@ async def test_given_a_body_over_max_request_bytes_when_putting_then_413_and_not
     assert "512" in message
 
 
+async def raw_put(port: int, path: str, auth: dict, head_lines: list[str], body_parts: list[bytes]) -> tuple[bytes, dict]:
+    """A PUT over a raw socket: the status line and JSON of the reply, read while the body may be unsent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"PUT {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in auth.items()),
+                 "Content-Type: application/json", *head_lines]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        for part in body_parts:
+            writer.write(part)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        return head.split(b"\r\n", 1)[0], json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    finally:
+        writer.close()
+
+
+@keyvault_settings(max_request_bytes=512)
+async def test_given_a_declared_length_over_the_cap_then_413_before_any_body_byte_is_sent(
+        api, jp_http_port, jp_auth_header, jp_base_url):
+    # 80 MB declared, nothing sent: the answer comes from the headers alone.
+    status, reply = await raw_put(jp_http_port, f"{jp_base_url}keyvault/api/credentials/OPENAI_API_KEY",
+                                  jp_auth_header, ["Content-Length: 80000000"], [])
+    assert status.startswith(b"HTTP/1.1 413") and "512" in reply["message"], (status, reply)
+    assert await api.list() == []
+
+
+@keyvault_settings(max_request_bytes=512)
+async def test_given_a_chunked_body_passing_the_cap_then_413_and_nothing_is_stored(
+        api, jp_http_port, jp_auth_header, jp_base_url):
+    value = json.dumps({"value": VALID_OPENAI_KEY, "metadata": {"pad": "x" * 2000}}).encode()
+    chunks = [b"%x\r\n%s\r\n" % (len(value[i:i + 100]), value[i:i + 100]) for i in range(0, len(value), 100)]
+    status, reply = await raw_put(jp_http_port, f"{jp_base_url}keyvault/api/credentials/OPENAI_API_KEY",
+                                  jp_auth_header, ["Transfer-Encoding: chunked"], chunks + [b"0\r\n\r\n"])
+    assert status.startswith(b"HTTP/1.1 413") and "512" in reply["message"], (status, reply)
+    assert await api.list() == []
+
+
+@keyvault_settings(max_request_bytes=512)
+async def test_given_a_chunked_body_under_the_cap_then_it_is_stored(api, jp_http_port, jp_auth_header, jp_base_url):
+    value = json.dumps({"value": VALID_OPENAI_KEY}).encode()
+    chunks = [b"%x\r\n%s\r\n" % (len(value[i:i + 10]), value[i:i + 10]) for i in range(0, len(value), 10)]
+    status, reply = await raw_put(jp_http_port, f"{jp_base_url}keyvault/api/credentials/OPENAI_API_KEY",
+                                  jp_auth_header, ["Transfer-Encoding: chunked"], chunks + [b"0\r\n\r\n"])
+    assert status.startswith(b"HTTP/1.1 201"), (status, reply)
+    assert [c["name"] for c in await api.list()] == ["OPENAI_API_KEY"]
+
+
 async def test_given_an_unknown_provider_when_putting_then_422_and_nothing_is_stored(api):
     message = await put_rejected(api, "MY_KEY", {"value": VALID_OPENAI_KEY, "provider": "skynet"}, 422)
     assert "unknown provider" in message and "openai" in message

@@ -31,6 +31,36 @@ class ManagerMixin:
 
 
 class JSONMixin:
+    """JSON in and out. Request bodies are streamed (see `bounded_body`) so that a body over the
+    cap is refused from its Content-Length, or as soon as it passes the cap, without being read."""
+
+    _body: bytearray | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.kv.max_request_bytes  # type: ignore[attr-defined]
+
+    def refuse_declared_oversize(self) -> None:
+        declared = self.request.headers.get("Content-Length")  # type: ignore[attr-defined]
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
+            raise web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:  # type: ignore[attr-defined]
+            return  # refused already; tornado closes the connection after the reply
+        body = self._body if self._body is not None else bytearray()
+        if len(body) + len(chunk) > self.max_body_bytes:
+            self._body = None
+            error = web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
+            self.send_error(413, exc_info=(web.HTTPError, error, None))  # type: ignore[attr-defined]
+            return
+        body += chunk
+        self._body = body
+
+    @property
+    def body_bytes(self) -> bytes:
+        return bytes(self._body or b"")
+
     async def off_loop(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Blocking vault work on a thread; store errors become their HTTP status."""
         with http_errors():
@@ -53,6 +83,7 @@ class JSONMixin:
             raise web.HTTPError(422, str(exc)) from None
 
 
+@web.stream_request_body
 class RestHandler(ManagerMixin, JSONMixin, RetryAfterMixin, APIHandler):
     """Base of /keyvault/api/*: every method is @web.authenticated then @authorized."""
 
@@ -71,14 +102,12 @@ class RestHandler(ManagerMixin, JSONMixin, RetryAfterMixin, APIHandler):
             return self.owner
         return username
 
-    def prepare(self):
-        # Size check before any body parsing, so an oversized body changes nothing.
-        if len(self.request.body or b"") > self.kv.max_request_bytes:
-            raise web.HTTPError(413, f"request body is larger than {self.kv.max_request_bytes} bytes")
-        return super().prepare()
+    async def prepare(self):
+        self.refuse_declared_oversize()
+        await super().prepare()
 
     def json_body(self) -> dict[str, Any]:
-        return json_object(self.request.body, max_bytes=self.kv.max_request_bytes)
+        return json_object(self.body_bytes, max_bytes=self.max_body_bytes)
 
     def limit(self, limiter, action: str) -> None:
         # Keyed by the vault owner, not the actor: token requests without a cookie get a fresh

@@ -16,15 +16,17 @@ from .base import CallerMixin, JSONMixin
 DIRECT_MODE_DISABLED = "direct access is disabled on this server (c.KeyVault.allow_direct_access = False); "
 
 
+@web.stream_request_body
 class KernelAPIHandler(CallerMixin, JSONMixin, APIHandler):
     auth_resource = "keyvault"
 
     async def prepare(self):
+        self.refuse_declared_oversize()
         await super().prepare()
         self.authenticate_kernel()
 
     def json_body(self) -> dict:
-        return json_object(self.request.body, max_bytes=self.kv.max_request_bytes, empty_ok=True)
+        return json_object(self.body_bytes, max_bytes=self.max_body_bytes, empty_ok=True)
 
     async def require_direct_mode(self, name: str, alternative: str) -> None:
         """Direct mode for `name`: allowed globally (c.KeyVault.allow_direct_access), or for this one
