@@ -13,7 +13,7 @@ from tornado import web
 from ..store import InvalidInput
 from ..store.model import validate_name
 from ..store.tokens import looks_like_token
-from ..web.bodies import json_object
+from ..web.bodies import BoundedBodyMixin, json_object
 from ..web.errors import RetryAfterMixin, TooManyRequests, http_errors
 
 if TYPE_CHECKING:
@@ -30,36 +30,10 @@ class ManagerMixin:
         return self.settings["keyvault_manager"]  # type: ignore[attr-defined]
 
 
-class JSONMixin:
-    """JSON in and out. Request bodies are streamed (see `bounded_body`) so that a body over the
-    cap is refused from its Content-Length, or as soon as it passes the cap, without being read."""
-
-    _body: bytearray | None = None
-
+class JSONMixin(BoundedBodyMixin):
     @property
     def max_body_bytes(self) -> int:
         return self.kv.max_request_bytes  # type: ignore[attr-defined]
-
-    def refuse_declared_oversize(self) -> None:
-        declared = self.request.headers.get("Content-Length")  # type: ignore[attr-defined]
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
-            raise web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:  # type: ignore[attr-defined]
-            return  # refused already; tornado closes the connection after the reply
-        body = self._body if self._body is not None else bytearray()
-        if len(body) + len(chunk) > self.max_body_bytes:
-            self._body = None
-            error = web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
-            self.send_error(413, exc_info=(web.HTTPError, error, None))  # type: ignore[attr-defined]
-            return
-        body += chunk
-        self._body = body
-
-    @property
-    def body_bytes(self) -> bytes:
-        return bytes(self._body or b"")
 
     async def off_loop(self, fn, *args: Any, **kwargs: Any) -> Any:
         """Blocking vault work on a thread; store errors become their HTTP status."""

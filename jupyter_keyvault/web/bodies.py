@@ -44,6 +44,36 @@ def json_object(raw: bytes | None, *, max_bytes: int, empty_ok: bool = False) ->
     return body
 
 
+class BoundedBodyMixin:
+    """For a `@web.stream_request_body` handler with a small JSON body: a body over the cap is
+    refused from its Content-Length (call `refuse_declared_oversize` in prepare), or as soon as it
+    passes the cap, never read whole. `body_bytes` is the body once the method runs."""
+
+    max_body_bytes: int
+    _body: bytearray | None = None
+
+    def refuse_declared_oversize(self) -> None:
+        declared = self.request.headers.get("Content-Length")  # type: ignore[attr-defined]
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
+            raise web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:  # type: ignore[attr-defined]
+            return  # refused already; tornado closes the connection after the reply
+        body = self._body if self._body is not None else bytearray()
+        if len(body) + len(chunk) > self.max_body_bytes:
+            self._body = None
+            error = web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
+            self.send_error(413, exc_info=(web.HTTPError, error, None))  # type: ignore[attr-defined]
+            return
+        body += chunk
+        self._body = body
+
+    @property
+    def body_bytes(self) -> bytes:
+        return bytes(self._body or b"")
+
+
 def _depth(value: Any, level: int = 1) -> int:
     if level > MAX_DEPTH:
         return level
