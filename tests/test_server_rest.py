@@ -454,7 +454,7 @@ async def test_given_a_body_over_max_request_bytes_when_putting_then_413_and_not
 
 
 async def raw_put(port: int, path: str, auth: dict, head_lines: list[str], body_parts: list[bytes]) -> tuple[bytes, dict]:
-    """A PUT over a raw socket: the status line and JSON of the reply, read while the body may be unsent."""
+    """A PUT over a raw socket: the head and JSON of the reply, read while the body may be unsent."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         lines = [f"PUT {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in auth.items()),
@@ -465,7 +465,7 @@ async def raw_put(port: int, path: str, auth: dict, head_lines: list[str], body_
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
-        return head.split(b"\r\n", 1)[0], json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+        return head, json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
     finally:
         writer.close()
 
@@ -477,6 +477,7 @@ async def test_given_a_declared_length_over_the_cap_then_413_before_any_body_byt
     status, reply = await raw_put(jp_http_port, f"{jp_base_url}keyvault/api/credentials/OPENAI_API_KEY",
                                   jp_auth_header, ["Content-Length: 80000000"], [])
     assert status.startswith(b"HTTP/1.1 413") and "512" in reply["message"], (status, reply)
+    assert b"\r\nconnection: close\r\n" in status.lower()  # the unread body ends this connection
     assert await api.list() == []
 
 
@@ -488,6 +489,34 @@ async def test_given_a_chunked_body_passing_the_cap_then_413_and_nothing_is_stor
     status, reply = await raw_put(jp_http_port, f"{jp_base_url}keyvault/api/credentials/OPENAI_API_KEY",
                                   jp_auth_header, ["Transfer-Encoding: chunked"], chunks + [b"0\r\n\r\n"])
     assert status.startswith(b"HTTP/1.1 413") and "512" in reply["message"], (status, reply)
+    assert await api.list() == []
+
+
+async def test_given_a_refused_small_put_then_the_reply_follows_the_body_and_the_connection_stays_usable(
+        api, jp_http_port, jp_auth_header, jp_base_url):
+    # A reply sent before the body is read makes tornado close the connection, which a reverse proxy
+    # (JupyterHub's) reports as a 503 page instead of this 403.
+    reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+    body = json.dumps({"value": VALID_OPENAI_KEY}).encode()
+    path = f"{jp_base_url}keyvault/api/credentials/OPENAI_API_KEY"
+    try:
+        writer.write(f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the headers alone: no reply yet
+        writer.write(body)
+        replies = []
+        for request in (b"", f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             f"Authorization: {jp_auth_header['Authorization']}\r\n\r\n".encode()):
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+            replies.append((head.split(b"\r\n", 1)[0], await asyncio.wait_for(reader.readexactly(length), 10)))
+    finally:
+        writer.close()
+    assert replies[0][0].startswith(b"HTTP/1.1 403"), replies
+    assert replies[1][0].startswith(b"HTTP/1.1 404"), replies  # the same connection answered again
     assert await api.list() == []
 
 

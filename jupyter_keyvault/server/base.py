@@ -78,7 +78,7 @@ class RestHandler(ManagerMixin, JSONMixin, RetryAfterMixin, APIHandler):
 
     async def prepare(self):
         self.refuse_declared_oversize()
-        await super().prepare()
+        await self.checks_answered_after_body(super().prepare())
 
     def json_body(self) -> dict[str, Any]:
         return json_object(self.body_bytes, max_bytes=self.max_body_bytes)

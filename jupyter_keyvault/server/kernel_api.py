@@ -22,6 +22,9 @@ class KernelAPIHandler(CallerMixin, JSONMixin, APIHandler):
 
     async def prepare(self):
         self.refuse_declared_oversize()
+        await self.checks_answered_after_body(self.prepare_then_authenticate())
+
+    async def prepare_then_authenticate(self) -> None:
         await super().prepare()
         self.authenticate_kernel()
 

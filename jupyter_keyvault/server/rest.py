@@ -11,7 +11,7 @@ from tornado import web
 from .. import providers
 from .._version import __version__
 from ..store import NotFound
-from ..web.bodies import metadata_object, parse_credential_write
+from ..web.bodies import metadata_write, parse_credential_write
 from ..web.headers import ascii_header_value
 from .base import RestHandler
 
@@ -70,15 +70,7 @@ class CredentialHandler(RestHandler):
     async def patch(self, raw_name: str):
         """Metadata-only update (e.g. the per-notebook access list); the value is untouched."""
         name = self.name_from_path(raw_name)
-        body = self.json_body()
-        if set(body) != {"metadata"}:
-            raise web.HTTPError(422, "send exactly one field, 'metadata' (a JSON object)")
-        if not isinstance(body["metadata"], dict):
-            raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
-        metadata = metadata_object(body["metadata"])
-        globs = metadata.get("notebooks")
-        if globs is not None and not (isinstance(globs, list) and all(isinstance(g, str) and g for g in globs)):
-            raise web.HTTPError(422, "metadata.notebooks must be a list of non-empty glob strings")
+        metadata = metadata_write(self.json_body())
         self.limit(self.kv.write_limiter, "write")
 
         def update():
@@ -180,6 +172,8 @@ class TokensHandler(RestHandler):
         if not isinstance(credentials, list) or not all(isinstance(c, str) for c in credentials):
             raise web.HTTPError(422, "field 'credentials' must be a list of credential names")
         days = body.get("expires_in_days", 30)
+        if isinstance(days, float) and days.is_integer():  # JSON has one number type: 30.0 is the integer 30
+            days = int(days)
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
             raise web.HTTPError(422, "field 'expires_in_days' must be an integer from 1 to 3650")
         self.limit(self.kv.write_limiter, "write")

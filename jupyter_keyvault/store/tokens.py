@@ -73,13 +73,18 @@ class TokenInfo:
         }
 
 
+# Control, zero-width, bidi-override and surrogate characters: they hide or reorder what a list shows.
+# openapi.json states the same set (less surrogates, which JSON Schema regexes cannot name) on AccessTokenWrite.name.
+UNSHOWABLE_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ud800-\udfff\ufeff]")
+
+
 def validate_token_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise InvalidInput("token name must be a non-empty string")
-    name = name.strip()
-    if len(name) > 100 or not name.isprintable():
-        raise InvalidInput("token name must be at most 100 printable characters")
-    return name
+    if len(name) > 100 or UNSHOWABLE_IN_NAMES.search(name):
+        raise InvalidInput("token name must be at most 100 characters without control, zero-width or "
+                           "direction-changing characters")
+    return name.strip()
 
 
 def parse_expiry(text: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable
 
 from tornado import web
 
@@ -57,6 +57,30 @@ class BoundedBodyMixin:
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
             raise web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
 
+    async def checks_answered_after_body(self, checks: Awaitable[Any] | None) -> None:
+        """Await `checks` (auth, XSRF). A refusal is answered once the (capped) body has been read:
+        tornado closes the connection after a reply sent before the body, and a reverse proxy that
+        reuses it (JupyterHub's) turns the next request into a 503 page."""
+        try:
+            if checks is not None:
+                await checks
+        except web.HTTPError as refusal:
+            error = refusal  # the `as` name is unbound when the except block ends
+
+            async def answer_refusal(*_args: Any, **_kwargs: Any) -> None:
+                raise error
+
+            # tornado calls the method named by the request once the body is in: it raises instead.
+            setattr(self, self.request.method.lower(), answer_refusal)  # type: ignore[attr-defined]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # A reply before the body was read (a 413 from Content-Length, a 405 for an unknown method):
+        # tornado closes the connection after it, so say so and no client or proxy reuses it.
+        body_read = getattr(self.request, "_body_future", None)  # type: ignore[attr-defined]
+        if body_read is not None and not body_read.done():
+            self.set_header("Connection", "close")  # type: ignore[attr-defined]
+        super().write_error(status_code, **kwargs)  # type: ignore[misc]
+
     def data_received(self, chunk: bytes) -> None:
         if self._finished:  # type: ignore[attr-defined]
             return  # refused already; tornado closes the connection after the reply
@@ -90,7 +114,20 @@ def metadata_object(metadata: Any) -> dict[str, Any]:
         return {}
     if not isinstance(metadata, dict) or len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
+    if "notebooks" in metadata:  # the access list: absent means every notebook; null is not a list
+        globs = metadata["notebooks"]
+        if not (isinstance(globs, list) and all(isinstance(g, str) and g for g in globs)):
+            raise web.HTTPError(422, "metadata.notebooks must be a list of non-empty glob strings")
     return {k: v for k, v in metadata.items() if k != "hint"}
+
+
+def metadata_write(body: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH body: exactly {"metadata": {...}}, checked like a PUT's metadata."""
+    if set(body) != {"metadata"}:
+        raise web.HTTPError(422, "send exactly one field, 'metadata' (a JSON object)")
+    if not isinstance(body["metadata"], dict):
+        raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
+    return metadata_object(body["metadata"])
 
 
 @dataclass

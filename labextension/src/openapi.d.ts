@@ -467,7 +467,7 @@ export interface components {
             };
         };
         CredentialWrite: {
-            /** @description The secret. Never returned. */
+            /** @description The secret, without NUL characters. Never returned. */
             value: string;
             /**
              * @description null or absent: inferred from the name (OPENAI_API_KEY, ...) or the key's prefix.
@@ -477,7 +477,10 @@ export interface components {
             /** @enum {string} */
             type?: "api_key" | "oauth2" | "custom" | "oauth_client_secret";
             /** @description Free-form, under 4 KiB of JSON; null or absent means none. */
-            metadata?: Record<string, unknown> | null;
+            metadata?: {
+                /** @description Glob list of notebook paths allowed to use the credential; absent: every notebook. */
+                notebooks?: string[];
+            } | null;
         };
         TestResult: {
             /** @enum {boolean} */
@@ -556,6 +559,7 @@ export interface components {
             expires_at: string | null;
         };
         AccessTokenWrite: {
+            /** @description Shown in listings: at most 100 characters, not blank, without control, zero-width or direction-changing characters. */
             name: string;
             /** @description Credential names the token may use through the proxy. */
             credentials: string[];

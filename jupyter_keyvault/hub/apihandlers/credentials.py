@@ -9,7 +9,7 @@ import json
 from tornado import web
 
 from ..._version import __version__
-from ...web.bodies import metadata_object
+from ...web.bodies import metadata_write
 from ...web.errors import http_errors
 from ..common import personal_owner
 from .base import ServiceBase, shared_json
@@ -65,12 +65,9 @@ class CredentialHandler(ServiceBase):
     async def patch(self, raw_name: str):
         """Metadata only (e.g. the per-notebook access list a user's server keeps here)."""
         name = self.name_from_path(raw_name)
-        body = self.json_body()
-        if set(body) != {"metadata"} or not isinstance(body["metadata"], dict):
-            raise web.HTTPError(422, "send exactly one field, 'metadata' (a JSON object)")
+        metadata = metadata_write(self.json_body())
         owner = personal_owner(self.username)
-        info = await self.off_loop(self.kv.vault.update_metadata, owner, name, metadata_object(body["metadata"]),
-                                   actor=self.username)
+        info = await self.off_loop(self.kv.vault.update_metadata, owner, name, metadata, actor=self.username)
         self.kv.invalidate(owner, name)
         self.write_json(info.to_json())
 
