@@ -38,6 +38,21 @@ def canary() -> str:
     return "sk-proj-CANARY" + secrets.token_hex(20)
 
 
+@pytest.fixture
+def jp_fetch(jp_fetch):
+    """pytest-jupyter's jp_fetch, with a body labelled as JSON unless the test says otherwise, as every
+    real client (the browser, the SDKs, requests' json=) labels it: the REST API refuses unlabelled bodies."""
+
+    async def fetch(*parts, **kwargs):
+        headers = dict(kwargs.get("headers") or {})
+        if kwargs.get("body") and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        kwargs["headers"] = headers
+        return await jp_fetch(*parts, **kwargs)
+
+    return fetch
+
+
 # scripts/test.sh installs chromium, PostgreSQL and configurable-http-proxy, so there a skip for a
 # missing real part would hide an unproven "Must show": KEYVAULT_STRICT_SKIPS=1 turns it into a failure.
 _EXPECTED_SKIP_REASONS = ("root reads through permission bits", "external server")

@@ -530,6 +530,33 @@ async def test_given_a_chunked_body_under_the_cap_then_it_is_stored(api, jp_http
     assert [c["name"] for c in await api.list()] == ["OPENAI_API_KEY"]
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+async def test_given_a_body_not_labelled_json_when_writing_then_415_and_nothing_changes(api, content_type):
+    # What a cross-site page can send without a preflight (and curl -d without -H): never a write.
+    headers = {"Content-Type": content_type} if content_type else {}
+    await api.put("OPENAI_API_KEY", {"value": VALID_OPENAI_KEY})
+    for method, parts, body in (("PUT", ("credentials", "OTHER_KEY"), {"value": VALID_OPENAI_KEY}),
+                                ("PATCH", ("credentials", "OPENAI_API_KEY"), {"metadata": {"notebooks": ["a/*"]}}),
+                                ("POST", ("tokens",), {"name": "ci", "credentials": ["OPENAI_API_KEY"]})):
+        before = await api.list()
+        if content_type is None:  # tornado's client labels nothing itself; send the bytes bare
+            response = await api.call(method, *parts, body=json.dumps(body).encode(), headers={"Content-Type": ""})
+        else:
+            response = await api.call(method, *parts, body=body, headers=headers)
+        assert response.code == 415, (method, response.code, response.body)
+        assert "Content-Type: application/json" in error_message(response)
+        assert await api.list() == before
+    assert (await api.call("GET", "tokens")).code == 200 and json.loads(
+        (await api.call("GET", "tokens")).body)["tokens"] == []
+
+
+async def test_given_json_with_a_charset_when_putting_then_it_is_accepted(api):
+    response = await api.call("PUT", "credentials", "OPENAI_API_KEY", body={"value": VALID_OPENAI_KEY},
+                              headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.code == 201, response.body
+
+
 async def test_given_an_unknown_provider_when_putting_then_422_and_nothing_is_stored(api):
     message = await put_rejected(api, "MY_KEY", {"value": VALID_OPENAI_KEY, "provider": "skynet"}, 422)
     assert "unknown provider" in message and "openai" in message
@@ -688,7 +715,8 @@ async def test_given_a_cookie_session_when_putting_without_the_xsrf_token_then_4
     xsrf_token = xsrf["_xsrf"].value
     accepted = await http_server_client.fetch(
         url, method="PUT", body=body, raise_error=False,
-        headers={"Cookie": f"{login_cookie}; _xsrf={xsrf_token}", "X-XSRFToken": xsrf_token})
+        headers={"Cookie": f"{login_cookie}; _xsrf={xsrf_token}", "X-XSRFToken": xsrf_token,
+                 "Content-Type": "application/json"})
     assert accepted.code == 201, accepted.body
     assert await api.names() == ["OPENAI_API_KEY"]
 

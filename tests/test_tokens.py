@@ -48,8 +48,7 @@ def rest(server_url, jp_serverapp):
     async def call(method: str, path: str, body=None) -> httpx.Response:
         async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
             return await client.request(method, server_url + "keyvault/api/" + path,
-                                        headers={"Authorization": f"token {token}"},
-                                        content=None if body is None else json.dumps(body))
+                                        headers={"Authorization": f"token {token}"}, json=body)
 
     return call
 

@@ -81,7 +81,8 @@ class RestHandler(ManagerMixin, JSONMixin, RetryAfterMixin, APIHandler):
         await self.checks_answered_after_body(super().prepare())
 
     def json_body(self) -> dict[str, Any]:
-        return json_object(self.body_bytes, max_bytes=self.max_body_bytes)
+        return json_object(self.body_bytes, max_bytes=self.max_body_bytes,
+                           content_type=self.request.headers.get("Content-Type"))
 
     def limit(self, limiter, action: str) -> None:
         # Keyed by the vault owner, not the actor: token requests without a cookie get a fresh

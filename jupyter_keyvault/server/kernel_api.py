@@ -29,7 +29,8 @@ class KernelAPIHandler(CallerMixin, JSONMixin, APIHandler):
         self.authenticate_kernel()
 
     def json_body(self) -> dict:
-        return json_object(self.body_bytes, max_bytes=self.max_body_bytes, empty_ok=True)
+        return json_object(self.body_bytes, max_bytes=self.max_body_bytes, empty_ok=True,
+                           content_type=self.request.headers.get("Content-Type"))
 
     async def require_direct_mode(self, name: str, alternative: str) -> None:
         """Direct mode for `name`: allowed globally (c.KeyVault.allow_direct_access), or for this one

@@ -21,11 +21,11 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def json_object(raw: bytes | None, *, max_bytes: int, empty_ok: bool = False) -> dict[str, Any]:
-    """The body as a JSON object, or a 400/413 that says what is wrong. Strict: NaN and
-    Infinity (which Python would accept) and nesting deeper than MAX_DEPTH are refused.
-    The Content-Type is not required (curl and tornado label JSON bodies as form data by default;
-    cross-site form posts are stopped by the XSRF check)."""
+def json_object(raw: bytes | None, *, max_bytes: int, content_type: str | None,
+                empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, or a 400/413/415 that says what is wrong. Strict: a body must be
+    labelled application/json (a form or text/plain post is what a cross-site page can send without
+    asking), and NaN, Infinity (which Python would accept) and nesting deeper than MAX_DEPTH are refused."""
     raw = raw or b""
     if len(raw) > max_bytes:
         raise web.HTTPError(413, f"request body is larger than {max_bytes} bytes")
@@ -33,6 +33,10 @@ def json_object(raw: bytes | None, *, max_bytes: int, empty_ok: bool = False) ->
         if empty_ok:
             return {}
         raise web.HTTPError(400, "request body is empty; send a JSON object")
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise web.HTTPError(415, f"send the body as JSON with Content-Type: application/json "
+                                 f"(got {media_type or 'no Content-Type'})")
     try:
         body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):

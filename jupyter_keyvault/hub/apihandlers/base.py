@@ -79,7 +79,7 @@ class ServiceBase(HubAuthenticated, web.RequestHandler):
                                 "status": status_code}))
 
     def json_body(self) -> dict[str, Any]:
-        return json_object(self.request.body, max_bytes=MAX_BODY_BYTES)
+        return json_object(self.request.body, max_bytes=MAX_BODY_BYTES, content_type=self.request.headers.get("Content-Type"))
 
     def name_from_path(self, raw: str) -> str:
         try:
