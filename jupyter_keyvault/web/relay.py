@@ -8,7 +8,7 @@ read whole, so the injected value and anything key-shaped can be redacted from t
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 import aiohttp
 from tornado import web
@@ -35,40 +35,136 @@ def upstream_session(read_timeout: float, max_connections: int = 0) -> aiohttp.C
     )
 
 
+class BodyStream:
+    """A request body on its way from tornado (`data_received`) to aiohttp, a few chunks at a time:
+    `put` waits while the upstream is slower than the client, so tornado stops reading the socket
+    (backpressure) and the body is never held whole."""
+
+    def __init__(self, max_chunks: int = 8):
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(max_chunks)
+        self.closed = False
+
+    async def put(self, chunk: bytes | None) -> None:
+        if not self.closed:
+            await self._queue.put(chunk)
+
+    def close(self) -> None:
+        """Nobody reads any more (the upstream answered or failed): drop what is queued, never block `put`."""
+        self.closed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._queue.get()) is not None:
+            yield chunk
+
+
 class RelayMixin:
-    """For a tornado RequestHandler that relays: a client that leaves cancels the upstream read."""
+    """For a tornado RequestHandler that relays (decorate the handler with `@web.stream_request_body`):
+    a client that leaves cancels the upstream read; the request body streams upstream as it arrives.
+
+    In `prepare()`, after every check: `accept_body(cap)`, then `start_relay(...)` to stream the body
+    (or `buffer_body=True` to collect a small body the handler rewrites); the method awaits `relayed()`."""
 
     _relay_task: asyncio.Future | None = None
     _client_gone = False
+    _body_cap = 0
+    _received = 0
+    _body_stream: BodyStream | None = None
+    _body_buffer: bytearray | None = None
 
     def on_connection_close(self) -> None:
         self._client_gone = True
+        if self._body_stream is not None:
+            self._body_stream.close()
         if self._relay_task is not None:
             self._relay_task.cancel()
         super().on_connection_close()  # type: ignore[misc]
 
-    async def relay(self, session: aiohttp.ClientSession, url: str, headers: dict[str, str], *,
-                    injected: str | None, scrub: Callable[[str], str],
-                    meter: Callable[[str], UsageMeter] | None = None, body: bytes | None = None) -> int:
-        """Relay this request (or `body` instead of its body) to `url`; returns the tokens the
-        meter counted (0 without one)."""
+    def accept_body(self, cap: int, *, buffer: bool = False) -> None:
+        """Up to `cap` bytes of body: 413 now when Content-Length says more, before any is read."""
         handler: web.RequestHandler = self  # type: ignore[assignment]
+        length = handler.request.headers.get("Content-Length", "")
+        if length.strip().isdigit() and int(length) > cap:
+            raise web.HTTPError(413, body_too_large(cap))
+        self._body_cap = cap
+        # Our own count enforces the cap (with a clear 413); tornado's limit would answer a bare 400.
+        handler.request.connection.set_max_body_size(max(cap, 1) * 2)  # type: ignore[union-attr]
+        if buffer:
+            self._body_buffer = bytearray()
+
+    async def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._body_cap:
+            self._cut_off()
+        elif self._body_stream is not None:
+            await self._body_stream.put(chunk)
+        elif self._body_buffer is not None:
+            self._body_buffer += chunk
+
+    def _cut_off(self) -> None:
+        """A chunked body ran over the cap: stop the upstream request, say 413 if nothing was sent yet."""
+        handler: web.RequestHandler = self  # type: ignore[assignment]
+        if self._body_stream is not None:
+            self._body_stream.close()
+            self._body_stream = None
+        self._body_buffer = None
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+        if not handler._headers_written and not handler._finished:
+            error = web.HTTPError(413, body_too_large(self._body_cap))
+            handler.send_error(413, exc_info=(web.HTTPError, error, None))
+        elif not handler._finished:
+            handler.request.connection.close()  # type: ignore[union-attr]
+
+    @property
+    def buffered_body(self) -> bytes:
+        return bytes(self._body_buffer or b"")
+
+    def start_relay(self, session: aiohttp.ClientSession, url: str, headers: dict[str, str], *,
+                    injected: str | None, scrub: Callable[[str], str],
+                    meter: Callable[[str], UsageMeter] | None = None, body: bytes | None = None) -> None:
+        """Send this request to `url` now; its body streams as it arrives (or `body` instead of it)."""
+        handler: web.RequestHandler = self  # type: ignore[assignment]
+        data: bytes | AsyncIterator[bytes] | None = body
         if handler.request.method in ("GET", "HEAD"):
-            body = None
-        elif body is None:
-            body = handler.request.body
+            data = None
+        elif body is None and self._body_buffer is None:
+            self._body_stream = BodyStream()
+            data = self._body_stream.chunks()
+            length = handler.request.headers.get("Content-Length")
+            if length is not None:  # the body goes as it came: upstreams may need its length
+                headers = {**headers, "Content-Length": length}
         self._relay_task = asyncio.ensure_future(
-            _relay(handler, session, url, headers, body, injected, scrub, meter))
+            _relay(handler, session, url, headers, data, injected, scrub, meter))
+        self._relay_task.add_done_callback(self._relay_done)
+
+    def _relay_done(self, _task: asyncio.Future) -> None:
+        if self._body_stream is not None:  # the upstream answered (or failed) before the body ended
+            self._body_stream.close()
+
+    async def relayed(self) -> int:
+        """Once tornado has read the whole body: end it, wait for the relay; the tokens the meter counted."""
+        handler: web.RequestHandler = self  # type: ignore[assignment]
+        if self._body_stream is not None:
+            await self._body_stream.put(None)
+        if self._relay_task is None:
+            return 0
         try:
             return await self._relay_task
         except asyncio.CancelledError:
-            if not self._client_gone:
+            if not (self._client_gone or handler._finished):
                 raise
             return 0
 
 
+def body_too_large(cap: int) -> str:
+    return (f"request body is larger than this server's proxy limit of {cap} bytes "
+            "(c.KeyVault.proxy_max_body_size)")
+
+
 async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-                 body: bytes | None, injected: str | None, scrub: Callable[[str], str],
+                 body: bytes | AsyncIterator[bytes] | None, injected: str | None, scrub: Callable[[str], str],
                  meter_for: Callable[[str], UsageMeter] | None) -> int:
     # The value injected upstream never comes back: not in the status line, a header or the body.
     redactor = InjectedValueRedactor(injected) if injected else None
