@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import signal
 import struct
@@ -459,6 +460,49 @@ class _MessagesHandler(_AnthropicHandler):
         self.finish()
 
 
+@tornado.web.stream_request_body
+class _FilesHandler(_OpenAIHandler):
+    """POST /v1/files, read as it arrives and never kept: records when the first and last bytes came
+    (so tests see whether a proxy relayed an upload chunk by chunk) and how many there were."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        self.request.connection.set_max_body_size(1 << 40)
+        self.upload = Upload(headers=_lower_headers(self.request.headers))
+        self._digest = hashlib.sha256()
+        self.upstream.uploads.append(self.upload)
+
+    def data_received(self, chunk: bytes) -> None:
+        now = time.monotonic()
+        if self.upload.first_byte_at is None:
+            self.upload.first_byte_at = now
+        self.upload.last_byte_at = now
+        self.upload.bytes += len(chunk)
+        self.upload.chunks += 1
+        self._digest.update(chunk)
+
+
+    def post(self) -> None:
+        self.upload.sha256 = self._digest.hexdigest()
+        if not self.check_openai_key():  # after reading the body: an answer before it is often lost to a reset
+            return
+        self.send_json({"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": self.upload.bytes,
+                        "created_at": int(time.time()), "filename": "upload", "purpose": "assistants",
+                        "status": "processed"})
+
+
+@dataclass
+class Upload:
+    """One request body received by /v1/files (its bytes counted, not kept)."""
+
+    headers: dict
+    bytes: int = 0
+    chunks: int = 0
+    first_byte_at: float | None = None  # time.monotonic(), comparable across processes on Linux
+    last_byte_at: float | None = None
+    sha256: str = ""  # of the bytes received, once the request is over
+
+
 class _EchoHeadersHandler(_BaseHandler):
     """Returns the received headers (lower-case names), without any auth check."""
 
@@ -477,7 +521,8 @@ class _StatsHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"connections_opened": self.upstream.connections_opened,
-                                "requests": len(self.upstream.requests)}))
+                                "requests": len(self.upstream.requests),
+                                "uploads": [vars(u) for u in self.upstream.uploads]}))
 
 
 class _NotFoundHandler(_BaseHandler):
@@ -527,6 +572,7 @@ class FakeUpstream:
         self.delay = delay
         self.connections_opened = 0
         self.client_disconnects = 0  # responses cut off by the client
+        self.uploads: list[Upload] = []  # bodies POSTed to /v1/files, as they arrived
         self._requested_port = port
         self._port: int | None = None
         self._lock = threading.Lock()
@@ -607,6 +653,7 @@ class FakeUpstream:
                 (r"/v1/chat/completions", _ChatCompletionsHandler, kwargs),
                 (r"/v1/embeddings", _EmbeddingsHandler, kwargs),
                 (r"/v1/messages", _MessagesHandler, kwargs),
+                (r"/v1/files", _FilesHandler, kwargs),
                 (r"/echo-headers", _EchoHeadersHandler, kwargs),
                 (r"/_stats", _StatsHandler, kwargs),
             ],
@@ -650,6 +697,7 @@ class FakeUpstream:
             self._requests.clear()
             self.connections_opened = 0
             self.client_disconnects = 0
+            self.uploads.clear()
 
     def _record(self, request: Any) -> None:
         record = RecordedRequest(

@@ -64,12 +64,19 @@ class RelayMixin:
     a client that leaves cancels the upstream read; the request body streams upstream as it arrives.
 
     In `prepare()`, after every check: `accept_body(cap)`, then `start_relay(...)` to stream the body
-    (or `buffer_body=True` to collect a small body the handler rewrites); the method awaits `relayed()`."""
+    (or `buffer=True` to collect a small body the handler rewrites); the method awaits `relayed()`.
 
+    A body over the cap never goes (further) upstream and is answered 413. HTTP clients read the answer
+    only once they have sent their body, and an answer followed by a close while they still send is
+    often lost to a TCP reset, so a body up to DRAIN_FACTOR times the cap is read and dropped first;
+    a larger one is answered at once (when Content-Length says so, before any of it is read)."""
+
+    DRAIN_FACTOR = 2
     _relay_task: asyncio.Future | None = None
     _client_gone = False
     _body_cap = 0
     _received = 0
+    over_cap = False
     _body_stream: BodyStream | None = None
     _body_buffer: bytearray | None = None
 
@@ -82,35 +89,48 @@ class RelayMixin:
         super().on_connection_close()  # type: ignore[misc]
 
     def accept_body(self, cap: int, *, buffer: bool = False) -> None:
-        """Up to `cap` bytes of body: 413 now when Content-Length says more, before any is read."""
+        """Up to `cap` bytes of body; over it, 413 (see the class doc), decided on Content-Length before
+        any byte is read, else on the bytes counted as they arrive."""
         handler: web.RequestHandler = self  # type: ignore[assignment]
-        length = handler.request.headers.get("Content-Length", "")
-        if length.strip().isdigit() and int(length) > cap:
-            raise web.HTTPError(413, body_too_large(cap))
         self._body_cap = cap
+        length = handler.request.headers.get("Content-Length", "").strip()
+        if length.isdigit() and int(length) > cap:
+            if int(length) > self._drain_limit:
+                raise web.HTTPError(413, body_too_large(cap))
+            self.over_cap = True
         # Our own count enforces the cap (with a clear 413); tornado's limit would answer a bare 400.
-        handler.request.connection.set_max_body_size(max(cap, 1) * 2)  # type: ignore[union-attr]
+        handler.request.connection.set_max_body_size(2 * self._drain_limit)  # type: ignore[union-attr]
         if buffer:
             self._body_buffer = bytearray()
 
+    @property
+    def _drain_limit(self) -> int:
+        return max(self._body_cap, 1) * self.DRAIN_FACTOR
+
     async def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
-        if self._received > self._body_cap:
-            self._cut_off()
+        if not self.over_cap and self._received > self._body_cap:
+            self.over_cap = True
+            self._stop_upstream()
+        if self.over_cap:
+            if self._received > self._drain_limit:
+                self._refuse_now()
         elif self._body_stream is not None:
             await self._body_stream.put(chunk)
         elif self._body_buffer is not None:
             self._body_buffer += chunk
 
-    def _cut_off(self) -> None:
-        """A chunked body ran over the cap: stop the upstream request, say 413 if nothing was sent yet."""
-        handler: web.RequestHandler = self  # type: ignore[assignment]
+    def _stop_upstream(self) -> None:
+        """The body ran over the cap: what went upstream is cut off there, nothing more is kept."""
         if self._body_stream is not None:
             self._body_stream.close()
             self._body_stream = None
         self._body_buffer = None
         if self._relay_task is not None:
             self._relay_task.cancel()
+
+    def _refuse_now(self) -> None:
+        handler: web.RequestHandler = self  # type: ignore[assignment]
         if not handler._headers_written and not handler._finished:
             error = web.HTTPError(413, body_too_large(self._body_cap))
             handler.send_error(413, exc_info=(web.HTTPError, error, None))
@@ -126,6 +146,8 @@ class RelayMixin:
                     meter: Callable[[str], UsageMeter] | None = None, body: bytes | None = None) -> None:
         """Send this request to `url` now; its body streams as it arrives (or `body` instead of it)."""
         handler: web.RequestHandler = self  # type: ignore[assignment]
+        if self.over_cap:  # declared over the cap: nothing goes upstream, relayed() answers 413
+            return
         data: bytes | AsyncIterator[bytes] | None = body
         if handler.request.method in ("GET", "HEAD"):
             data = None
@@ -146,6 +168,8 @@ class RelayMixin:
     async def relayed(self) -> int:
         """Once tornado has read the whole body: end it, wait for the relay; the tokens the meter counted."""
         handler: web.RequestHandler = self  # type: ignore[assignment]
+        if self.over_cap and not handler._finished:
+            raise web.HTTPError(413, body_too_large(self._body_cap))
         if self._body_stream is not None:
             await self._body_stream.put(None)
         if self._relay_task is None:

@@ -83,7 +83,7 @@ class ProxyHandler(RelayMixin, ServiceBase):
                          scrub=self.kv.scrubber.scrub, meter=UsageMeter, body=body)
 
     async def get(self, provider_id: str, path: str | None = None):
-        if self._body_buffer is not None:
+        if self._body_buffer is not None and not self.over_cap:
             await self._start(_with_usage_requested(self.buffered_body))
         tokens = await self.relayed()
         if self.provider.needs_key and tokens:
