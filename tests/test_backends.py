@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.hub, pytest.mark.e2e,
 VALID_KEY = "sk-proj-" + "C" * 40  # accepted by the fake upstream
 CANARY = "sk-proj-BACKENDCANARY" + secrets.token_hex(20)
 SERVICE = "keyvault"
+HUB_BODY_CAP = 48 * 1024 * 1024
 
 
 @dataclass
@@ -87,7 +88,8 @@ def hub(upstream, hostile, tmp_path_factory):
     key_file.chmod(0o600)
     service, roles, user_env = keyvault_service_config(
         port=free_port(), master_key_file=str(key_file), name=SERVICE, data_dir=str(data_dir),
-        extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
+        extra_args=[f"--KeyVaultHubService.proxy_max_body_size={HUB_BODY_CAP}",
+                    f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
                     f"--KeyVaultHubService.provider_base_urls=groq={hostile.base_url}"])
     harness = JupyterHubHarness(services=[service], load_roles=roles, user_env=user_env,
                                 singleuser_config='c.KeyVault.backend = "hub"\n'
@@ -243,6 +245,48 @@ def test_given_the_hub_service_proxy_when_a_key_of_another_provider_is_named_the
                 headers={"X-KeyVault-Credential": "GROQ_API_KEY"})
     assert resp.status == 403 and "GROQ_API_KEY is a credential for Groq" in resp.text, resp.text
     assert len(hostile.seen) == before and GROQ_CANARY not in resp.text
+
+
+def test_given_the_hub_service_proxy_then_the_same_header_policy_holds(hub, hub_backend, hostile):
+    service = hub.service_url(SERVICE)
+    http("PUT", service + "api/credentials/GROQ_API_KEY", token=hub_backend.token,
+         body={"value": GROQ_CANARY, "provider": "groq"})
+    canary = "HUBHDRCANARY" + secrets.token_hex(8)
+    before = len(hostile.raw)
+    resp = http("POST", service + f"proxy/groq/v1/echo/request?token={canary}q&x=1", token=hub_backend.token,
+                body=b"{}", headers={
+                    "HTTP-Referer": "https://app.example", "X-Title": "course", "traceparent": "00-ab-cd-01",
+                    "Cookie": f"jupyterhub-session-id={canary}c", "X-XSRFToken": f"{canary}x",
+                    "Referer": f"{hub.url}/hub/home?token={canary}r", "X-Forwarded-For": f"{canary}xff",
+                    "X-KeyVault-Note": f"{canary}kv", "x-api-key": f"{canary}ak"})
+    assert resp.status == 200, resp.text
+    [raw] = hostile.raw[before:]
+    for secret in (canary, hub_backend.token):
+        assert secret.encode() not in raw, (secret, raw)
+    for header in (b"http-referer: https://app.example", b"x-title: course", b"traceparent: 00-ab-cd-01"):
+        assert header in raw.lower(), raw
+    assert b"x=1" in raw and f"Bearer {GROQ_CANARY}".encode() in raw
+
+
+def test_given_the_hub_service_proxy_when_a_file_is_uploaded_then_it_streams_and_over_the_cap_is_413(
+        hub, hub_backend, upstream):
+    import openai
+
+    from jupyter_keyvault.testing.uploads import PatternFile
+
+    service = hub.service_url(SERVICE)
+    http("PUT", service + "api/credentials/OPENAI_API_KEY", token=hub_backend.token,
+         body={"value": VALID_KEY, "provider": "openai"})
+    client = openai.OpenAI(api_key=hub_backend.token, base_url=service + "proxy/openai/v1", max_retries=0)
+    source = PatternFile(32 * 1024 * 1024)
+    created = client.files.create(file=("data.bin", source), purpose="assistants")
+    upload = upstream.uploads[-1]
+    assert created.bytes == upload.bytes > source.size and upload.first_byte_at < source.finished_at
+    assert upload.headers["authorization"] == f"Bearer {VALID_KEY}" and hub_backend.token not in json.dumps(
+        upload.headers)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.files.create(file=("big.bin", PatternFile(HUB_BODY_CAP + 1024 * 1024)), purpose="assistants")
+    assert caught.value.status_code == 413 and "proxy_max_body_size" in caught.value.message
 
 
 # -- schemathesis against the hub-backed server (the local one: tests/test_openapi_fuzz.py)

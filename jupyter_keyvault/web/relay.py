@@ -72,6 +72,7 @@ class RelayMixin:
     a larger one is answered at once (when Content-Length says so, before any of it is read)."""
 
     DRAIN_FACTOR = 2
+    body_cap_setting = "c.KeyVault.proxy_max_body_size"  # named in the 413, so an admin knows what to raise
     _relay_task: asyncio.Future | None = None
     _client_gone = False
     _body_cap = 0
@@ -96,7 +97,7 @@ class RelayMixin:
         length = handler.request.headers.get("Content-Length", "").strip()
         if length.isdigit() and int(length) > cap:
             if int(length) > self._drain_limit:
-                raise web.HTTPError(413, body_too_large(cap))
+                raise web.HTTPError(413, body_too_large(cap, self.body_cap_setting))
             self.over_cap = True
         # Our own count enforces the cap (with a clear 413); tornado's limit would answer a bare 400.
         handler.request.connection.set_max_body_size(2 * self._drain_limit)  # type: ignore[union-attr]
@@ -132,7 +133,7 @@ class RelayMixin:
     def _refuse_now(self) -> None:
         handler: web.RequestHandler = self  # type: ignore[assignment]
         if not handler._headers_written and not handler._finished:
-            error = web.HTTPError(413, body_too_large(self._body_cap))
+            error = web.HTTPError(413, body_too_large(self._body_cap, self.body_cap_setting))
             handler.send_error(413, exc_info=(web.HTTPError, error, None))
         elif not handler._finished:
             handler.request.connection.close()  # type: ignore[union-attr]
@@ -169,7 +170,7 @@ class RelayMixin:
         """Once tornado has read the whole body: end it, wait for the relay; the tokens the meter counted."""
         handler: web.RequestHandler = self  # type: ignore[assignment]
         if self.over_cap and not handler._finished:
-            raise web.HTTPError(413, body_too_large(self._body_cap))
+            raise web.HTTPError(413, body_too_large(self._body_cap, self.body_cap_setting))
         if self._body_stream is not None:
             await self._body_stream.put(None)
         if self._relay_task is None:
@@ -182,9 +183,8 @@ class RelayMixin:
             return 0
 
 
-def body_too_large(cap: int) -> str:
-    return (f"request body is larger than this server's proxy limit of {cap} bytes "
-            "(c.KeyVault.proxy_max_body_size)")
+def body_too_large(cap: int, setting: str) -> str:
+    return f"request body is larger than this server's proxy limit of {cap} bytes ({setting})"
 
 
 async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, url: str, headers: dict[str, str],

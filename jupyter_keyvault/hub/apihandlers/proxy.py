@@ -24,6 +24,7 @@ class ProxyHandler(RelayMixin, ServiceBase):
     """Every check (hub user, path, key choice, limits) in `prepare()`, before the body is read or any
     upstream connection made; the body then streams upstream as it arrives (see web/relay.py)."""
 
+    body_cap_setting = "c.KeyVaultHubService.proxy_max_body_size"
     url = ""
     key: str | None = None
     source = "none"
