@@ -550,6 +550,17 @@ def _lower_headers(headers: Any) -> dict:
     return out
 
 
+class _AlwaysGzip(tornado.web.GZipContentEncoding):
+    """Compress every JSON or text response (SSE streams flushed chunk by chunk), whatever the
+    request's Accept-Encoding said: an upstream (or a gateway in front of it) that gzips anyway."""
+
+    MIN_LENGTH = 0
+
+    def __init__(self, request: Any) -> None:
+        super().__init__(request)
+        self._gzipping = True
+
+
 class FakeUpstream:
     """Fake OpenAI/Anthropic upstream served from a background thread.
 
@@ -565,11 +576,13 @@ class FakeUpstream:
         n_chunks: int = 5,
         delay: float = 0.0,
         port: int = 0,
+        gzip: bool = False,
     ) -> None:
         self.valid_keys = set(valid_keys)
         self.chunk_interval = chunk_interval
         self.n_chunks = n_chunks
         self.delay = delay
+        self.gzip = gzip  # compress every response, even when asked for identity (fixed at start)
         self.connections_opened = 0
         self.client_disconnects = 0  # responses cut off by the client
         self.uploads: list[Upload] = []  # bodies POSTed to /v1/files, as they arrived
@@ -658,6 +671,7 @@ class FakeUpstream:
                 (r"/_stats", _StatsHandler, kwargs),
             ],
             default_handler_class=_NotFoundHandler,
+            transforms=[_AlwaysGzip] if self.gzip else None,
             default_handler_args=kwargs,
             # 4xx answers are expected in tests; keep tornado's access log quiet.
             log_function=lambda handler: None,
@@ -723,6 +737,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-interval", type=float, default=0.0, help="seconds between streamed chunks")
     parser.add_argument("--n-chunks", type=int, default=5, help="content chunks per streamed reply")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
+    parser.add_argument("--gzip", action="store_true", help="gzip every response, whatever was asked for")
     args = parser.parse_args(argv)
 
     fake = FakeUpstream(
@@ -731,6 +746,7 @@ def main(argv: list[str] | None = None) -> None:
         n_chunks=args.n_chunks,
         delay=args.delay,
         port=args.port,
+        gzip=args.gzip,
     )
     # Turn SIGTERM into a normal exit so the server shuts down cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
