@@ -12,15 +12,18 @@ this server go upstream (web/headers.py).
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
+from tornado.websocket import WebSocketHandler
 
 from .. import providers
 from ..web.errors import error_message, http_errors, provider_error_body, set_retry_after
 from ..web.headers import upstream_request_headers
 from ..web.paths import proxied_path, upstream_url
-from ..web.relay import RelayMixin
+from ..web.relay import RelayMixin, WebSocketRelayMixin
 from .base import CallerMixin
 
 
@@ -98,8 +101,49 @@ class OAuthProxyHandler(ProxyHandler):
         await self.start_to(configured.api_base_url, rest, headers, access)
 
 
+class RealtimeProxyHandler(CallerMixin, WebSocketRelayMixin, WebSocketHandler, JupyterHandler):
+    """`/keyvault/proxy/openai/v1/realtime`: the OpenAI Realtime API's websocket. The handshake is
+    authenticated exactly as an HTTP proxy request (a kernel's kvk1 credential or a kvt1 token in
+    `Authorization: Bearer`, which is where the openai SDK puts its api key on the websocket too;
+    notebook access checks), and refused from another site's page (cross-site websocket hijacking)."""
+
+    auth_resource = "keyvault"
+
+    def write_error(self, status_code: int, **kwargs):
+        self.set_header("Content-Type", "application/json")
+        self.finish(provider_error_body(status_code, error_message(self, kwargs)))
+
+    def check_origin(self, origin: str) -> bool:
+        """Only pages of this server (same host), or exactly the configured allow_origin; never '*'."""
+        if urlsplit(origin).netloc.lower() == self.request.host.lower():
+            return True
+        return bool(self.allow_origin) and self.allow_origin != "*" and origin == self.allow_origin
+
+    @allow_unauthenticated
+    async def get(self, *args, **kwargs):
+        # Every check before the upgrade, and before any key is decrypted or the upstream contacted.
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise web.HTTPError(400, "the Realtime API is a websocket: connect with Upgrade: websocket")
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            raise web.HTTPError(403, "cross-origin websocket refused")
+        provider = providers.PROVIDERS["openai"]
+        name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
+        await self.authenticate_caller(name)
+        await self.check_notebook_access(name)
+        with http_errors(missing=401):
+            upstream = await self.kv.upstream(provider, name, actor=self.caller)
+        headers = upstream_request_headers(self.request.headers.get_all(), injected=upstream.headers,
+                                           defaults=provider.default_headers)
+        url = upstream_url(upstream.base_url, "realtime", self.request.query)
+        await self.connect_upstream(await self.kv.http_session(), url, headers, injected=upstream.injected,
+                                    scrub=self.kv.scrubber.scrub)
+        await super().get(*args, **kwargs)
+
+
 _OAUTH_NAME = r"(?P<name>[A-Za-z_][A-Za-z0-9_]{0,63})"
 handlers = [
+    (r"/keyvault/proxy/openai/v1/realtime/?", RealtimeProxyHandler),
     (rf"/keyvault/proxy/oauth/{_OAUTH_NAME}(?P<path>/.*)?", OAuthProxyHandler),
     (r"/keyvault/proxy/(?P<provider_id>[a-z_]+)(?P<path>/.*)?", ProviderProxyHandler),
 ]

@@ -29,12 +29,13 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+import tornado.websocket
 from tornado.iostream import StreamClosedError
 
 __all__ = [
@@ -460,6 +461,78 @@ class _MessagesHandler(_AnthropicHandler):
         self.finish()
 
 
+class _RealtimeHandler(tornado.websocket.WebSocketHandler):
+    """`wss://…/v1/realtime`, the OpenAI Realtime API's websocket, enough of it for a client:
+
+    - the handshake needs a valid bearer key (else 401, as OpenAI answers);
+    - on open: `session.created`; `response.create` → REPLY_TEXT as `response.output_text.delta`
+      events, then `response.done`;
+    - `keyvault.test.echo_key` → the key it was sent, back in a text frame (plain and as JSON \\u
+      escapes) and in a binary frame: what a hostile upstream could do;
+    - `keyvault.test.close` → closes with the event's `code` and `reason`;
+    - a binary frame is echoed back as it came.
+    Every handshake (its headers) and message is recorded in `FakeUpstream.realtime`."""
+
+    def initialize(self, upstream: FakeUpstream) -> None:
+        self.upstream = upstream
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        self.session = RealtimeSession(headers=_lower_headers(self.request.headers), query=self.request.query)
+        self.upstream.realtime.append(self.session)
+        self.key = _bearer_token(self.request.headers.get("Authorization")) or ""
+        if self.key not in self.upstream.valid_keys:
+            self.set_status(401)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                              "code": "invalid_api_key"}}))
+            return
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        self.write_message(json.dumps({"type": "session.created", "event_id": "event_1", "session": {
+            "id": "sess_fake", "object": "realtime.session", "type": "realtime", "model": "gpt-realtime"}}))
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.session.messages.append(message)
+        if isinstance(message, bytes):
+            await self.write_message(message, binary=True)
+            return
+        try:
+            event = json.loads(message)
+        except ValueError:
+            return
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "response.create":
+            for i, piece in enumerate(_split_text(REPLY_TEXT, max(1, int(self.upstream.n_chunks)))):
+                await self.write_message(json.dumps({"type": "response.output_text.delta", "event_id": f"event_d{i}",
+                                                     "response_id": "resp_1", "item_id": "item_1", "output_index": 0,
+                                                     "content_index": 0, "delta": piece}))
+            await self.write_message(json.dumps({"type": "response.done", "event_id": "event_done", "response": {
+                "id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}))
+        elif kind == "keyvault.test.echo_key":
+            await self.write_message(json.dumps({"type": "error", "event_id": "event_e", "error": {
+                "type": "invalid_request_error", "message": f"key {self.key} is not allowed"}}))
+            escaped = "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(self.key))
+            await self.write_message('{"type": "error", "event_id": "event_f", "error": {"type": "x", "message": "'
+                                     + escaped + '"}}')
+            await self.write_message(b"binary:" + self.key.encode(), binary=True)
+        elif kind == "keyvault.test.close":
+            self.close(int(event.get("code", 1000)), str(event.get("reason", "")))
+
+    def on_close(self) -> None:
+        self.session.close_code = self.close_code
+
+
+@dataclass
+class RealtimeSession:
+    """One websocket the fake Realtime API accepted (or refused): handshake headers, messages received."""
+
+    headers: dict
+    query: str
+    messages: list = field(default_factory=list)
+    close_code: int | None = None  # the code the client closed with
+
+
 @tornado.web.stream_request_body
 class _FilesHandler(_OpenAIHandler):
     """POST /v1/files, read as it arrives and never kept: records when the first and last bytes came
@@ -586,6 +659,7 @@ class FakeUpstream:
         self.connections_opened = 0
         self.client_disconnects = 0  # responses cut off by the client
         self.uploads: list[Upload] = []  # bodies POSTed to /v1/files, as they arrived
+        self.realtime: list[RealtimeSession] = []  # websockets opened to /v1/realtime
         self._requested_port = port
         self._port: int | None = None
         self._lock = threading.Lock()
@@ -667,6 +741,7 @@ class FakeUpstream:
                 (r"/v1/embeddings", _EmbeddingsHandler, kwargs),
                 (r"/v1/messages", _MessagesHandler, kwargs),
                 (r"/v1/files", _FilesHandler, kwargs),
+                (r"/v1/realtime", _RealtimeHandler, kwargs),
                 (r"/echo-headers", _EchoHeadersHandler, kwargs),
                 (r"/_stats", _StatsHandler, kwargs),
             ],
@@ -712,6 +787,7 @@ class FakeUpstream:
             self.connections_opened = 0
             self.client_disconnects = 0
             self.uploads.clear()
+            self.realtime.clear()
 
     def _record(self, request: Any) -> None:
         record = RecordedRequest(

@@ -234,3 +234,94 @@ async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, ur
         if handler._headers_written:
             return 0
         raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
+
+
+class WebSocketRelayMixin:
+    """For a tornado WebSocketHandler that relays to an upstream websocket (the OpenAI Realtime API).
+
+    The handler checks everything in `get()` before the upgrade, then `await self.connect_upstream(...)`
+    (so an upstream that refuses is an HTTP error at the client's handshake, not an open-then-close),
+    then lets the handshake complete. Frames go both ways as they come, text and binary, each side's
+    close code passed on; frames from upstream have the injected value and stored values scrubbed."""
+
+    upstream_ws: aiohttp.ClientWebSocketResponse[bool] | None = None
+    _pump: asyncio.Future | None = None
+    _redactor: InjectedValueRedactor | None = None
+
+    async def connect_upstream(self, session: aiohttp.ClientSession, url: str, headers: dict[str, str], *,
+                               injected: str | None, scrub: Callable[[str], str]) -> None:
+        self._scrub = scrub
+        self._redactor = InjectedValueRedactor(injected) if injected else None
+        try:
+            self.upstream_ws = await session.ws_connect(url, headers=headers, autoping=True, max_msg_size=0,
+                                                        compress=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status if 400 <= exc.status < 500 and exc.status != 407 else 502
+            raise web.HTTPError(status, f"the upstream refused the websocket (HTTP {exc.status})") from None
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
+
+    def open(self, *args, **kwargs):
+        self._pump = asyncio.ensure_future(self._from_upstream())
+        return super().open(*args, **kwargs)
+
+    async def on_message(self, message: str | bytes) -> None:
+        upstream = self.upstream_ws
+        if upstream is None or upstream.closed:
+            return
+        try:
+            if isinstance(message, bytes):
+                await upstream.send_bytes(message)
+            else:
+                await upstream.send_str(message)
+        except (ConnectionError, aiohttp.ClientError):
+            pass  # the upstream is going: _from_upstream closes the client with its code
+
+    async def _from_upstream(self) -> None:
+        from tornado.websocket import WebSocketClosedError
+
+        handler = self  # a tornado WebSocketHandler
+        upstream = self.upstream_ws
+        if upstream is None:
+            return
+        code, reason = 1011, "upstream failed"
+        try:
+            while True:
+                msg = await upstream.receive()
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    text = self._redactor.text(msg.data) if self._redactor else msg.data
+                    await handler.write_message(self._scrub(text))  # type: ignore[attr-defined]
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    data = self._redactor.feed(msg.data) + self._redactor.flush() if self._redactor else msg.data
+                    await handler.write_message(data, binary=True)  # type: ignore[attr-defined]
+                elif msg.type == aiohttp.WSMsgType.CLOSE:
+                    code, reason = msg.data, msg.extra or ""
+                    break
+                elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    code, reason = upstream.close_code or 1000, ""
+                    break
+                else:  # ERROR
+                    break
+        except WebSocketClosedError:
+            return  # the client left first: on_close closes the upstream
+        reason = self._scrub(self._redactor.text(reason) if self._redactor else reason)
+        handler.close(_sendable_close_code(code),  # type: ignore[attr-defined]
+                      reason.encode()[:120].decode("utf-8", "ignore"))
+
+    def on_close(self) -> None:
+        upstream = self.upstream_ws
+        if upstream is not None and not upstream.closed:
+            code = _sendable_close_code(getattr(self, "close_code", None))
+            reason = (getattr(self, "close_reason", None) or "").encode()[:120]
+            asyncio.ensure_future(upstream.close(code=code, message=reason))
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+
+
+def _sendable_close_code(code: int | None) -> int:
+    """A close code one may send on (1005/1006/1015 only describe how a connection ended)."""
+    if code is None or code == 1005:
+        return 1000
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1011
