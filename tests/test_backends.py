@@ -289,6 +289,51 @@ def test_given_the_hub_service_proxy_when_a_file_is_uploaded_then_it_streams_and
     assert caught.value.status_code == 413 and "proxy_max_body_size" in caught.value.message
 
 
+def test_given_the_hub_service_when_the_openai_sdk_opens_realtime_then_events_flow_and_the_key_stays_there(
+        hub, hub_backend, upstream):
+    import asyncio
+
+    import openai
+    import websockets
+    from websockets.asyncio.client import connect
+
+    from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
+
+    service = hub.service_url(SERVICE)
+    http("PUT", service + "api/credentials/OPENAI_API_KEY", token=hub_backend.token,
+         body={"value": VALID_KEY, "provider": "openai"})
+
+    async def talk() -> str:
+        client = openai.AsyncOpenAI(api_key=hub_backend.token, base_url=service + "proxy/openai/v1", max_retries=0)
+        text = ""
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            assert (await conn.recv()).type == "session.created"
+            await conn.response.create()
+            async for event in conn:
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+                elif event.type == "response.done":
+                    break
+        return text
+
+    assert asyncio.run(talk()) == REPLY_TEXT
+    session = upstream.realtime[-1]
+    assert session.headers["authorization"] == f"Bearer {VALID_KEY}" and hub_backend.token not in json.dumps(
+        session.headers)
+
+    async def refused(headers: dict) -> int:
+        ws_url = service.replace("http://", "ws://") + "proxy/openai/v1/realtime"
+        with pytest.raises(websockets.InvalidStatus) as caught:
+            async with connect(ws_url, additional_headers=headers):
+                pass
+        return caught.value.response.status_code
+
+    before = len(upstream.realtime)
+    assert asyncio.run(refused({})) in (401, 403)
+    assert asyncio.run(refused({"Authorization": f"token {hub_backend.token}", "Origin": "https://evil.example"})) == 403
+    assert len(upstream.realtime) == before
+
+
 # -- schemathesis against the hub-backed server (the local one: tests/test_openapi_fuzz.py)
 HUB_SCHEMA = schemathesis.openapi.from_path(
     str(files("jupyter_keyvault").joinpath("openapi.json")),

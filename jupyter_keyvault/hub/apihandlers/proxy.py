@@ -7,14 +7,15 @@ import asyncio
 import json
 
 from tornado import web
+from tornado.websocket import WebSocketHandler
 
 from ... import providers
 from ...store import InvalidInput
 from ...store.model import validate_name
 from ...web.errors import error_message, http_errors, provider_error_body, set_retry_after
 from ...web.headers import upstream_request_headers
-from ...web.paths import proxied_url
-from ...web.relay import RelayMixin
+from ...web.paths import proxied_url, upstream_url
+from ...web.relay import RelayMixin, WebSocketRelayMixin
 from ..usage import UsageMeter
 from .base import ServiceBase
 
@@ -106,3 +107,39 @@ def _with_usage_requested(body: bytes) -> bytes:
         data["stream_options"] = {**options, "include_usage": True}
         return json.dumps(data).encode()
     return body
+
+
+class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
+    """`{prefix}proxy/openai/v1/realtime`: the Realtime API websocket, the key chosen, limits enforced and
+    the use counted in the handshake (as for an HTTP request), before the upgrade."""
+
+    def check_origin(self, origin: str) -> bool:
+        return False  # single-user servers and SDKs send no Origin; a browser page has no business here
+
+    async def get(self, *args, **kwargs):
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise web.HTTPError(400, "the Realtime API is a websocket: connect with Upgrade: websocket")
+        if self.request.headers.get("Origin") is not None:
+            raise web.HTTPError(403, "cross-origin websocket refused")
+        provider = providers.PROVIDERS["openai"]
+        try:
+            base_url = self.kv.base_url_for(provider)
+        except InvalidInput as exc:
+            raise web.HTTPError(502, str(exc)) from None
+        name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
+        try:
+            name = validate_name(name)
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+        ident = await self.identity()
+        with http_errors(missing=401):
+            choice, resolved = await asyncio.to_thread(self.kv.admit, self.username, ident["groups"], provider, name)
+        if choice is None:
+            raise web.HTTPError(401, f"No API key configured for {name}: you have no personal key of that name and "
+                                     f"no shared {provider.label} key is granted to you")
+        headers = upstream_request_headers(self.request.headers.get_all(), injected=provider.auth_headers(resolved.value),
+                                           defaults=provider.default_headers)
+        url = upstream_url(base_url, "realtime", self.request.query)
+        await self.connect_upstream(await self.kv.http_session(), url, headers, injected=resolved.value,
+                                    scrub=self.kv.scrubber.scrub)
+        await super().get(*args, **kwargs)
