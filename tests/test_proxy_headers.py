@@ -191,3 +191,23 @@ async def test_given_a_kernel_when_it_tests_a_name_not_stored_then_a_clear_404_n
         assert "NOT_STORED_ANYWHERE" in resp.json()["message"] and "not" in resp.json()["message"].lower()
     finally:
         await km.shutdown_all(now=True)
+
+
+async def test_given_keyvault_anthropic_in_a_kernel_then_the_sdks_and_the_users_version_headers_arrive(
+        jp_fetch, server_kernel, fake_upstream):
+    await token_for(jp_fetch, "ANTHROPIC_API_KEY", ANTHROPIC_KEY, "anthropic")
+    kernel = await server_kernel("anthropic.ipynb")
+    result = await kernel.execute(
+        "%load_ext keyvault\n"
+        "import anthropic\n"
+        "for client in (keyvault.anthropic(), keyvault.anthropic(default_headers={'anthropic-version': '2099-01-01'})):\n"
+        "    try:\n"
+        "        client.models.list()\n"
+        "    except anthropic.AuthenticationError:\n"
+        "        pass  # the fake upstream does not know this key; it records the request\n"
+        "print('SDK_VERSION', anthropic.Anthropic(api_key='x').default_headers['anthropic-version'])\n"
+    )
+    assert result.error is None, result.text
+    sdk_version = result.stdout.split("SDK_VERSION ")[1].split()[0]
+    assert [r.headers["anthropic-version"] for r in fake_upstream.requests] == [sdk_version, "2099-01-01"]
+    assert all(r.headers["x-api-key"] == ANTHROPIC_KEY for r in fake_upstream.requests)

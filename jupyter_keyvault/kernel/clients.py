@@ -88,7 +88,9 @@ def _proxy_client(backend, provider, name, sdk, cls, asynchronous: bool, kw: dic
         http_client = _proxy_http_client(sdk, auth, asynchronous, backend.transport(asynchronous))
     else:
         http_client.auth = auth  # the caller's client, signed as this kernel
-    return _signed(cls)(api_key=PLACEHOLDER_KEY, base_url=backend.proxy_url(provider), http_client=http_client, **kw)
+    if provider.sdk == "openai":
+        cls = _signed(cls)
+    return cls(api_key=PLACEHOLDER_KEY, base_url=backend.proxy_url(provider), http_client=http_client, **kw)
 
 
 _SIGNED_CLASSES: dict[type, type] = {}
