@@ -138,7 +138,7 @@ class RealtimeProxyHandler(CallerMixin, WebSocketRelayMixin, WebSocketHandler, J
         url = upstream_url(upstream.base_url, "realtime", self.request.query)
         await self.connect_upstream(await self.kv.http_session(), url, headers, injected=upstream.injected,
                                     scrub=self.kv.scrubber.scrub)
-        await super().get(*args, **kwargs)
+        await self.upgrade(*args, **kwargs)
 
 
 _OAUTH_NAME = r"(?P<name>[A-Za-z_][A-Za-z0-9_]{0,63})"

@@ -261,6 +261,17 @@ class WebSocketRelayMixin:
         except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
 
+    async def upgrade(self, *args, **kwargs) -> None:
+        """Complete the client's handshake (tornado's WebSocketHandler.get); an upstream connected for a
+        client that is gone before its websocket opened is closed, not left open."""
+        from tornado.websocket import WebSocketHandler
+
+        try:
+            await WebSocketHandler.get(self, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            if self._pump is None and self.upstream_ws is not None:
+                await self.upstream_ws.close()
+
     def open(self, *args, **kwargs):
         self._pump = asyncio.ensure_future(self._from_upstream())
         return super().open(*args, **kwargs)

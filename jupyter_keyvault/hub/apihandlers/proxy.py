@@ -142,4 +142,4 @@ class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
         url = upstream_url(base_url, "realtime", self.request.query)
         await self.connect_upstream(await self.kv.http_session(), url, headers, injected=resolved.value,
                                     scrub=self.kv.scrubber.scrub)
-        await super().get(*args, **kwargs)
+        await self.upgrade(*args, **kwargs)
