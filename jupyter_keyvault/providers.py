@@ -35,8 +35,14 @@ class Provider:
     docs_url: str = ""
     aliases: tuple[str, ...] = field(default=())
 
+    @property
+    def default_headers(self) -> dict[str, str]:
+        """Headers the provider's API needs, sent upstream only when the client sent none of that name."""
+        return dict(self.extra_headers)
+
     def auth_headers(self, key: str | None) -> dict[str, str]:
-        headers = dict(self.extra_headers)
+        """The header(s) carrying `key` upstream (empty without a key)."""
+        headers: dict[str, str] = {}
         if key and self.auth == "bearer":
             headers["Authorization"] = f"Bearer {key}"
         elif key and self.auth == "x-api-key":
@@ -228,8 +234,9 @@ def run_key_test(provider: Provider, key: str | None, base_url: str, *, timeout:
     if key:
         redact.add_known(key, provider.env_var or "API_KEY")
     url = validate_base_url(base_url) + "/" + provider.test_path
-    request = urllib.request.Request(url, method="GET", headers={**provider.auth_headers(key), "Accept": "application/json",  # noqa: S310 - http(s) URLs only, checked by validate_base_url / the service URL
-                                                                    "User-Agent": "jupyter-keyvault"})
+    headers = {**provider.default_headers, **provider.auth_headers(key), "Accept": "application/json",
+               "User-Agent": "jupyter-keyvault"}
+    request = urllib.request.Request(url, method="GET", headers=headers)  # noqa: S310 - http(s) URLs only, checked by validate_base_url / the service URL
     try:
         with secret_safe_opener().open(request, timeout=timeout) as response:
             body = response.read(1_000_000)

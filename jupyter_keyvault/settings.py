@@ -229,6 +229,19 @@ class KeyVault(Configurable):
     proxy_read_timeout = Float(
         600.0, help="Seconds the proxy waits for the next bytes from an upstream (long generations stream slowly)."
     ).tag(config=True)
+    proxy_max_body_size = Int(
+        512 * 1024 * 1024, help="Largest request body the provider proxy relays, in bytes (a file upload, say); "
+        "larger ones get 413 with a JSON error, before any of the body is read when Content-Length says so. "
+        "Bodies stream upstream as they arrive, so this bounds traffic, not the server's memory. It replaces "
+        "jupyter_server's max_body_size on proxy routes only.",
+    ).tag(config=True)
+
+    @validate("proxy_max_body_size")
+    def _validate_proxy_max_body_size(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError("KeyVault.proxy_max_body_size must be 0 or more bytes")
+        return proposal["value"]
+
     proxy_max_connections = Int(
         0, help="Upper bound on concurrent upstream connections of the proxy (0 = no limit)."
     ).tag(config=True)

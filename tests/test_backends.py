@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.hub, pytest.mark.e2e,
 VALID_KEY = "sk-proj-" + "C" * 40  # accepted by the fake upstream
 CANARY = "sk-proj-BACKENDCANARY" + secrets.token_hex(20)
 SERVICE = "keyvault"
+HUB_BODY_CAP = 48 * 1024 * 1024
 
 
 @dataclass
@@ -88,7 +89,8 @@ def hub(upstream, hostile, tmp_path_factory):
     key_file.chmod(0o600)
     service, roles, user_env = keyvault_service_config(
         port=free_port(), master_key_file=str(key_file), name=SERVICE, data_dir=str(data_dir),
-        extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
+        extra_args=[f"--KeyVaultHubService.proxy_max_body_size={HUB_BODY_CAP}",
+                    f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
                     f"--KeyVaultHubService.provider_base_urls=groq={hostile.base_url}"])
     harness = JupyterHubHarness(services=[service], load_roles=roles, user_env=user_env,
                                 singleuser_config='c.KeyVault.backend = "hub"\n'
@@ -246,6 +248,93 @@ def test_given_the_hub_service_proxy_when_a_key_of_another_provider_is_named_the
                 headers={"X-KeyVault-Credential": "GROQ_API_KEY"})
     assert resp.status == 403 and "GROQ_API_KEY is a credential for Groq" in resp.text, resp.text
     assert len(hostile.seen) == before and GROQ_CANARY not in resp.text
+
+
+def test_given_the_hub_service_proxy_then_the_same_header_policy_holds(hub, hub_backend, hostile):
+    service = hub.service_url(SERVICE)
+    http("PUT", service + "api/credentials/GROQ_API_KEY", token=hub_backend.token,
+         body={"value": GROQ_CANARY, "provider": "groq"})
+    canary = "HUBHDRCANARY" + secrets.token_hex(8)
+    before = len(hostile.raw)
+    resp = http("POST", service + f"proxy/groq/v1/echo/request?token={canary}q&x=1", token=hub_backend.token,
+                body=b"{}", headers={
+                    "HTTP-Referer": "https://app.example", "X-Title": "course", "traceparent": "00-ab-cd-01",
+                    "Cookie": f"jupyterhub-session-id={canary}c", "X-XSRFToken": f"{canary}x",
+                    "Referer": f"{hub.url}/hub/home?token={canary}r", "X-Forwarded-For": f"{canary}xff",
+                    "X-KeyVault-Note": f"{canary}kv", "x-api-key": f"{canary}ak"})
+    assert resp.status == 200, resp.text
+    [raw] = hostile.raw[before:]
+    for secret in (canary, hub_backend.token):
+        assert secret.encode() not in raw, (secret, raw)
+    for header in (b"http-referer: https://app.example", b"x-title: course", b"traceparent: 00-ab-cd-01"):
+        assert header in raw.lower(), raw
+    assert b"x=1" in raw and f"Bearer {GROQ_CANARY}".encode() in raw
+
+
+def test_given_the_hub_service_proxy_when_a_file_is_uploaded_then_it_streams_and_over_the_cap_is_413(
+        hub, hub_backend, upstream):
+    import openai
+
+    from jupyter_keyvault.testing.uploads import PatternFile
+
+    service = hub.service_url(SERVICE)
+    http("PUT", service + "api/credentials/OPENAI_API_KEY", token=hub_backend.token,
+         body={"value": VALID_KEY, "provider": "openai"})
+    client = openai.OpenAI(api_key=hub_backend.token, base_url=service + "proxy/openai/v1", max_retries=0)
+    source = PatternFile(32 * 1024 * 1024)
+    created = client.files.create(file=("data.bin", source), purpose="assistants")
+    upload = upstream.uploads[-1]
+    assert created.bytes == upload.bytes > source.size and upload.first_byte_at < source.finished_at
+    assert upload.headers["authorization"] == f"Bearer {VALID_KEY}" and hub_backend.token not in json.dumps(
+        upload.headers)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.files.create(file=("big.bin", PatternFile(HUB_BODY_CAP + 1024 * 1024)), purpose="assistants")
+    assert caught.value.status_code == 413 and "proxy_max_body_size" in caught.value.message
+
+
+def test_given_the_hub_service_when_the_openai_sdk_opens_realtime_then_events_flow_and_the_key_stays_there(
+        hub, hub_backend, upstream):
+    import asyncio
+
+    import openai
+    import websockets
+    from websockets.asyncio.client import connect
+
+    from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
+
+    service = hub.service_url(SERVICE)
+    http("PUT", service + "api/credentials/OPENAI_API_KEY", token=hub_backend.token,
+         body={"value": VALID_KEY, "provider": "openai"})
+
+    async def talk() -> str:
+        client = openai.AsyncOpenAI(api_key=hub_backend.token, base_url=service + "proxy/openai/v1", max_retries=0)
+        text = ""
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            assert (await conn.recv()).type == "session.created"
+            await conn.response.create()
+            async for event in conn:
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+                elif event.type == "response.done":
+                    break
+        return text
+
+    assert asyncio.run(talk()) == REPLY_TEXT
+    session = upstream.realtime[-1]
+    assert session.headers["authorization"] == f"Bearer {VALID_KEY}" and hub_backend.token not in json.dumps(
+        session.headers)
+
+    async def refused(headers: dict) -> int:
+        ws_url = service.replace("http://", "ws://") + "proxy/openai/v1/realtime"
+        with pytest.raises(websockets.InvalidStatus) as caught:
+            async with connect(ws_url, additional_headers=headers):
+                pass
+        return caught.value.response.status_code
+
+    before = len(upstream.realtime)
+    assert asyncio.run(refused({})) in (401, 403)
+    assert asyncio.run(refused({"Authorization": f"token {hub_backend.token}", "Origin": "https://evil.example"})) == 403
+    assert len(upstream.realtime) == before
 
 
 # -- schemathesis against the hub-backed server (the local one: tests/test_openapi_fuzz.py)

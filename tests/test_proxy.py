@@ -276,7 +276,7 @@ async def test_given_browser_and_kernel_credentials_on_a_request_when_proxied_th
         "Cookie": f"_xsrf=2|abc|def|123; username-localhost-8888=secret-cookie-{server_token}",
         "X-XSRFToken": "2|abc|def|123",
         "X-KeyVault-Credential": "OPENAI_API_KEY",
-        "X-Custom-Header": "not-on-the-allowlist",
+        "X-Custom-Header": "end-to-end",
         "OpenAI-Organization": "org-test",
         "User-Agent": "AsyncOpenAI/Python test",
     }
@@ -290,8 +290,9 @@ async def test_given_browser_and_kernel_credentials_on_a_request_when_proxied_th
     assert seen.query == "limit=5"
     assert seen.headers["authorization"] == f"Bearer {VALID_OPENAI_KEY}"
     assert seen.api_keys == [VALID_OPENAI_KEY]
-    for dropped in ("cookie", "x-xsrftoken", "x-keyvault-credential", "x-custom-header", "x-api-key"):
+    for dropped in ("cookie", "x-xsrftoken", "x-keyvault-credential", "x-api-key"):
         assert dropped not in seen.headers
+    assert seen.headers["x-custom-header"] == "end-to-end"  # end-to-end headers arrive (web/headers.py)
     assert seen.headers["openai-organization"] == "org-test"
     assert seen.headers["user-agent"] == "AsyncOpenAI/Python test"
     everything_sent = json.dumps(seen.headers) + seen.query + seen.path + seen.body.decode()

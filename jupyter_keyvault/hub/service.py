@@ -98,6 +98,9 @@ class KeyVaultHubService(Application):
                                            "through this service apply at once).").tag(config=True)
     flush_interval = Float(1.0, help="Seconds between writes of usage counters and use-audit events.").tag(config=True)
     proxy_read_timeout = Float(600.0, help="Seconds the proxy waits for the next upstream bytes.").tag(config=True)
+    proxy_max_body_size = Int(512 * 1024 * 1024, help="Largest request body the proxy relays, in bytes (413 with a "
+                              "JSON error above it, before any body is read when Content-Length says so). Bodies "
+                              "stream upstream as they arrive; this bounds traffic, not memory.").tag(config=True)
     test_timeout = Float(10.0, help="Seconds to wait for a provider's test request.").tag(config=True)
     max_value_bytes = Int(16 * 1024, help="Largest credential value accepted, in bytes.").tag(config=True)
     provider_base_urls = List(Unicode(), help="Per-provider base URLs as 'provider=url' (e.g. openai=https://gw/v1).").tag(config=True)

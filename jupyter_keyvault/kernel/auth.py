@@ -30,14 +30,19 @@ class KernelAuth(httpx2.Auth):
     def __repr__(self) -> str:
         return f"KernelAuth(kernel_id={self._identity.kernel_id!r}, credential={self.credential_name!r})"
 
+    def headers(self) -> dict[str, str]:
+        """A fresh credential as headers (for connections that bypass httpx2: the Realtime websocket)."""
+        headers = {"Authorization": f"Bearer {make_credential(self._identity, clock=self._clock)}"}
+        if self.credential_name:
+            headers[CREDENTIAL_HEADER] = self.credential_name
+        return headers
+
     def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
         # Pure computation (no I/O, no locks): httpx2 runs it for sync and async clients alike.
         for header in _SDK_AUTH_HEADERS:
             if header in request.headers:
                 del request.headers[header]
-        request.headers["Authorization"] = f"Bearer {make_credential(self._identity, clock=self._clock)}"
-        if self.credential_name:
-            request.headers[CREDENTIAL_HEADER] = self.credential_name
+        request.headers.update(self.headers())
         yield request
 
     def __reduce__(self):

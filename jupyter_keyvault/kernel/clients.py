@@ -88,7 +88,28 @@ def _proxy_client(backend, provider, name, sdk, cls, asynchronous: bool, kw: dic
         http_client = _proxy_http_client(sdk, auth, asynchronous, backend.transport(asynchronous))
     else:
         http_client.auth = auth  # the caller's client, signed as this kernel
+    if provider.sdk == "openai":
+        cls = _signed(cls)
     return cls(api_key=PLACEHOLDER_KEY, base_url=backend.proxy_url(provider), http_client=http_client, **kw)
+
+
+_SIGNED_CLASSES: dict[type, type] = {}
+
+
+def _signed(cls: type) -> type:
+    """The SDK client class whose own auth headers are a fresh kernel credential each time they are read:
+    the openai SDK uses them (not its http_client) for the Realtime websocket."""
+    signed = _SIGNED_CLASSES.get(cls)
+    if signed is None:
+        def auth_headers(self) -> dict[str, str]:
+            auth: Any = getattr(getattr(self, "_client", None), "auth", None)
+            if hasattr(auth, "headers"):
+                return auth.headers()
+            return super(signed, self).auth_headers  # type: ignore[arg-type]
+
+        signed = _SIGNED_CLASSES[cls] = type(cls.__name__, (cls,), {"auth_headers": property(auth_headers),
+                                                                    "__module__": cls.__module__})
+    return signed
 
 
 def _ensure_present(backend, credential: str, provider=None) -> None:

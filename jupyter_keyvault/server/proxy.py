@@ -3,24 +3,31 @@
 the hub service, which injects it) and relays the response chunk by chunk.
 `/keyvault/proxy/oauth/{name}/…` does the same for OAuth2 APIs with a fresh access token.
 
-Only the configured base URL is ever contacted; paths that could step outside it are refused
-before any key is decrypted, and only an allowlist of request headers goes upstream.
+Every check (caller, path, notebook access, the body's declared size) happens in `prepare()`,
+before any key is decrypted or any upstream connection is made; the request body then streams
+upstream as it arrives (never held whole), up to `c.KeyVault.proxy_max_body_size`. Only the
+configured base URL is ever contacted, and only end-to-end headers that carry no credential of
+this server go upstream (web/headers.py).
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
+from tornado.websocket import WebSocketHandler
 
 from .. import providers
 from ..web.errors import error_message, http_errors, provider_error_body, set_retry_after
-from ..web.headers import forwarded_headers
+from ..web.headers import upstream_request_headers
 from ..web.paths import proxied_path, upstream_url
-from ..web.relay import RelayMixin
+from ..web.relay import RelayMixin, WebSocketRelayMixin
 from .base import CallerMixin
 
 
+@web.stream_request_body
 class ProxyHandler(CallerMixin, RelayMixin, JupyterHandler):
     auth_resource = "keyvault"
 
@@ -35,14 +42,28 @@ class ProxyHandler(CallerMixin, RelayMixin, JupyterHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(provider_error_body(status_code, error_message(self, kwargs)))
 
-    async def relay_to(self, base_url: str, rest: str, headers: dict[str, str], injected: str | None) -> None:
+    async def prepare(self):
+        await super().prepare()
+        if not self._finished:
+            await self.check_and_start(**self.path_kwargs)
+
+    async def check_and_start(self, **path_kwargs: str) -> None:
+        raise NotImplementedError
+
+    async def start_to(self, base_url: str, rest: str, headers: dict[str, str], injected: str | None) -> None:
         url = upstream_url(base_url, rest, self.request.query)
-        await self.relay(await self.kv.http_session(), url, headers, injected=injected, scrub=self.kv.scrubber.scrub)
+        self.accept_body(self.kv.proxy_max_body_size)
+        self.start_relay(await self.kv.http_session(), url, headers, injected=injected, scrub=self.kv.scrubber.scrub)
+
+    @allow_unauthenticated
+    async def get(self, *_args: str, **_kwargs: str) -> None:
+        await self.relayed()
+
+    post = put = delete = patch = get
 
 
 class ProviderProxyHandler(ProxyHandler):
-    @allow_unauthenticated
-    async def get(self, provider_id: str, path: str = ""):
+    async def check_and_start(self, provider_id: str, path: str = "") -> None:  # type: ignore[override]
         provider = providers.PROVIDERS.get(provider_id)
         if provider is None:
             raise web.HTTPError(404, f"unknown provider {provider_id!r}; known: {', '.join(providers.PROVIDERS)}")
@@ -54,18 +75,15 @@ class ProviderProxyHandler(ProxyHandler):
             await self.check_notebook_access(name)
         with http_errors(missing=401):
             upstream = await self.kv.upstream(provider, name, actor=self.caller)
-        headers = forwarded_headers(self.request.headers.get_all())
-        headers.update(upstream.headers)
-        await self.relay_to(upstream.base_url, rest, headers, upstream.injected)
-
-    post = put = delete = patch = get
+        headers = upstream_request_headers(self.request.headers.get_all(), injected=upstream.headers,
+                                           defaults=provider.default_headers)
+        await self.start_to(upstream.base_url, rest, headers, upstream.injected)
 
 
 class OAuthProxyHandler(ProxyHandler):
     """`/keyvault/proxy/oauth/{name}/…` → the provider's api_base_url, a fresh access token injected."""
 
-    @allow_unauthenticated
-    async def get(self, name: str, path: str = ""):
+    async def check_and_start(self, name: str, path: str = "") -> None:  # type: ignore[override]
         await self.authenticate_caller(name)
         await self.check_notebook_access(name)
         prefix = f"{self.base_url.rstrip('/')}/keyvault/proxy/oauth/{name}/"
@@ -78,15 +96,54 @@ class OAuthProxyHandler(ProxyHandler):
         rest = proxied_path(self.request.path if self.request.path != prefix.rstrip("/") else prefix, prefix, None)
         with http_errors():
             access, _ = await self.kv.oauth.access_token(name, actor=self.caller)
-        headers = forwarded_headers(self.request.headers.get_all(), provider_prefixes=False)
-        headers["Authorization"] = f"Bearer {access}"
-        await self.relay_to(configured.api_base_url, rest, headers, access)
+        headers = upstream_request_headers(self.request.headers.get_all(),
+                                           injected={"Authorization": f"Bearer {access}"})
+        await self.start_to(configured.api_base_url, rest, headers, access)
 
-    post = put = delete = patch = get
+
+class RealtimeProxyHandler(CallerMixin, WebSocketRelayMixin, WebSocketHandler, JupyterHandler):
+    """`/keyvault/proxy/openai/v1/realtime`: the OpenAI Realtime API's websocket. The handshake is
+    authenticated exactly as an HTTP proxy request (a kernel's kvk1 credential or a kvt1 token in
+    `Authorization: Bearer`, which is where the openai SDK puts its api key on the websocket too;
+    notebook access checks), and refused from another site's page (cross-site websocket hijacking)."""
+
+    auth_resource = "keyvault"
+
+    def write_error(self, status_code: int, **kwargs):
+        self.set_header("Content-Type", "application/json")
+        self.finish(provider_error_body(status_code, error_message(self, kwargs)))
+
+    def check_origin(self, origin: str) -> bool:
+        """Only pages of this server (same host), or exactly the configured allow_origin; never '*'."""
+        if urlsplit(origin).netloc.lower() == self.request.host.lower():
+            return True
+        return bool(self.allow_origin) and self.allow_origin != "*" and origin == self.allow_origin
+
+    @allow_unauthenticated
+    async def get(self, *args, **kwargs):
+        # Every check before the upgrade, and before any key is decrypted or the upstream contacted.
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise web.HTTPError(400, "the Realtime API is a websocket: connect with Upgrade: websocket")
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            raise web.HTTPError(403, "cross-origin websocket refused")
+        provider = providers.PROVIDERS["openai"]
+        name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
+        await self.authenticate_caller(name)
+        await self.check_notebook_access(name)
+        with http_errors(missing=401):
+            upstream = await self.kv.upstream(provider, name, actor=self.caller)
+        headers = upstream_request_headers(self.request.headers.get_all(), injected=upstream.headers,
+                                           defaults=provider.default_headers)
+        url = upstream_url(upstream.base_url, "realtime", self.request.query)
+        await self.connect_upstream(await self.kv.http_session(), url, headers, injected=upstream.injected,
+                                    scrub=self.kv.scrubber.scrub)
+        await self.upgrade(*args, **kwargs)
 
 
 _OAUTH_NAME = r"(?P<name>[A-Za-z_][A-Za-z0-9_]{0,63})"
 handlers = [
+    (r"/keyvault/proxy/openai/v1/realtime/?", RealtimeProxyHandler),
     (rf"/keyvault/proxy/oauth/{_OAUTH_NAME}(?P<path>/.*)?", OAuthProxyHandler),
     (r"/keyvault/proxy/(?P<provider_id>[a-z_]+)(?P<path>/.*)?", ProviderProxyHandler),
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import signal
 import struct
@@ -28,12 +29,13 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+import tornado.websocket
 from tornado.iostream import StreamClosedError
 
 __all__ = [
@@ -459,6 +461,121 @@ class _MessagesHandler(_AnthropicHandler):
         self.finish()
 
 
+class _RealtimeHandler(tornado.websocket.WebSocketHandler):
+    """`wss://…/v1/realtime`, the OpenAI Realtime API's websocket, enough of it for a client:
+
+    - the handshake needs a valid bearer key (else 401, as OpenAI answers);
+    - on open: `session.created`; `response.create` → REPLY_TEXT as `response.output_text.delta`
+      events, then `response.done`;
+    - `keyvault.test.echo_key` → the key it was sent, back in a text frame (plain and as JSON \\u
+      escapes) and in a binary frame: what a hostile upstream could do;
+    - `keyvault.test.close` → closes with the event's `code` and `reason`;
+    - a binary frame is echoed back as it came.
+    Every handshake (its headers) and message is recorded in `FakeUpstream.realtime`."""
+
+    def initialize(self, upstream: FakeUpstream) -> None:
+        self.upstream = upstream
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        self.session = RealtimeSession(headers=_lower_headers(self.request.headers), query=self.request.query)
+        self.upstream.realtime.append(self.session)
+        self.key = _bearer_token(self.request.headers.get("Authorization")) or ""
+        if self.key not in self.upstream.valid_keys:
+            self.set_status(401)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                              "code": "invalid_api_key"}}))
+            return
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        self.write_message(json.dumps({"type": "session.created", "event_id": "event_1", "session": {
+            "id": "sess_fake", "object": "realtime.session", "type": "realtime", "model": "gpt-realtime"}}))
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.session.messages.append(message)
+        if isinstance(message, bytes):
+            await self.write_message(message, binary=True)
+            return
+        try:
+            event = json.loads(message)
+        except ValueError:
+            return
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "response.create":
+            for i, piece in enumerate(_split_text(REPLY_TEXT, max(1, int(self.upstream.n_chunks)))):
+                await self.write_message(json.dumps({"type": "response.output_text.delta", "event_id": f"event_d{i}",
+                                                     "response_id": "resp_1", "item_id": "item_1", "output_index": 0,
+                                                     "content_index": 0, "delta": piece}))
+            await self.write_message(json.dumps({"type": "response.done", "event_id": "event_done", "response": {
+                "id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}))
+        elif kind == "keyvault.test.echo_key":
+            await self.write_message(json.dumps({"type": "error", "event_id": "event_e", "error": {
+                "type": "invalid_request_error", "message": f"key {self.key} is not allowed"}}))
+            escaped = "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(self.key))
+            await self.write_message('{"type": "error", "event_id": "event_f", "error": {"type": "x", "message": "'
+                                     + escaped + '"}}')
+            await self.write_message(b"binary:" + self.key.encode(), binary=True)
+        elif kind == "keyvault.test.close":
+            self.close(int(event.get("code", 1000)), str(event.get("reason", "")))
+
+    def on_close(self) -> None:
+        self.session.close_code = self.close_code
+
+
+@dataclass
+class RealtimeSession:
+    """One websocket the fake Realtime API accepted (or refused): handshake headers, messages received."""
+
+    headers: dict
+    query: str
+    messages: list = field(default_factory=list)
+    close_code: int | None = None  # the code the client closed with
+
+
+@tornado.web.stream_request_body
+class _FilesHandler(_OpenAIHandler):
+    """POST /v1/files, read as it arrives and never kept: records when the first and last bytes came
+    (so tests see whether a proxy relayed an upload chunk by chunk) and how many there were."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        self.request.connection.set_max_body_size(1 << 40)
+        self.upload = Upload(headers=_lower_headers(self.request.headers))
+        self._digest = hashlib.sha256()
+        self.upstream.uploads.append(self.upload)
+
+    def data_received(self, chunk: bytes) -> None:
+        now = time.monotonic()
+        if self.upload.first_byte_at is None:
+            self.upload.first_byte_at = now
+        self.upload.last_byte_at = now
+        self.upload.bytes += len(chunk)
+        self.upload.chunks += 1
+        self._digest.update(chunk)
+
+
+    def post(self) -> None:
+        self.upload.sha256 = self._digest.hexdigest()
+        if not self.check_openai_key():  # after reading the body: an answer before it is often lost to a reset
+            return
+        self.send_json({"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": self.upload.bytes,
+                        "created_at": int(time.time()), "filename": "upload", "purpose": "assistants",
+                        "status": "processed"})
+
+
+@dataclass
+class Upload:
+    """One request body received by /v1/files (its bytes counted, not kept)."""
+
+    headers: dict
+    bytes: int = 0
+    chunks: int = 0
+    first_byte_at: float | None = None  # time.monotonic(), comparable across processes on Linux
+    last_byte_at: float | None = None
+    sha256: str = ""  # of the bytes received, once the request is over
+
+
 class _EchoHeadersHandler(_BaseHandler):
     """Returns the received headers (lower-case names), without any auth check."""
 
@@ -477,7 +594,8 @@ class _StatsHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"connections_opened": self.upstream.connections_opened,
-                                "requests": len(self.upstream.requests)}))
+                                "requests": len(self.upstream.requests),
+                                "uploads": [vars(u) for u in self.upstream.uploads]}))
 
 
 class _NotFoundHandler(_BaseHandler):
@@ -505,6 +623,17 @@ def _lower_headers(headers: Any) -> dict:
     return out
 
 
+class _AlwaysGzip(tornado.web.GZipContentEncoding):
+    """Compress every JSON or text response (SSE streams flushed chunk by chunk), whatever the
+    request's Accept-Encoding said: an upstream (or a gateway in front of it) that gzips anyway."""
+
+    MIN_LENGTH = 0
+
+    def __init__(self, request: Any) -> None:
+        super().__init__(request)
+        self._gzipping = True
+
+
 class FakeUpstream:
     """Fake OpenAI/Anthropic upstream served from a background thread.
 
@@ -520,13 +649,17 @@ class FakeUpstream:
         n_chunks: int = 5,
         delay: float = 0.0,
         port: int = 0,
+        gzip: bool = False,
     ) -> None:
         self.valid_keys = set(valid_keys)
         self.chunk_interval = chunk_interval
         self.n_chunks = n_chunks
         self.delay = delay
+        self.gzip = gzip  # compress every response, even when asked for identity (fixed at start)
         self.connections_opened = 0
         self.client_disconnects = 0  # responses cut off by the client
+        self.uploads: list[Upload] = []  # bodies POSTed to /v1/files, as they arrived
+        self.realtime: list[RealtimeSession] = []  # websockets opened to /v1/realtime
         self._requested_port = port
         self._port: int | None = None
         self._lock = threading.Lock()
@@ -607,10 +740,13 @@ class FakeUpstream:
                 (r"/v1/chat/completions", _ChatCompletionsHandler, kwargs),
                 (r"/v1/embeddings", _EmbeddingsHandler, kwargs),
                 (r"/v1/messages", _MessagesHandler, kwargs),
+                (r"/v1/files", _FilesHandler, kwargs),
+                (r"/v1/realtime", _RealtimeHandler, kwargs),
                 (r"/echo-headers", _EchoHeadersHandler, kwargs),
                 (r"/_stats", _StatsHandler, kwargs),
             ],
             default_handler_class=_NotFoundHandler,
+            transforms=[_AlwaysGzip] if self.gzip else None,
             default_handler_args=kwargs,
             # 4xx answers are expected in tests; keep tornado's access log quiet.
             log_function=lambda handler: None,
@@ -650,6 +786,8 @@ class FakeUpstream:
             self._requests.clear()
             self.connections_opened = 0
             self.client_disconnects = 0
+            self.uploads.clear()
+            self.realtime.clear()
 
     def _record(self, request: Any) -> None:
         record = RecordedRequest(
@@ -675,6 +813,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-interval", type=float, default=0.0, help="seconds between streamed chunks")
     parser.add_argument("--n-chunks", type=int, default=5, help="content chunks per streamed reply")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
+    parser.add_argument("--gzip", action="store_true", help="gzip every response, whatever was asked for")
     args = parser.parse_args(argv)
 
     fake = FakeUpstream(
@@ -683,6 +822,7 @@ def main(argv: list[str] | None = None) -> None:
         n_chunks=args.n_chunks,
         delay=args.delay,
         port=args.port,
+        gzip=args.gzip,
     )
     # Turn SIGTERM into a normal exit so the server shuts down cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -21,8 +21,9 @@ def escaped(key: str) -> str:
 
 
 class _Echo(tornado.web.RequestHandler):
-    def initialize(self, seen: list):
+    def initialize(self, seen: list, raw: list):
         self.seen = seen
+        self.raw = raw
 
     def key(self) -> str:
         value = self.request.headers.get("Authorization", "").partition(" ")[2] or \
@@ -31,8 +32,15 @@ class _Echo(tornado.web.RequestHandler):
         return value
 
     async def get(self, channel: str):
+        # Everything this upstream was sent, as bytes: the request line, every header, the body.
+        lines = [f"{self.request.method} {self.request.uri} {self.request.version}"]
+        lines += [f"{name}: {value}" for name, value in self.request.headers.get_all()]
+        self.raw.append("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (self.request.body or b""))
         key = self.key()
-        if channel == "body":
+        if channel == "request":
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"ok": True}))
+        elif channel == "body":
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"object": "list", "data": [], "you_sent": key}))
         elif channel == "header":
@@ -61,14 +69,18 @@ class _Echo(tornado.web.RequestHandler):
         else:
             self.send_error(404)
 
+    post = put = patch = delete = get
+
 
 class HostileUpstream:
-    """`base_url` ends in /v1; GET {base_url}/echo/{body,header,sse,escaped,gzip,error}."""
+    """`base_url` ends in /v1; GET {base_url}/echo/{body,header,sse,escaped,gzip,error}, and
+    {base_url}/echo/request, which only records. `raw` holds every request as the bytes it arrived as."""
 
     CHANNELS = ("body", "header", "sse", "escaped", "gzip", "error")
 
     def __init__(self):
         self.seen: list[str] = []  # the keys it was sent
+        self.raw: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
 
@@ -80,7 +92,7 @@ class HostileUpstream:
         def run():
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
-            app = tornado.web.Application([(r"/v1/echo/(\w+)", _Echo, {"seen": self.seen})])
+            app = tornado.web.Application([(r"/v1/echo/(\w+)", _Echo, {"seen": self.seen, "raw": self.raw})])
             server = tornado.httpserver.HTTPServer(app)
             server.add_sockets(sockets)
             self._ready.set()

@@ -27,6 +27,7 @@ def make_handlers(prefix: str) -> list:
         (rf"{p}/api/admin/limits/(?P<kind>user|shared)/(?P<subject>[^/]+)/?", admin.LimitsHandler),
         (rf"{p}/api/admin/usage/?", admin.AdminUsageHandler),
         (rf"{p}/api/admin/audit/?", admin.AdminAuditHandler),
+        (rf"{p}/proxy/openai/v1/realtime/?", proxy.RealtimeProxyHandler),
         (rf"{p}/proxy/(?P<provider_id>[a-z_]+)(?P<path>/.*)?", proxy.ProxyHandler),
         (rf"{p}/admin/?", page.AdminPageHandler),
         (rf"{p}/oauth_callback", page.OAuthCallbackHandler),

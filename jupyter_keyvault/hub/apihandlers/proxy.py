@@ -7,25 +7,43 @@ import asyncio
 import json
 
 from tornado import web
+from tornado.websocket import WebSocketHandler
 
 from ... import providers
 from ...store import InvalidInput
 from ...store.model import validate_name
 from ...web.errors import error_message, http_errors, provider_error_body, set_retry_after
-from ...web.headers import forwarded_headers
-from ...web.paths import proxied_url
-from ...web.relay import RelayMixin
+from ...web.headers import upstream_request_headers
+from ...web.paths import proxied_url, upstream_url
+from ...web.relay import RelayMixin, WebSocketRelayMixin
 from ..usage import UsageMeter
 from .base import ServiceBase
 
 
+@web.stream_request_body
 class ProxyHandler(RelayMixin, ServiceBase):
+    """Every check (hub user, path, key choice, limits) in `prepare()`, before the body is read or any
+    upstream connection made; the body then streams upstream as it arrives (see web/relay.py)."""
+
+    body_cap_setting = "c.KeyVaultHubService.proxy_max_body_size"
+    url = ""
+    key: str | None = None
+    source = "none"
+    credential = ""
+    provider: providers.Provider
+    headers_upstream: dict[str, str]
+
     def write_error(self, status_code: int, **kwargs):
         set_retry_after(self, kwargs)
         self.set_header("Content-Type", "application/json")
         self.finish(provider_error_body(status_code, error_message(self, kwargs)))
 
-    async def get(self, provider_id: str, path: str = ""):
+    async def prepare(self):
+        await super().prepare()
+        if not self._finished:
+            await self.check_and_start(**self.path_kwargs)
+
+    async def check_and_start(self, provider_id: str, path: str | None = None) -> None:
         provider = providers.PROVIDERS.get(provider_id)
         if provider is None:
             raise web.HTTPError(404, f"unknown provider {provider_id!r}; known: {', '.join(providers.PROVIDERS)}")
@@ -34,9 +52,9 @@ class ProxyHandler(RelayMixin, ServiceBase):
         except InvalidInput as exc:
             raise web.HTTPError(502, str(exc)) from None
         prefix = f"{self.kv.service_prefix.rstrip('/')}/proxy/{provider.id}/"
-        url = proxied_url(self.request.path, self.request.query, prefix, provider, base_url)
+        self.url = proxied_url(self.request.path, self.request.query, prefix, provider, base_url)
         name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
-        key, source, credential = None, "none", provider.id
+        self.key, self.source, self.credential = None, "none", provider.id
         if provider.needs_key:
             try:
                 name = validate_name(name)
@@ -49,29 +67,79 @@ class ProxyHandler(RelayMixin, ServiceBase):
             if choice is None:
                 raise web.HTTPError(401, f"No API key configured for {name}: you have no personal key of that name and "
                                          f"no shared {provider.label} key is granted to you")
-            source, _, credential = choice
-            key = resolved.value
-        headers = forwarded_headers(self.request.headers.get_all())
-        headers.update(provider.auth_headers(key))
-        tokens = await self.relay(await self.kv.http_session(), url, headers, injected=key,
-                                  scrub=self.kv.scrubber.scrub, meter=UsageMeter,
-                                  body=self._body_with_usage_requested(provider))
-        if provider.needs_key and tokens:
-            self.kv.ledger.add(self.username, source, credential, tokens=tokens)
+            self.source, _, self.credential = choice
+            self.key = resolved.value
+        self.provider = provider
+        self.headers_upstream = upstream_request_headers(self.request.headers.get_all(),
+                                                         injected=provider.auth_headers(self.key),
+                                                         defaults=provider.default_headers)
+        # A streamed chat completion is rewritten to report its usage (quotas count streamed tokens):
+        # that small JSON body is collected; every other body streams upstream as it arrives.
+        rewrite = provider.sdk == "openai" and self.request.path.endswith("/chat/completions")
+        self.accept_body(self.kv.proxy_max_body_size, buffer=rewrite)
+        if not rewrite:
+            await self._start(None)
+
+    async def _start(self, body: bytes | None) -> None:
+        self.start_relay(await self.kv.http_session(), self.url, self.headers_upstream, injected=self.key,
+                         scrub=self.kv.scrubber.scrub, meter=UsageMeter, body=body)
+
+    async def get(self, provider_id: str, path: str | None = None):
+        if self._body_buffer is not None and not self.over_cap:
+            await self._start(_with_usage_requested(self.buffered_body))
+        tokens = await self.relayed()
+        if self.provider.needs_key and tokens:
+            self.kv.ledger.add(self.username, self.source, self.credential, tokens=tokens)
 
     post = put = delete = patch = get
 
-    def _body_with_usage_requested(self, provider: providers.Provider) -> bytes | None:
-        """Ask OpenAI-compatible streams to report usage in their final chunk, so quotas count streamed tokens."""
-        body = self.request.body
-        if not body or provider.sdk != "openai" or b'"stream"' not in body:
-            return body
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return body
-        if isinstance(data, dict) and data.get("stream") is True and self.request.path.endswith("/chat/completions"):
-            options = data.get("stream_options") if isinstance(data.get("stream_options"), dict) else {}
-            data["stream_options"] = {**options, "include_usage": True}
-            return json.dumps(data).encode()
+
+def _with_usage_requested(body: bytes) -> bytes:
+    """Ask an OpenAI-compatible stream to report usage in its final chunk, so quotas count streamed tokens."""
+    if not body or b'"stream"' not in body:
         return body
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    if isinstance(data, dict) and data.get("stream") is True:
+        options = data.get("stream_options") if isinstance(data.get("stream_options"), dict) else {}
+        data["stream_options"] = {**options, "include_usage": True}
+        return json.dumps(data).encode()
+    return body
+
+
+class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
+    """`{prefix}proxy/openai/v1/realtime`: the Realtime API websocket, the key chosen, limits enforced and
+    the use counted in the handshake (as for an HTTP request), before the upgrade."""
+
+    def check_origin(self, origin: str) -> bool:
+        return False  # single-user servers and SDKs send no Origin; a browser page has no business here
+
+    async def get(self, *args, **kwargs):
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise web.HTTPError(400, "the Realtime API is a websocket: connect with Upgrade: websocket")
+        if self.request.headers.get("Origin") is not None:
+            raise web.HTTPError(403, "cross-origin websocket refused")
+        provider = providers.PROVIDERS["openai"]
+        try:
+            base_url = self.kv.base_url_for(provider)
+        except InvalidInput as exc:
+            raise web.HTTPError(502, str(exc)) from None
+        name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
+        try:
+            name = validate_name(name)
+        except InvalidInput as exc:
+            raise web.HTTPError(422, str(exc)) from None
+        ident = await self.identity()
+        with http_errors(missing=401):
+            choice, resolved = await asyncio.to_thread(self.kv.admit, self.username, ident["groups"], provider, name)
+        if choice is None:
+            raise web.HTTPError(401, f"No API key configured for {name}: you have no personal key of that name and "
+                                     f"no shared {provider.label} key is granted to you")
+        headers = upstream_request_headers(self.request.headers.get_all(), injected=provider.auth_headers(resolved.value),
+                                           defaults=provider.default_headers)
+        url = upstream_url(base_url, "realtime", self.request.query)
+        await self.connect_upstream(await self.kv.http_session(), url, headers, injected=resolved.value,
+                                    scrub=self.kv.scrubber.scrub)
+        await self.upgrade(*args, **kwargs)
