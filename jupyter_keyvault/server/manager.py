@@ -29,6 +29,7 @@ from ..scrub import history_fingerprints, new_fingerprint_salt
 from ..settings import KERNEL_ENV_ALLOWLIST, KeyVault
 from ..store import InvalidInput, NotFound, VaultError
 from ..store.errors import AccessDenied, RateLimited
+from ..store.tokens import KernelTokens
 from ..vaults import AccessTokens, ServerVault, Upstream
 from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
@@ -58,6 +59,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             self.log.error("jupyter-keyvault: the vault is not available: %s", exc)
             self.vault = UnavailableVault(str(exc))
         self.tokens: AccessTokens = self.vault.access_tokens()
+        self.kernel_tokens = KernelTokens(self.kernel_token_lifetime)
         self.isolation_policy = self._isolation_policy()
         # Landlock does not come or go while the server runs: decided once, before secrets leave os.environ.
         self._isolation = isolation_status(self.isolate_kernels, self.isolation_policy, with_paths=False)
@@ -200,12 +202,16 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             result = {"ok": False, "error": f"no answer within {self.test_timeout:g} s (timeout)"}
         return json.loads(self.scrubber.scrub(json.dumps(result)))
 
-    def base_url_of(self, provider_id: str | None) -> str | None:
-        """The configured base URL of a provider, or None (the SDK's default then applies)."""
+    def base_url_of(self, provider_id: str | None, metadata: Any = None) -> str | None:
+        """The configured base URL of a provider (a credential's own endpoint for providers without a
+        fixed one, such as Azure), or None (the SDK's default then applies)."""
         if provider_id not in providers.PROVIDERS:
             return None
+        provider = providers.PROVIDERS[provider_id]
         try:
-            return self.base_url_for(providers.PROVIDERS[provider_id])
+            if provider.per_credential_base_url and metadata and metadata.get("base_url"):
+                return providers.validate_base_url(metadata["base_url"])
+            return self.base_url_for(provider)
         except InvalidInput:
             return None
 
@@ -221,9 +227,14 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         return history_fingerprints(self.scrubber.known_items(), salt)
 
     # -- vault access tokens
-    async def verify_token(self, token: str, credential: str, client: str):
+    def kernel_alive(self, kernel_id: str) -> bool:
+        return kernel_id in self.kernel_manager
+
+    async def verify_token(self, token: str, credential: str, client: str, *, default_scope: bool = False):
         """The token's info, or TokenRefused/TokenScopeError; repeated failures from one client
-        raise RateLimited for a while (audited either way)."""
+        raise RateLimited for a while (audited either way). A kernel-bound token (`keyvault.env`) is
+        checked in memory; with `default_scope` (the caller named no credential) it serves the one it
+        was issued for."""
         from ..store import VaultError
         from ..store.tokens import TOKEN_RE, TokenRefused, TokenScopeError
 
@@ -234,6 +245,8 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         if blocked > time.monotonic():
             raise RateLimited("too many failed token attempts", blocked - time.monotonic())
         try:
+            if self.kernel_tokens.holds(token):
+                return self.kernel_tokens.verify(token, None if default_scope else credential, self.kernel_alive)
             return await asyncio.to_thread(self.tokens.verify, self.owner, token, credential)
         except TokenScopeError:
             await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "denied",
