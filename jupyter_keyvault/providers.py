@@ -94,7 +94,7 @@ PROVIDERS: dict[str, Provider] = {
         Provider("azure_openai", "Azure OpenAI", "AZURE_OPENAI_API_KEY", None, "AZURE_OPENAI_ENDPOINT", "api-key",
                  key_hint="32 hex characters (or the newer 84-character keys) from the resource's Keys page",
                  key_pattern=r"[0-9a-f]{32}|[A-Za-z0-9]{84}", test_path="openai/models?api-version=2024-10-21",
-                 proxy_prefix="openai", sdk="azure", base_url_hint="the resource endpoint, https://NAME.openai.azure.com",
+                 proxy_prefix="", sdk="azure", base_url_hint="the resource endpoint, https://NAME.openai.azure.com",
                  docs_url="https://learn.microsoft.com/azure/ai-services/openai/reference"),
         Provider("mistral", "Mistral", "MISTRAL_API_KEY", "https://api.mistral.ai/v1", "MISTRAL_BASE_URL", "bearer",
                  key_hint="32 letters and digits", key_pattern=r"[A-Za-z0-9]{32}",

@@ -160,6 +160,13 @@ class _BaseHandler(tornado.web.RequestHandler):
     async def prepare(self) -> None:
         # Record before the delay so tests can see requests still "in flight".
         self.upstream._record(self.request)
+        with self.upstream._lock:
+            status = self.upstream.fail_next.pop(0) if self.upstream.fail_next else None
+        if status is not None:  # what a client's retries are tested against
+            self.set_header("Retry-After", "0")
+            self.send_json({"error": {"message": f"fake failure {status}", "type": "server_error", "code": None}},
+                           status)
+            return
         await self.pause(self.upstream.delay)
 
     async def pause(self, seconds: float) -> bool:
@@ -459,6 +466,115 @@ class _MessagesHandler(_AnthropicHandler):
         self.finish()
 
 
+class _AzureChatCompletionsHandler(_ChatCompletionsHandler):
+    """Azure OpenAI: the key in `api-key`, an `api-version` query, the deployment in the path."""
+
+    def check_openai_key(self) -> bool:
+        key = self.request.headers.get("api-key")
+        if not self.get_query_argument("api-version", ""):
+            self.bad_request("Missing required query parameter: api-version", "api-version")
+            return False
+        if key and key in self.upstream.valid_keys:
+            return True
+        self.send_json({"error": {"code": "401", "message": "Access denied due to invalid subscription key."}}, 401)
+        return False
+
+
+class _ResponsesHandler(_OpenAIHandler):
+    """The Responses API: one output message, or its SSE events when streaming."""
+
+    async def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        body = self.json_body()
+        if body is None:
+            return
+        if not body.get("input"):
+            return self.bad_request("'input' is required.", "input")
+        created = int(time.time())
+        message_id = f"msg_fake{uuid.uuid4().hex[:20]}"
+        usage = {"input_tokens": _approx_tokens(_content_text(body.get("input"))),
+                 "output_tokens": _approx_tokens(REPLY_TEXT), "output_tokens_details": {"reasoning_tokens": 0},
+                 "input_tokens_details": {"cached_tokens": 0}}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        text = {"type": "output_text", "text": REPLY_TEXT, "annotations": []}
+        response = {"id": f"resp_fake{uuid.uuid4().hex[:20]}", "object": "response", "created_at": created,
+                    "model": body.get("model") or "gpt-4o-mini", "status": "completed", "parallel_tool_calls": True,
+                    "tool_choice": "auto", "tools": [], "usage": usage,
+                    "output": [{"type": "message", "id": message_id, "status": "completed", "role": "assistant",
+                                "content": [text]}]}
+        if not body.get("stream"):
+            return self.send_json(response)
+        self.start_event_stream()
+        sequence = 0
+
+        async def event(kind: str, **data: Any) -> bool:
+            nonlocal sequence
+            sequence += 1
+            return await self.send_event(json.dumps({"type": kind, "sequence_number": sequence, **data}), event=kind)
+
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        if not await event("response.created", response=started):
+            return
+        for i, piece in enumerate(_split_text(REPLY_TEXT, max(1, int(self.upstream.n_chunks)))):
+            if i and not await self.pause(self.upstream.chunk_interval):
+                return
+            if not await event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0,
+                               delta=piece, logprobs=[]):
+                return
+        if await event("response.completed", response=response):
+            self.finish()
+
+
+class _FilesHandler(_OpenAIHandler):
+    """`files.create` (multipart upload): the size it received, never the content."""
+
+    def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        uploads = self.request.files.get("file") or []
+        if not uploads:
+            return self.bad_request("'file' is required (multipart/form-data).", "file")
+        upload = uploads[0]
+        self.send_json({"id": f"file-fake{uuid.uuid4().hex[:20]}", "object": "file", "bytes": len(upload.body),
+                        "created_at": int(time.time()), "filename": upload.filename,
+                        "purpose": self.get_body_argument("purpose", "user_data"), "status": "processed"})
+
+
+class _SpeechHandler(_OpenAIHandler):
+    def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        body = self.json_body()
+        if body is None:
+            return
+        self.set_header("Content-Type", "audio/mpeg")
+        self.finish(b"ID3fake-audio:" + str(body.get("input", "")).encode())
+
+
+class _TranscriptionsHandler(_OpenAIHandler):
+    def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        uploads = self.request.files.get("file") or []
+        if not uploads:
+            return self.bad_request("'file' is required (multipart/form-data).", "file")
+        self.send_json({"text": f"{REPLY_TEXT} ({len(uploads[0].body)} bytes heard)"})
+
+
+class _ImagesHandler(_OpenAIHandler):
+    PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake-image").decode()
+
+    def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        body = self.json_body()
+        if body is None:
+            return
+        count = int(body.get("n") or 1)
+        self.send_json({"created": int(time.time()), "data": [{"b64_json": self.PNG} for _ in range(count)]})
+
+
 class _EchoHeadersHandler(_BaseHandler):
     """Returns the received headers (lower-case names), without any auth check."""
 
@@ -525,6 +641,7 @@ class FakeUpstream:
         self.chunk_interval = chunk_interval
         self.n_chunks = n_chunks
         self.delay = delay
+        self.fail_next: list[int] = []  # statuses answered (with Retry-After: 0) before serving normally
         self.connections_opened = 0
         self.client_disconnects = 0  # responses cut off by the client
         self._requested_port = port
@@ -607,6 +724,12 @@ class FakeUpstream:
                 (r"/v1/chat/completions", _ChatCompletionsHandler, kwargs),
                 (r"/v1/embeddings", _EmbeddingsHandler, kwargs),
                 (r"/v1/messages", _MessagesHandler, kwargs),
+                (r"/v1/responses", _ResponsesHandler, kwargs),
+                (r"/v1/files", _FilesHandler, kwargs),
+                (r"/v1/audio/speech", _SpeechHandler, kwargs),
+                (r"/v1/audio/transcriptions", _TranscriptionsHandler, kwargs),
+                (r"/v1/images/generations", _ImagesHandler, kwargs),
+                (r"/openai/deployments/[A-Za-z0-9_.-]+/chat/completions", _AzureChatCompletionsHandler, kwargs),
                 (r"/echo-headers", _EchoHeadersHandler, kwargs),
                 (r"/_stats", _StatsHandler, kwargs),
             ],
