@@ -253,6 +253,12 @@ class KeyVault(Configurable):
     token_failures_per_minute = Float(
         10.0, help="Failed vault-access-token attempts allowed per client address per minute (429 above it)."
     ).tag(config=True)
+    jupyter_ai_secrets = Bool(
+        True,
+        help="When jupyter-ai 3.x (Jupyternaut) runs in this server, store the secrets saved in its settings in "
+        "the vault instead of a plaintext .env file in the workspace; its models get them in this server's "
+        "environment, which kernels and terminals do not inherit.",
+    ).tag(config=True)
     kernel_token_lifetime = Float(
         600.0,
         help="Seconds a kernel-bound token lives (what `keyvault.env(NAME)` exports in proxy mode instead of the "

@@ -75,6 +75,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._metadata: dict[str, tuple[float, dict]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Future] = set()
+        self.server_env_names: set[str] = set()  # put in this process's env for jupyter-ai's models; never kernels'
         self._rebuild_scheduled = False
         self._fingerprint_salts: dict[str, bytes] = {}
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
@@ -116,6 +117,14 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
                                     detail=f"notebook={path}")
             raise AccessDenied(f"access to {name} is not allowed from this notebook "
                                f"({path or 'no notebook'}); allowed: {', '.join(globs)}")
+
+    def credential_env_names(self) -> set[str]:
+        return super().credential_env_names() | getattr(self, "server_env_names", set())
+
+    def keep_task(self, task: asyncio.Future) -> None:
+        """Hold a background task until it ends (cancelled at close)."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def kernel_env(self, env: dict[str, str] | None) -> dict[str, str]:
         """The environment a kernel (or terminal) starts with: no secrets, plus how to reach the vault."""
