@@ -284,15 +284,20 @@ with keyvault.httpx_client('OPENAI_API_KEY') as http:
 
 
 async def test_given_the_env_magic_when_a_library_reads_the_environment_then_it_works_until_turned_off(
-        rest, server_kernel, fake_upstream, stored_canary):
+        rest, server_kernel, fake_upstream, stored_canary, jp_serverapp):
+    ant_key = "sk-ant-api03-" + os.urandom(20).hex()
+    fake_upstream.valid_keys.add(ant_key)
     await store(rest, "OPENAI_API_KEY", stored_canary, "openai")
+    await store(rest, "ANTHROPIC_API_KEY", ant_key, "anthropic")
     kernel = await server_kernel("env_magic.ipynb")
     result = await run(kernel, f"""
 %load_ext keyvault
-%keyvault env OPENAI_API_KEY
-import os, openai
+%keyvault env OPENAI_API_KEY ANTHROPIC_API_KEY
+import os, openai, anthropic
 token = os.environ['OPENAI_API_KEY']
 print('MAGIC', openai.OpenAI(max_retries=0).chat.completions.create(model='m', messages={CHAT}).choices[0].message.content)
+m = anthropic.Anthropic(max_retries=0).messages.create(model='claude-haiku-4-5', max_tokens=5, messages={CHAT})
+print('ANTHROPIC', m.content[0].text)
 %keyvault env --off
 print('OFF', 'OPENAI_API_KEY' in os.environ)
 try:
@@ -301,7 +306,12 @@ try:
 except openai.AuthenticationError as exc:
     print('REVOKED', exc.status_code)
 """)
-    assert f"MAGIC {REPLY_TEXT}" in result.stdout and "OFF False" in result.stdout and "REVOKED 401" in result.stdout
+    assert f"MAGIC {REPLY_TEXT}" in result.stdout and f"ANTHROPIC {REPLY_TEXT}" in result.stdout
+    assert "OFF False" in result.stdout and "REVOKED 401" in result.stdout
+    assert set(fake_upstream.received_keys()) == {stored_canary, ant_key}
+    pid = kernel_pid(jp_serverapp, kernel)
+    for key in (stored_canary, ant_key):
+        assert process_holds(pid, key.encode()) == {"memory": False, "environ": False}
 
 
 # -- kernel-bound tokens: attacks

@@ -40,6 +40,7 @@ class Export:
     secrets: dict[str, Secret] = field(default_factory=dict)  # what the `with` statement yields
     tokens: list[tuple[Any, str]] = field(default_factory=list)  # (backend, token id) to renew, then revoke
     proxied: list[str] = field(default_factory=list)  # credentials behind the proxy (no value here)
+    lifetime: float = 0.0  # the shortest token lifetime the server granted, seconds
 
 
 def plan(names: tuple[str, ...], mode: str = "proxy") -> Export:
@@ -56,6 +57,8 @@ def plan(names: tuple[str, ...], mode: str = "proxy") -> Export:
             if backend.mode == "server" and mode == "proxy" and provider is not None and provider.needs_key:
                 grant = backend.issue_env_token(name)
                 export.tokens.append((backend, grant["id"]))
+                granted = float(grant.get("expires_in") or 600)
+                export.lifetime = min(export.lifetime, granted) if export.lifetime else granted
                 export.proxied.append(name)
                 export.variables[name] = grant["token"]
                 export.secrets[name] = Secret(name, grant["token"])
@@ -92,7 +95,7 @@ def apply(export: Export) -> dict[str, str | None]:
     for var, value in export.variables.items():
         os.environ[var] = value
     if export.tokens:
-        _RENEWER.add(export.tokens)
+        _RENEWER.add(export.tokens, export.lifetime)
     return previous
 
 
@@ -168,7 +171,7 @@ def active() -> list[str]:
 class _Renewer:
     """One daemon thread renewing every active kernel token at a third of its lifetime."""
 
-    INTERVAL = 120.0  # the server's default lifetime is 600 s; at most 3600 s, at least 60 s
+    INTERVAL = 120.0  # at most; a third of the shortest lifetime the server granted when that is less
 
     def __init__(self) -> None:
         self._tokens: dict[str, Any] = {}  # token id -> backend
@@ -177,8 +180,11 @@ class _Renewer:
         self._thread: threading.Thread | None = None
         self.interval = self.INTERVAL
 
-    def add(self, tokens: list[tuple[Any, str]]) -> None:
+    def add(self, tokens: list[tuple[Any, str]], lifetime: float) -> None:
         with self._lock:
+            if lifetime and lifetime / 3 < self.interval:
+                self.interval = lifetime / 3
+                self._wake.set()  # a sleeping thread picks up the shorter interval
             for backend, token_id in tokens:
                 self._tokens[token_id] = backend
             if self._thread is None or not self._thread.is_alive():
