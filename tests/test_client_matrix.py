@@ -86,7 +86,9 @@ def spread_ok(stdout: str, marker: str) -> None:
     m = re.search(rf"{marker} (\d+) (\d+)", stdout)
     assert m, stdout
     count, span_ms = int(m.group(1)), int(m.group(2))
-    assert count >= 4 and span_ms >= 120, (count, span_ms)  # 5 chunks, 4 gaps of 50 ms: ~200 ms, not one lump
+    # 5 chunks, 4 gaps of 50 ms: ~200 ms when relayed as sent, ~0 ms when buffered into one lump. The bound
+    # leaves room for a busy machine (2 shared cores) delaying the first chunk and bunching some later ones.
+    assert count >= 4 and span_ms >= 75, (count, span_ms)
 
 
 # -- openai SDK from a kernel: keyvault.openai() / async_openai()
@@ -294,15 +296,14 @@ async def test_given_the_env_magic_when_a_library_reads_the_environment_then_it_
 %load_ext keyvault
 %keyvault env OPENAI_API_KEY ANTHROPIC_API_KEY
 import os, openai, anthropic
-token = os.environ['OPENAI_API_KEY']
+token, proxy = os.environ['OPENAI_API_KEY'], os.environ['OPENAI_BASE_URL']
 print('MAGIC', openai.OpenAI(max_retries=0).chat.completions.create(model='m', messages={CHAT}).choices[0].message.content)
 m = anthropic.Anthropic(max_retries=0).messages.create(model='claude-haiku-4-5', max_tokens=5, messages={CHAT})
 print('ANTHROPIC', m.content[0].text)
 %keyvault env --off
 print('OFF', 'OPENAI_API_KEY' in os.environ)
 try:
-    openai.OpenAI(api_key=token, base_url=os.environ.get('OPENAI_BASE_URL') or {fake_upstream.openai_base_url!r},
-                  max_retries=0).models.list()
+    openai.OpenAI(api_key=token, base_url=proxy, max_retries=0).models.list()  # the proxy refuses it now
 except openai.AuthenticationError as exc:
     print('REVOKED', exc.status_code)
 """)
