@@ -243,6 +243,9 @@ client.messages.create(model='claude-haiku-4-5', max_tokens=5, messages={CHAT})
 async def test_given_keyvault_env_in_proxy_mode_when_langchain_litellm_openai_httpx_and_requests_run_then_all_work_and_the_key_stays_out(
         rest, server_kernel, fake_upstream, stored_canary, jp_serverapp):
     await store(rest, "OPENAI_API_KEY", stored_canary, "openai")
+    generic = "wandb-" + os.urandom(12).hex()  # a generic credential: no provider, no proxy
+    response = await rest("PUT", "credentials/WANDB_API_KEY", {"value": generic})
+    assert response.status_code == 201 and response.json()["provider"] is None
     fake_upstream.chunk_interval = 0.05
     kernel = await server_kernel("env_libraries.ipynb")
     result = await run(kernel, f"""
@@ -262,6 +265,10 @@ with keyvault.env('OPENAI_API_KEY'):
     import openai
     print('PLAIN_OPENAI', openai.OpenAI().chat.completions.create(model='m', messages={CHAT}).choices[0].message.content)
 print('AFTER', 'OPENAI_API_KEY' in os.environ, 'OPENAI_BASE_URL' in os.environ)
+with keyvault.env('WANDB_API_KEY'):
+    import hashlib
+    print('GENERIC', hashlib.sha256(os.environ['WANDB_API_KEY'].encode()).hexdigest())
+print('GENERIC_AFTER', 'WANDB_API_KEY' in os.environ)
 import httpx, requests
 auth = keyvault.auth('OPENAI_API_KEY')
 r = requests.post(auth.base_url + '/chat/completions', json={{'model': 'm', 'messages': {CHAT}}}, auth=auth)
@@ -276,6 +283,10 @@ with keyvault.httpx_client('OPENAI_API_KEY') as http:
     assert f"LANGCHAIN {REPLY_TEXT}" in out and f"LITELLM {REPLY_TEXT}" in out and f"PLAIN_OPENAI {REPLY_TEXT}" in out
     spread_ok(out, "LCSTREAM")
     assert "AFTER False False" in out
+    import hashlib
+
+    assert f"GENERIC {hashlib.sha256(generic.encode()).hexdigest()}" in out and "GENERIC_AFTER False" in out
+    assert generic not in out
     assert f"REQUESTS 200 {REPLY_TEXT}" in out and "HTTPX 200 1" in out and "HTTPX_CLIENT ['gpt-4o-mini']" in out
     assert set(fake_upstream.received_keys()) == {stored_canary}
     pid = kernel_pid(jp_serverapp, kernel)
