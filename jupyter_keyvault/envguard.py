@@ -66,6 +66,26 @@ def wipe_process_env_value(name: str) -> bool:
     return wipe_environ_block(name) or wiped
 
 
+def wipe_live_value(name: str, value: str) -> bool:
+    """Overwrite `name`'s current C-environment value in place when it is exactly `value` (one this
+    process exported, e.g. by `keyvault.env`), before the caller unsets or replaces it: unsetenv()
+    would leave the bytes in the heap. Linux only; True when bytes changed."""
+    if not sys.platform.startswith("linux") or not value:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        getenv = libc.getenv
+    except (OSError, AttributeError):
+        return False
+    getenv.restype, getenv.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+    address = getenv(os.fsencode(name))
+    encoded = os.fsencode(value)
+    if not address or ctypes.string_at(address, len(encoded) + 1) != encoded + b"\0":
+        return False
+    ctypes.memset(address, ord("*"), len(encoded))
+    return True
+
+
 def wipe_environ_block(name: str, value: str | None = None) -> bool:
     """Overwrite `name`'s value in the environment block the kernel gave this process at exec
     (what /proc/<pid>/environ shows), even after os.environ.pop() or unsetenv() unlinked it.

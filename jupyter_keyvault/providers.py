@@ -24,16 +24,23 @@ class Provider:
     env_var: str | None  # conventional env-var name, and the default credential name
     base_url: str | None  # what the provider's SDK takes as base_url
     base_url_env: str | None  # the SDK's own env var for the base URL
-    auth: str  # "bearer" | "x-api-key" | "none"
+    auth: str  # "bearer" | "x-api-key" | "api-key" (Azure) | "none"
     key_prefixes: tuple[str, ...] = ()
     key_hint: str = ""
     extra_headers: tuple[tuple[str, str], ...] = ()
     test_path: str = "models"  # GET base_url/test_path proves the key works
     proxy_prefix: str = "v1"  # the path the kernel's SDK puts after /keyvault/proxy/{id}/
-    sdk: str = "openai"  # "openai" (OpenAI-compatible) or "anthropic"
+    sdk: str = "openai"  # "openai" (OpenAI-compatible), "azure" (openai.AzureOpenAI) or "anthropic"
     needs_key: bool = True
     docs_url: str = ""
     aliases: tuple[str, ...] = field(default=())
+    key_pattern: str = ""  # a full-match regex for keys without a prefix (a mismatch is only a warning)
+    base_url_hint: str = ""  # for providers without a fixed base URL: what to configure, per credential
+
+    @property
+    def per_credential_base_url(self) -> bool:
+        """No fixed base URL: each credential names its endpoint (metadata "base_url"), or the server's trait."""
+        return self.base_url is None
 
     @property
     def default_headers(self) -> dict[str, str]:
@@ -47,6 +54,8 @@ class Provider:
             headers["Authorization"] = f"Bearer {key}"
         elif key and self.auth == "x-api-key":
             headers["x-api-key"] = key
+        elif key and self.auth == "api-key":
+            headers["api-key"] = key
         return headers
 
     def to_json(self) -> dict:
@@ -57,6 +66,8 @@ class Provider:
             "key_hint": self.key_hint,
             "needs_key": self.needs_key,
             "sdk": self.sdk,
+            "base_url_env": self.base_url_env,
+            "base_url_hint": self.base_url_hint,
         }
 
 
@@ -81,11 +92,38 @@ PROVIDERS: dict[str, Provider] = {
         Provider("ollama", "Ollama (local)", None, "http://127.0.0.1:11434/v1", "OLLAMA_BASE_URL", "none",
                  needs_key=False),
         Provider("openai_compatible", "OpenAI-compatible (custom base URL)", "OPENAI_COMPATIBLE_API_KEY", None,
-                 "OPENAI_COMPATIBLE_BASE_URL", "bearer", key_hint="any key your endpoint accepts"),
+                 "OPENAI_COMPATIBLE_BASE_URL", "bearer", key_hint="any key your endpoint accepts",
+                 base_url_hint="your endpoint's OpenAI-compatible base URL, e.g. https://host/v1"),
+        # Azure: the key goes in `api-key`; each resource has its own endpoint (the credential's metadata
+        # "base_url", e.g. https://NAME.openai.azure.com); paths are /openai/deployments/{deployment}/...
+        # with an `api-version` query, which the proxy passes through.
+        Provider("azure_openai", "Azure OpenAI", "AZURE_OPENAI_API_KEY", None, "AZURE_OPENAI_ENDPOINT", "api-key",
+                 key_hint="32 hex characters (or the newer 84-character keys) from the resource's Keys page",
+                 key_pattern=r"[0-9a-f]{32}|[A-Za-z0-9]{84}", test_path="openai/models?api-version=2024-10-21",
+                 proxy_prefix="", sdk="azure", base_url_hint="the resource endpoint, https://NAME.openai.azure.com",
+                 docs_url="https://learn.microsoft.com/azure/ai-services/openai/reference"),
+        Provider("mistral", "Mistral", "MISTRAL_API_KEY", "https://api.mistral.ai/v1", "MISTRAL_BASE_URL", "bearer",
+                 key_hint="32 letters and digits", key_pattern=r"[A-Za-z0-9]{32}",
+                 docs_url="https://console.mistral.ai/api-keys"),
+        Provider("deepseek", "DeepSeek", "DEEPSEEK_API_KEY", "https://api.deepseek.com/v1", "DEEPSEEK_BASE_URL",
+                 "bearer", ("sk-",), "starts with sk-", docs_url="https://platform.deepseek.com/api_keys"),
+        Provider("xai", "xAI", "XAI_API_KEY", "https://api.x.ai/v1", "XAI_BASE_URL", "bearer", ("xai-",),
+                 "starts with xai-", docs_url="https://console.x.ai"),
+        Provider("together", "Together AI", "TOGETHER_API_KEY", "https://api.together.xyz/v1", "TOGETHER_BASE_URL",
+                 "bearer", ("tgp_",), "starts with tgp_v1_ (older keys: 64 hex characters)",
+                 key_pattern=r"[0-9a-f]{64}", docs_url="https://api.together.ai/settings/api-keys"),
+        Provider("fireworks", "Fireworks AI", "FIREWORKS_API_KEY", "https://api.fireworks.ai/inference/v1",
+                 "FIREWORKS_BASE_URL", "bearer", ("fw_",), "starts with fw_",
+                 docs_url="https://fireworks.ai/account/api-keys"),
+        # Cohere through its OpenAI-compatible API (chat, embeddings) with the openai SDK.
+        Provider("cohere", "Cohere", "COHERE_API_KEY", "https://api.cohere.com/compatibility/v1", "COHERE_BASE_URL",
+                 "bearer", key_hint="40 letters and digits", key_pattern=r"[A-Za-z0-9]{40}",
+                 aliases=("CO_API_KEY",), docs_url="https://dashboard.cohere.com/api-keys"),
     )
 }
 
-# Prefix → provider, longest first, to tell which provider a pasted key belongs to.
+# Prefix → provider, longest first, to tell which provider a pasted key belongs to. A prefix two
+# providers share (sk-: OpenAI and DeepSeek) names the first in the table; the other still accepts it.
 _KEY_OWNERS = sorted(((pre, p.id) for p in PROVIDERS.values() for pre in p.key_prefixes), key=lambda t: -len(t[0]))
 
 
@@ -149,15 +187,19 @@ def check_key_format(provider_id: str | None, value: str) -> list[str]:
     stripped = value.strip()
     if provider.needs_key and re.search(r"\s", stripped):
         raise InvalidInput("value contains whitespace or a line break; API keys never do (pasted twice?)")
-    if not provider.key_prefixes:
+    if not provider.key_prefixes and not provider.key_pattern:
         return []
-    owner = detect_provider(stripped)
-    if owner is not None and owner != provider.id:
-        other = PROVIDERS[owner]
+    own = max((len(pre) for pre in provider.key_prefixes if stripped.startswith(pre)), default=0)
+    longest = next(((pre, pid) for pre, pid in _KEY_OWNERS if stripped.startswith(pre)), None)
+    if longest is not None and longest[1] != provider.id and len(longest[0]) > own:
+        other = PROVIDERS[longest[1]]
         raise InvalidInput(
             f"this key looks like it is for {other.label} ({other.key_hint}), not {provider.label}; "
             f"use provider {other.id!r}"
         )
+    owner = longest[1] if longest else None
+    if own or (provider.key_pattern and re.fullmatch(provider.key_pattern, stripped)):
+        return []
     if owner is None:
         return [f"this does not look like an {provider.label} key ({provider.key_hint})"
                 if provider.label[0] in "AEIOU" else f"this does not look like a {provider.label} key ({provider.key_hint})"]

@@ -266,6 +266,27 @@ class KeyVault(Configurable):
     token_failures_per_minute = Float(
         10.0, help="Failed vault-access-token attempts allowed per client address per minute (429 above it)."
     ).tag(config=True)
+    jupyter_ai_secrets = Bool(
+        True,
+        help="When jupyter-ai 3.x (Jupyternaut) runs in this server, store the secrets saved in its settings in "
+        "the vault instead of a plaintext .env file in the workspace; its models get them in this server's "
+        "environment, which kernels and terminals do not inherit.",
+    ).tag(config=True)
+    kernel_token_lifetime = Float(
+        600.0,
+        help="Seconds a kernel-bound token lives (what `keyvault.env(NAME)` exports in proxy mode instead of the "
+        "key): the kernel renews it while the block or `%keyvault env` is active; it dies with its kernel.",
+    ).tag(config=True)
+
+    @validate("kernel_token_lifetime")
+    def _validate_kernel_token_lifetime(self, proposal):
+        from .store.tokens import KERNEL_TOKEN_MAX_SECONDS, KERNEL_TOKEN_MIN_SECONDS
+
+        if not KERNEL_TOKEN_MIN_SECONDS <= proposal["value"] <= KERNEL_TOKEN_MAX_SECONDS:
+            raise TraitError(f"KeyVault.kernel_token_lifetime must be between {KERNEL_TOKEN_MIN_SECONDS} and "
+                             f"{KERNEL_TOKEN_MAX_SECONDS} seconds")
+        return proposal["value"]
+
     server_url = Unicode(
         "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
     ).tag(config=True)

@@ -4,7 +4,10 @@
     client = keyvault.anthropic()
     client = keyvault.client("groq")      # any provider in the table
     keyvault.get("OPENAI_API_KEY")        # Secret('OPENAI_API_KEY', '********'); .reveal() -> value
-    with keyvault.env("HF_TOKEN"): ...    # exported only inside the block
+    with keyvault.env("OPENAI_API_KEY"): ...   # proxy mode: OPENAI_BASE_URL = the proxy, the key var a
+                                          # short-lived kernel-bound token; LangChain, LiteLLM... work unchanged
+    keyvault.auth("OPENAI_API_KEY")       # auth= for requests / httpx; .base_url is where to send
+    keyvault.httpx_client("OPENAI_API_KEY")   # httpx.Client with that base URL and auth
     keyvault.list(); keyvault.status()
     keyvault.http("GOOGLE").get("drive/v3/files")   # OAuth2: the server injects a fresh token
     keyvault.token("GOOGLE")              # OAuth2 access token (direct mode), a Secret
@@ -29,11 +32,14 @@ from jupyter_keyvault.kernel import (
     anthropic,
     async_anthropic,
     async_client,
+    async_httpx_client,
     async_openai,
+    auth,
     client,
     env,
     get,
     http,
+    httpx_client,
     openai,
     panel,
     status,
@@ -70,12 +76,15 @@ __all__ = [
     "anthropic",
     "async_anthropic",
     "async_client",
+    "async_httpx_client",
     "async_openai",
+    "auth",
     "client",
     "delete",
     "env",
     "get",
     "http",
+    "httpx_client",
     "list",
     "load_ipython_extension",
     "openai",

@@ -70,6 +70,8 @@ class FakeServer:
         self.credentials = list(credentials)
         self.values = dict(values or {})
         self.status_override: tuple[int, object] | None = None
+        self.env_tokens: dict[str, str] = {}  # live kernel-bound tokens: id -> credential
+        self.renewed: list[str] = []
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         request.read()
@@ -93,6 +95,23 @@ class FakeServer:
                                                   "value": self.values[name]})
             if request.method == "PUT":
                 return httpx2.Response(201, json={"name": name, "provider": "openai", "created": True, "warnings": []})
+        if path == "/keyvault/kernel/env-tokens" and request.method == "POST":
+            name = json.loads(request.content)["name"]
+            if name not in self.values:
+                return httpx2.Response(404, json={"message": f"no credential named {name}"})
+            token_id = secrets.token_hex(16)
+            self.env_tokens[token_id] = name
+            return httpx2.Response(201, json={"token": f"kvt1_{token_id}_{'0' * 64}", "id": token_id,
+                                              "credential": name, "provider": "openai", "expires_in": 600})
+        if path.startswith("/keyvault/kernel/env-tokens/"):
+            token_id = path.rsplit("/", 1)[1]
+            if token_id not in self.env_tokens:
+                return httpx2.Response(404, json={"message": "no such kernel token"})
+            if request.method == "DELETE":
+                self.env_tokens.pop(token_id)
+                return httpx2.Response(204)
+            self.renewed.append(token_id)
+            return httpx2.Response(200, json={"id": token_id, "expires_in": 600})
         if path == "/keyvault/kernel/status":
             return httpx2.Response(200, json={"mode": "server", "protection": {"source": "env", "strong": True},
                                               "allow_direct_access": True, "notebook_path": "a.ipynb"})
@@ -419,25 +438,63 @@ def test_given_a_secret_when_shown_in_any_way_then_only_the_name_appears(canary)
 # -- env()
 
 
-def test_given_env_when_the_block_ends_then_the_environment_is_restored(server, clean_env, canary):
+def test_given_direct_env_when_the_block_ends_then_the_environment_is_restored(server, clean_env, canary):
     other = "sk-proj-OTHER" + secrets.token_hex(20)
     server.values.update(OPENAI_API_KEY=canary, HF_TOKEN=other)
     clean_env.setenv("HF_TOKEN", "previous")
-    with keyvault.env("OPENAI_API_KEY", "HF_TOKEN") as exported:
+    with keyvault.env("OPENAI_API_KEY", "HF_TOKEN", mode="direct") as exported:
         assert os.environ["OPENAI_API_KEY"] == canary and os.environ["HF_TOKEN"] == other
         assert canary not in repr(exported)
     assert "OPENAI_API_KEY" not in os.environ and os.environ["HF_TOKEN"] == "previous"
     with pytest.raises(RuntimeError):
-        with keyvault.env("OPENAI_API_KEY"):
+        with keyvault.env("OPENAI_API_KEY", mode="direct"):
             raise RuntimeError("inside")
     assert "OPENAI_API_KEY" not in os.environ
+
+
+def test_given_proxy_env_when_entered_then_a_kernel_token_and_the_proxy_url_are_exported_and_revoked_on_exit(
+        server, clean_env, canary):
+    server.values.update(OPENAI_API_KEY=canary, DB_PASSWORD="pw-" + secrets.token_hex(8))
+    clean_env.setenv("OPENAI_BASE_URL", "https://gateway.example/v1")
+    with keyvault.env("OPENAI_API_KEY", "DB_PASSWORD"):
+        token = os.environ["OPENAI_API_KEY"]
+        assert token.startswith("kvt1_") and canary not in token
+        assert os.environ["OPENAI_BASE_URL"] == SERVER + "keyvault/proxy/openai/v1"
+        assert os.environ["DB_PASSWORD"] == server.values["DB_PASSWORD"]  # no provider: no proxy, the value
+        assert list(server.env_tokens.values()) == ["OPENAI_API_KEY"]
+        from jupyter_keyvault.kernel import envexport
+
+        assert envexport._RENEWER.renew_now() == 1 and server.renewed == list(server.env_tokens)
+    assert server.env_tokens == {}  # revoked
+    assert os.environ["OPENAI_BASE_URL"] == "https://gateway.example/v1" and "OPENAI_API_KEY" not in os.environ
+    assert "DB_PASSWORD" not in os.environ
+    # Never a GET of the provider credential's value in proxy mode.
+    assert not [r for r in server.requests if r.method == "GET" and r.url.path.endswith("/credentials/OPENAI_API_KEY")]
+
+
+def test_given_the_env_magic_when_turned_on_and_off_then_the_export_lives_between(server, clean_env, canary, capsys):
+    from jupyter_keyvault.kernel.magics import keyvault_magic
+
+    server.values["OPENAI_API_KEY"] = canary
+    keyvault_magic("env OPENAI_API_KEY")
+    assert os.environ["OPENAI_API_KEY"].startswith("kvt1_") and len(server.env_tokens) == 1
+    assert "kernel-bound" in capsys.readouterr().out
+    keyvault_magic("env --off")
+    assert "OPENAI_API_KEY" not in os.environ and server.env_tokens == {}
+    keyvault_magic("env --bogus X")
+    assert "unknown option" in capsys.readouterr().err
 
 
 def test_given_env_with_a_missing_name_when_entering_then_nothing_is_exported(server, clean_env, canary):
     server.values["OPENAI_API_KEY"] = canary
     with pytest.raises(keyvault.NoCredentialError):
+        with keyvault.env("OPENAI_API_KEY", "MISSING_KEY", mode="direct"):
+            pass  # pragma: no cover
+    assert "OPENAI_API_KEY" not in os.environ and "MISSING_KEY" not in os.environ
+    with pytest.raises(keyvault.KeyVaultError):
         with keyvault.env("OPENAI_API_KEY", "MISSING_KEY"):
             pass  # pragma: no cover
+    assert server.env_tokens == {}  # the one issued before the failure was revoked
     assert "OPENAI_API_KEY" not in os.environ and "MISSING_KEY" not in os.environ
     with pytest.raises(TypeError):
         with keyvault.env():

@@ -16,6 +16,7 @@ from .errors import (
     ServerUnreachable,
     UnknownProvider,
 )
+from .httpauth import KeyVaultAuth, async_httpx_client, auth, httpx_client
 from .identity import KernelIdentity, authorization_header, detect_identity, make_credential
 from .magics import keyvault_magic, load_ipython_extension, unload_ipython_extension
 from .mode import current_backend, reset, use_backend
@@ -37,6 +38,7 @@ __all__ = [
     "DirectAccessDisabled",
     "InvalidRequest",
     "KernelIdentity",
+    "KeyVaultAuth",
     "KernelNotRecognised",
     "KeyVaultError",
     "NoCredentialError",
@@ -46,6 +48,8 @@ __all__ = [
     "anthropic",
     "async_anthropic",
     "async_client",
+    "async_httpx_client",
+    "auth",
     "async_openai",
     "authorization_header",
     "client",
@@ -55,6 +59,7 @@ __all__ = [
     "env",
     "get",
     "http",
+    "httpx_client",
     "keyvault_magic",
     "list_credentials",
     "load_ipython_extension",

@@ -1,16 +1,17 @@
-"""`keyvault.get`, `env`, `list`, `status`, `set`, `delete`, `test`."""
+"""`keyvault.get`, `env` (see envexport), `list`, `status`, `set`, `delete`, `test`."""
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import getpass
-import os
-from typing import Iterator
 
+from .envexport import env
 from .errors import InvalidRequest
 from .mode import current_backend, valid_name
 from .secret import Secret
+
+__all__ = ["delete_credential", "env", "get", "list_credentials", "read_value", "set_credential", "status",
+           "test_credential"]
 
 
 def get(name: str) -> Secret:
@@ -18,31 +19,6 @@ def get(name: str) -> Secret:
     name = valid_name(name)
     found = current_backend().reveal(name)
     return Secret(name, found["value"])
-
-
-@contextlib.contextmanager
-def env(*names: str) -> Iterator[dict[str, Secret]]:
-    """Export credentials as environment variables inside the block; restore the old ones after.
-
-    For libraries that only read keys from the environment. Direct mode: the values enter
-    the kernel. All values are fetched before any is exported, so a missing one changes nothing.
-    """
-    if not names:
-        raise TypeError("keyvault.env() needs the names to export, e.g. keyvault.env('OPENAI_API_KEY')")
-    names = tuple(dict.fromkeys(valid_name(n) for n in names))
-    backend = current_backend()
-    values = {name: backend.reveal(name)["value"] for name in names}
-    previous = {name: os.environ.get(name) for name in names}
-    try:
-        for name, value in values.items():
-            os.environ[name] = value
-        yield {name: Secret(name, value) for name, value in values.items()}
-    finally:
-        for name, old in previous.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
 
 
 def list_credentials() -> builtins.list[dict]:

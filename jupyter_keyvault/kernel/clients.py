@@ -26,7 +26,10 @@ _SDK_CLASSES = {
     ("openai", True): "AsyncOpenAI",
     ("anthropic", False): "Anthropic",
     ("anthropic", True): "AsyncAnthropic",
+    ("azure", False): "AzureOpenAI",
+    ("azure", True): "AsyncAzureOpenAI",
 }
+_SDK_MODULES = {"openai": "openai", "azure": "openai", "anthropic": "anthropic"}
 # Credential arguments keyvault owns: passing one would bypass (or leak around) the vault.
 _OWN_KWARGS = ("api_key", "auth_token")
 
@@ -63,7 +66,7 @@ def make_client(provider_id: str, name: str | None = None, mode: str = "proxy", 
             raise TypeError(f"keyvault supplies the credential: do not pass {arg}=; choose a stored one with name=")
     if name is not None:
         name = valid_name(name)
-    sdk = import_sdk(provider.sdk)
+    sdk = import_sdk(_SDK_MODULES[provider.sdk])
     cls = getattr(sdk, _SDK_CLASSES[(provider.sdk, asynchronous)])
     backend = current_backend()
     if backend.mode == "server" and mode == "proxy":
@@ -88,9 +91,19 @@ def _proxy_client(backend, provider, name, sdk, cls, asynchronous: bool, kw: dic
         http_client = _proxy_http_client(sdk, auth, asynchronous, backend.transport(asynchronous))
     else:
         http_client.auth = auth  # the caller's client, signed as this kernel
+    if provider.sdk == "azure":  # AzureOpenAI adds /openai (and /deployments/{model}) to its endpoint itself
+        kw.setdefault("api_version", _azure_api_version())
+        return cls(api_key=PLACEHOLDER_KEY, azure_endpoint=backend.proxy_root(provider), http_client=http_client, **kw)
     if provider.sdk == "openai":
         cls = _signed(cls)
     return cls(api_key=PLACEHOLDER_KEY, base_url=backend.proxy_url(provider), http_client=http_client, **kw)
+
+
+AZURE_API_VERSION = "2024-10-21"  # a GA version; pass api_version= (or set OPENAI_API_VERSION) for another
+
+
+def _azure_api_version() -> str:
+    return os.environ.get("OPENAI_API_VERSION") or AZURE_API_VERSION
 
 
 _SIGNED_CLASSES: dict[type, type] = {}
@@ -136,6 +149,9 @@ def _direct_client(backend, provider, name, cls, kw: dict):
     else:
         key = NO_KEY
     base_url = kw.pop("base_url", None) or _server_base_url(found) or _base_url(backend, provider)
+    if provider.sdk == "azure":
+        kw.setdefault("api_version", _azure_api_version())
+        return cls(api_key=key, azure_endpoint=base_url, **kw)
     return cls(api_key=key, base_url=base_url, **kw)
 
 

@@ -5,6 +5,8 @@
     %keyvault test NAME
     %keyvault delete NAME
     %keyvault status
+    %keyvault env NAME... [--direct]      (export for env-reading libraries until `%keyvault env --off`)
+    %keyvault env --off [NAME...]
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from .. import providers
 from . import api
 from .errors import KeyVaultError
 
-USAGE = "usage: %keyvault list | set NAME [--provider P] | test NAME | delete NAME | status"
+USAGE = ("usage: %keyvault list | set NAME [--provider P] | test NAME | delete NAME | status | "
+         "env NAME... [--direct] | env --off [NAME...]")
 
 
 class _Usage(Exception):
@@ -28,7 +31,7 @@ def _err(message: str) -> None:
 
 
 def keyvault_magic(line: str = "") -> None:
-    """%keyvault list | set NAME [--provider P] | test NAME | delete NAME | status"""
+    """%keyvault list | set NAME [--provider P] | test NAME | delete NAME | status | env NAME... | env --off"""
     try:
         args = shlex.split(line or "")
     except ValueError as exc:
@@ -62,6 +65,8 @@ def keyvault_magic(line: str = "") -> None:
         elif command == "status":
             _expect(rest, 0)
             _print_status(api.status())
+        elif command == "env":
+            _env(rest)
         else:
             raise _Usage(f"unknown command {command!r}")
     except _Usage as exc:
@@ -69,6 +74,34 @@ def keyvault_magic(line: str = "") -> None:
     except (KeyVaultError, ValueError, TypeError) as exc:
         _err(f"error: {exc}")
     return None
+
+
+def _env(rest: list[str]) -> None:
+    from . import envexport
+
+    options = {item for item in rest if item.startswith("-")}
+    names = tuple(item for item in rest if not item.startswith("-"))
+    if options - {"--off", "--direct"} or options == {"--off", "--direct"}:
+        raise _Usage(f"unknown option(s) {', '.join(sorted(options - {'--off', '--direct'})) or '--off with --direct'}")
+    if "--off" in options:
+        ended = envexport.deactivate(names)
+        print(f"Ended the export of {', '.join(ended)}." if ended else "Nothing was exported by %keyvault env.")
+        return
+    if not names:
+        active = envexport.active()
+        print(f"Exported by %keyvault env: {', '.join(active)}" if active else
+              "Nothing exported. %keyvault env NAME... exports credentials for libraries that read the environment.")
+        return
+    export = envexport.activate(names, "direct" if "--direct" in options else "proxy")
+    proxied = [n for n in names if n in export.proxied]
+    values = [n for n in names if n not in export.proxied]
+    if proxied:
+        bases = sorted(set(export.variables) - set(names))
+        print(f"Exported {', '.join(proxied)} as kernel-bound tokens for the server's proxy"
+              + (f" ({', '.join(bases)} point at it)" if bases else "") + "; the keys stay on the server.")
+    if values:
+        print(f"Exported the values of {', '.join(values)}.")
+    print("End with %keyvault env --off")
 
 
 def _expect(rest: list[str], count: int) -> None:

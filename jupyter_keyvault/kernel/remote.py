@@ -52,6 +52,10 @@ class RemoteBackend:
     def proxy_url(self, provider) -> str:
         return self.identity.url(PROXY, provider.id, *provider.proxy_prefix.split("/"))
 
+    def proxy_root(self, provider) -> str:
+        """The proxy URL without the provider's path prefix (Azure's SDK adds `/openai` itself)."""
+        return self.identity.url(PROXY, provider.id)
+
     def auth(self, credential_name: str | None = None):
         from .auth import KernelAuth
 
@@ -153,6 +157,20 @@ class RemoteBackend:
 
     def test(self, name: str) -> dict:
         return self._request("POST", ("credentials", name, "test"), name=name, timeout=TEST_TIMEOUT) or {}
+
+    # -- kernel-bound tokens (keyvault.env in proxy mode)
+    def issue_env_token(self, name: str) -> dict:
+        """A short-lived token the proxy accepts in place of `name`'s key, valid only for this kernel."""
+        data = self._request("POST", ("env-tokens",), body={"name": name}, name=name) or {}
+        if not isinstance(data.get("token"), str) or not isinstance(data.get("id"), str):
+            raise KeyVaultError("the Jupyter server issued no kernel token (is jupyter-keyvault up to date?)")
+        return data
+
+    def renew_env_token(self, token_id: str) -> None:
+        self._request("POST", ("env-tokens", token_id))
+
+    def revoke_env_token(self, token_id: str) -> None:
+        self._request("DELETE", ("env-tokens", token_id))
 
     def status(self) -> dict:
         base = {"mode": "server", "server_url": self.identity.server_url, "kernel_id": self.identity.kernel_id}

@@ -18,7 +18,7 @@ from ..isolation import IsolationPolicy, set_non_dumpable
 from ..isolation.provisioner import KernelSpecNotWrappable, KeyVaultIsolatedProvisioner, isolated_spec
 from ..scrub import install_log_filter
 from ..settings import KERNEL_ENV_ALLOWLIST
-from . import kernel_api, oauth_pages, proxy, rest
+from . import jupyter_ai, kernel_api, oauth_pages, proxy, rest
 from .iopub import scrubbing_connection_class
 from .manager import KeyVaultManager
 
@@ -54,6 +54,8 @@ class KeyVaultApp(ExtensionApp):
         self._guard_kernel_env(manager)
         self._install_output_filters(manager)
         server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.learn_values()))
+        if manager.jupyter_ai_secrets:  # once every extension (jupyter-ai's among them) has set its settings
+            server.io_loop.call_later(0, jupyter_ai.install, server.web_app.settings, manager, self.log)
 
     def initialize_handlers(self):
         self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)

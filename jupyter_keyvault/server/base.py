@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .manager import KeyVaultManager
 
 AUTH_RESOURCE = "keyvault"
+CREDENTIAL_HEADER = "X-KeyVault-Credential"  # which stored credential a proxy request uses
 
 
 class ManagerMixin:
@@ -132,18 +133,21 @@ class CallerMixin(ManagerMixin):
         except KernelAuthError as exc:
             raise web.HTTPError(401, str(exc)) from None
 
-    async def authenticate_caller(self, credential: str) -> None:
-        """A kernel, or a vault access token allowed to use `credential`."""
+    async def authenticate_caller(self, credential: str) -> str:
+        """A kernel, or a vault access token allowed to use `credential`. Returns the credential to use:
+        `credential`, except for a kernel-bound token (`keyvault.env`) sent without X-KeyVault-Credential,
+        which serves the one credential it was issued for; its kernel's notebook rules then apply."""
         from ..store.errors import RateLimited
         from ..store.tokens import TokenRefused, TokenScopeError
 
         token = access_token_from_headers(self.request.headers)  # type: ignore[attr-defined]
         if token is None:
             self.authenticate_kernel()
-            return
+            return credential
         client = self.request.remote_ip or "-"  # type: ignore[attr-defined]
+        named = bool(self.request.headers.get(CREDENTIAL_HEADER, "").strip())  # type: ignore[attr-defined]
         try:
-            info = await self.kv.verify_token(token, credential, client)
+            info = await self.kv.verify_token(token, credential, client, default_scope=not named)
         except TokenScopeError as exc:
             raise web.HTTPError(403, str(exc)) from None
         except TokenRefused as exc:
@@ -151,6 +155,10 @@ class CallerMixin(ManagerMixin):
         except RateLimited as exc:
             raise TooManyRequests(str(exc), exc.retry_after) from None
         self.token_id = info.id
+        if info.kernel_id:
+            self.kernel_id = info.kernel_id
+            return info.credentials[0]
+        return credential
 
     async def check_notebook_access(self, name: str) -> None:
         with http_errors():
@@ -161,5 +169,8 @@ def access_token_from_headers(headers) -> str | None:
     scheme, _, value = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and looks_like_token(value.strip()):
         return value.strip()
-    api_key = headers.get("x-api-key", "").strip()  # the anthropic SDK's header
-    return api_key if looks_like_token(api_key) else None
+    for header in ("x-api-key", "api-key"):  # the anthropic SDK's header, Azure OpenAI's
+        api_key = headers.get(header, "").strip()
+        if looks_like_token(api_key):
+            return api_key
+    return None

@@ -9,6 +9,7 @@ from tornado import web
 
 from .. import providers
 from .._version import __version__
+from ..store import NotFound
 from ..web.bodies import json_object, parse_credential_write
 from ..web.errors import http_errors
 from .base import CallerMixin, JSONMixin
@@ -82,7 +83,7 @@ class KernelCredentialHandler(KernelAPIHandler):
                             detail=f"source={resolved.source}")
         pid = resolved.provider or getattr(providers.provider_for_env_var(name), "id", None)
         self.write_json({"name": name, "provider": pid, "type": resolved.type, "value": resolved.value,
-                         "base_url": self.kv.base_url_of(pid)})
+                         "base_url": self.kv.base_url_of(pid, resolved.metadata)})
 
     @allow_unauthenticated
     async def put(self, raw_name: str):
@@ -134,6 +135,59 @@ class KernelOAuthTokenHandler(KernelAPIHandler):
                          "api_base_url": provider.api_base_url})
 
 
+class KernelEnvTokensHandler(KernelAPIHandler):
+    """`keyvault.env(NAME)` in proxy mode: a short-lived token bound to this kernel and this one
+    credential, which the proxy accepts in place of the key (so the key never enters the kernel)."""
+
+    @allow_unauthenticated
+    async def post(self):
+        body = self.json_body()
+        name = self.name_from_path(body.get("name") if isinstance(body.get("name"), str) else "")
+        info = await self.off_loop(self.credential_info, name)
+        pid = info.provider or getattr(providers.provider_for_env_var(name), "id", None)
+        provider = providers.PROVIDERS.get(pid or "")
+        if provider is None or not provider.needs_key:
+            raise web.HTTPError(422, f"{name} has no provider, so there is no proxy for it; "
+                                     "keyvault.env exports such a credential's value (direct mode)")
+        refusal = providers.injection_refusal(provider, name, info.provider, info.type)
+        if refusal:
+            raise web.HTTPError(403, refusal)
+        await self.check_notebook_access(name)
+        token, grant = self.kv.kernel_tokens.issue(self.kernel_id, name)
+        await self.off_loop(self.kv.vault.audit, self.kv.owner, "token_create", name, "ok", actor=self.caller,
+                            detail=f"kernel-bound, {self.kv.kernel_tokens.lifetime:g} s")
+        self.write_json({"token": token, "id": grant.id, "credential": name, "provider": provider.id,
+                         "expires_in": self.kv.kernel_tokens.lifetime}, status=201)
+
+
+    def credential_info(self, name: str):
+        """The stored record's info; else the listing's (a key from the server's environment, a shared one)."""
+        try:
+            return self.kv.vault.info(self.kv.owner, name)
+        except NotFound:
+            for item in self.kv.vault.list(self.kv.owner):
+                if item.name == name:
+                    return item
+            raise NotFound(f"no credential named {name}: add it in the Key Vault panel or with "
+                           f"`%keyvault set {name}`") from None
+
+
+class KernelEnvTokenHandler(KernelAPIHandler):
+    @allow_unauthenticated
+    async def post(self, token_id: str):
+        """Renew: the kernel calls this while the `with` block (or `%keyvault env`) is active."""
+        with http_errors():
+            self.kv.kernel_tokens.renew(self.kernel_id, token_id)
+        self.write_json({"id": token_id, "expires_in": self.kv.kernel_tokens.lifetime})
+
+    @allow_unauthenticated
+    async def delete(self, token_id: str):
+        with http_errors():
+            self.kv.kernel_tokens.revoke(self.kernel_id, token_id)
+        self.set_status(204)
+        self.finish()
+
+
 _NAME = r"(?P<raw_name>[^/]+)"
 handlers = [
     (r"/keyvault/kernel/status/?", KernelStatusHandler),
@@ -142,4 +196,6 @@ handlers = [
     (rf"/keyvault/kernel/credentials/{_NAME}/test/?", KernelCredentialTestHandler),
     (rf"/keyvault/kernel/credentials/{_NAME}/?", KernelCredentialHandler),
     (rf"/keyvault/kernel/oauth/{_NAME}/token", KernelOAuthTokenHandler),
+    (r"/keyvault/kernel/env-tokens/?", KernelEnvTokensHandler),
+    (r"/keyvault/kernel/env-tokens/(?P<token_id>[0-9a-f]{32})/?", KernelEnvTokenHandler),
 ]

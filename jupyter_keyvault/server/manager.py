@@ -29,6 +29,7 @@ from ..scrub import history_fingerprints, new_fingerprint_salt
 from ..settings import KERNEL_ENV_ALLOWLIST, KeyVault
 from ..store import InvalidInput, NotFound, VaultError
 from ..store.errors import AccessDenied, RateLimited
+from ..store.tokens import KernelTokens
 from ..vaults import AccessTokens, ServerVault, Upstream
 from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
@@ -58,6 +59,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             self.log.error("jupyter-keyvault: the vault is not available: %s", exc)
             self.vault = UnavailableVault(str(exc))
         self.tokens: AccessTokens = self.vault.access_tokens()
+        self.kernel_tokens = KernelTokens(self.kernel_token_lifetime)
         self.isolation_policy = self._isolation_policy()
         # Landlock does not come or go while the server runs: decided once, before secrets leave os.environ.
         self._isolation = isolation_status(self.isolate_kernels, self.isolation_policy, with_paths=False)
@@ -73,6 +75,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._metadata: dict[str, tuple[float, dict]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Future] = set()
+        self.server_env_names: set[str] = set()  # put in this process's env for jupyter-ai's models; never kernels'
         self._rebuild_scheduled = False
         self._fingerprint_salts: dict[str, bytes] = {}
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
@@ -114,6 +117,14 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
                                     detail=f"notebook={path}")
             raise AccessDenied(f"access to {name} is not allowed from this notebook "
                                f"({path or 'no notebook'}); allowed: {', '.join(globs)}")
+
+    def credential_env_names(self) -> set[str]:
+        return super().credential_env_names() | getattr(self, "server_env_names", set())
+
+    def keep_task(self, task: asyncio.Future) -> None:
+        """Hold a background task until it ends (cancelled at close)."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def kernel_env(self, env: dict[str, str] | None) -> dict[str, str]:
         """The environment a kernel (or terminal) starts with: no secrets, plus how to reach the vault."""
@@ -200,12 +211,16 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             result = {"ok": False, "error": f"no answer within {self.test_timeout:g} s (timeout)"}
         return json.loads(self.scrubber.scrub(json.dumps(result)))
 
-    def base_url_of(self, provider_id: str | None) -> str | None:
-        """The configured base URL of a provider, or None (the SDK's default then applies)."""
+    def base_url_of(self, provider_id: str | None, metadata: Any = None) -> str | None:
+        """The configured base URL of a provider (a credential's own endpoint for providers without a
+        fixed one, such as Azure), or None (the SDK's default then applies)."""
         if provider_id not in providers.PROVIDERS:
             return None
+        provider = providers.PROVIDERS[provider_id]
         try:
-            return self.base_url_for(providers.PROVIDERS[provider_id])
+            if provider.per_credential_base_url and metadata and metadata.get("base_url"):
+                return providers.validate_base_url(metadata["base_url"])
+            return self.base_url_for(provider)
         except InvalidInput:
             return None
 
@@ -221,9 +236,14 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         return history_fingerprints(self.scrubber.known_items(), salt)
 
     # -- vault access tokens
-    async def verify_token(self, token: str, credential: str, client: str):
+    def kernel_alive(self, kernel_id: str) -> bool:
+        return kernel_id in self.kernel_manager
+
+    async def verify_token(self, token: str, credential: str, client: str, *, default_scope: bool = False):
         """The token's info, or TokenRefused/TokenScopeError; repeated failures from one client
-        raise RateLimited for a while (audited either way)."""
+        raise RateLimited for a while (audited either way). A kernel-bound token (`keyvault.env`) is
+        checked in memory; with `default_scope` (the caller named no credential) it serves the one it
+        was issued for."""
         from ..store import VaultError
         from ..store.tokens import TOKEN_RE, TokenRefused, TokenScopeError
 
@@ -234,6 +254,8 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         if blocked > time.monotonic():
             raise RateLimited("too many failed token attempts", blocked - time.monotonic())
         try:
+            if self.kernel_tokens.holds(token):
+                return self.kernel_tokens.verify(token, None if default_scope else credential, self.kernel_alive)
             return await asyncio.to_thread(self.tokens.verify, self.owner, token, credential)
         except TokenScopeError:
             await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "denied",

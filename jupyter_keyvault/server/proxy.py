@@ -68,7 +68,7 @@ class ProviderProxyHandler(ProxyHandler):
         if provider is None:
             raise web.HTTPError(404, f"unknown provider {provider_id!r}; known: {', '.join(providers.PROVIDERS)}")
         name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
-        await self.authenticate_caller(name)
+        name = await self.authenticate_caller(name)  # a keyvault.env token names its own credential
         rest = proxied_path(self.request.path, f"{self.base_url.rstrip('/')}/keyvault/proxy/{provider.id}/", provider)
         if provider.needs_key:
             # Authorise on metadata first: a denied notebook never causes a decryption or a "use".

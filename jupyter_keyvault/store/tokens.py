@@ -18,8 +18,10 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import InvalidInput, NotFound, VaultError
 from .model import _iso, validate_name
@@ -61,6 +63,7 @@ class TokenInfo:
     created_at: float
     last_used_at: float | None
     expires_at: float | None
+    kernel_id: str | None = None  # a kernel-bound token (KernelTokens): valid only while that kernel runs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,3 +161,104 @@ class TokenStore:
             raise TokenScopeError(f"this token may not use {credential} (allowed: {', '.join(info.credentials)})")
         return info
 
+
+
+# -- kernel-bound tokens: what `keyvault.env(NAME)` exports in proxy mode
+
+KERNEL_TOKEN_MIN_SECONDS = 60
+KERNEL_TOKEN_MAX_SECONDS = 3600
+MAX_TOKENS_PER_KERNEL = 64  # a loop of `with keyvault.env(...)` revokes as it goes; this bounds a leak
+
+
+@dataclass
+class _KernelGrant:
+    digest: str
+    kernel_id: str
+    credential: str
+    created_at: float
+    expires_at: float
+
+
+class KernelTokens:
+    """Short-lived `kvt1_` tokens bound to one kernel and one credential, held in this server's
+    memory only: useless to another server, after a restart, once their kernel stops, once revoked
+    or past their expiry (`lifetime` seconds after issue or the last renewal).
+
+    They exist so libraries that read a key from the environment (LangChain, LiteLLM, ...) can send
+    something the proxy accepts without the real key entering the kernel. The wire format is the
+    vault token's, so the proxy's token path (Authorization Bearer, x-api-key, api-key) accepts them."""
+
+    def __init__(self, lifetime: float, *, clock: Callable[[], float] = time.time):
+        if not KERNEL_TOKEN_MIN_SECONDS <= lifetime <= KERNEL_TOKEN_MAX_SECONDS:
+            raise ValueError(f"lifetime must be between {KERNEL_TOKEN_MIN_SECONDS} and {KERNEL_TOKEN_MAX_SECONDS} s")
+        self.lifetime = float(lifetime)
+        self._clock = clock
+        self._grants: dict[str, _KernelGrant] = {}
+        self._lock = threading.Lock()  # verify runs on the event loop, issue/renew too: cheap, never held long
+
+    def _info(self, token_id: str, grant: _KernelGrant) -> TokenInfo:
+        return TokenInfo(token_id, f"kernel {grant.kernel_id}", [grant.credential], grant.created_at, None,
+                         grant.expires_at, kernel_id=grant.kernel_id)
+
+    def holds(self, token: str | None) -> bool:
+        """Whether `token` has the id of a token issued here (ids are not secret)."""
+        m = TOKEN_RE.fullmatch(token or "")
+        return bool(m) and m.group(1) in self._grants  # type: ignore[union-attr]
+
+    def issue(self, kernel_id: str, credential: str) -> tuple[str, TokenInfo]:
+        credential = validate_name(credential)
+        now = self._clock()
+        with self._lock:
+            self._drop_expired(now)
+            mine = sorted((g.created_at, tid) for tid, g in self._grants.items() if g.kernel_id == kernel_id)
+            for _, oldest in mine[:max(0, len(mine) - MAX_TOKENS_PER_KERNEL + 1)]:
+                del self._grants[oldest]
+            token_id, secret = secrets.token_hex(16), secrets.token_hex(32)
+            grant = self._grants[token_id] = _KernelGrant(_hash(secret), kernel_id, credential, now,
+                                                          now + self.lifetime)
+            return f"{PREFIX}_{token_id}_{secret}", self._info(token_id, grant)
+
+    def _own(self, kernel_id: str, token_id: str) -> _KernelGrant:
+        grant = self._grants.get(token_id) if isinstance(token_id, str) else None
+        if grant is None or grant.kernel_id != kernel_id or grant.expires_at <= self._clock():
+            raise NotFound("no such kernel token (expired, revoked or another kernel's)")
+        return grant
+
+    def renew(self, kernel_id: str, token_id: str) -> TokenInfo:
+        """Push the expiry `lifetime` seconds ahead; only the kernel it was issued to may."""
+        with self._lock:
+            grant = self._own(kernel_id, token_id)
+            grant.expires_at = self._clock() + self.lifetime
+            return self._info(token_id, grant)
+
+    def revoke(self, kernel_id: str, token_id: str) -> None:
+        with self._lock:
+            self._own(kernel_id, token_id)
+            del self._grants[token_id]
+
+    def forget_kernel(self, kernel_id: str) -> None:
+        with self._lock:
+            for tid in [t for t, g in self._grants.items() if g.kernel_id == kernel_id]:
+                del self._grants[tid]
+
+    def _drop_expired(self, now: float) -> None:
+        for tid in [t for t, g in self._grants.items() if g.expires_at <= now]:
+            del self._grants[tid]
+
+    def verify(self, token: str, credential: str | None, kernel_alive: Callable[[str], bool]) -> TokenInfo:
+        """The token's info if it is valid now, its kernel still runs, and (when `credential` is given)
+        it was issued for that credential; else TokenRefused / TokenScopeError."""
+        refused = TokenRefused("vault access token refused (unknown, deleted, expired or malformed)")
+        m = TOKEN_RE.fullmatch(token or "")
+        grant = self._grants.get(m.group(1)) if m else None
+        presented = _hash(m.group(2)) if m else _hash("")
+        ok = hmac.compare_digest(grant.digest if grant else _DUMMY_HASH, presented) and grant is not None
+        if not ok or grant is None or m is None:
+            raise refused
+        if grant.expires_at <= self._clock() or not kernel_alive(grant.kernel_id):
+            with self._lock:
+                self._grants.pop(m.group(1), None)
+            raise refused
+        if credential is not None and credential != grant.credential:
+            raise TokenScopeError(f"this token may not use {credential} (allowed: {grant.credential})")
+        return self._info(m.group(1), grant)

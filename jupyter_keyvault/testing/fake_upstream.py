@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import tornado.httpserver
+import tornado.httputil
 import tornado.netutil
 import tornado.web
 import tornado.websocket
@@ -162,6 +163,13 @@ class _BaseHandler(tornado.web.RequestHandler):
     async def prepare(self) -> None:
         # Record before the delay so tests can see requests still "in flight".
         self.upstream._record(self.request)
+        with self.upstream._lock:
+            status = self.upstream.fail_next.pop(0) if self.upstream.fail_next else None
+        if status is not None:  # what a client's retries are tested against
+            self.set_header("Retry-After", "0")
+            self.send_json({"error": {"message": f"fake failure {status}", "type": "server_error", "code": None}},
+                           status)
+            return
         await self.pause(self.upstream.delay)
 
     async def pause(self, seconds: float) -> bool:
@@ -533,6 +541,9 @@ class RealtimeSession:
     close_code: int | None = None  # the code the client closed with
 
 
+SMALL_UPLOAD_BYTES = 8 << 20  # /v1/files keeps a body this small to parse it; larger ones are only counted
+
+
 @tornado.web.stream_request_body
 class _FilesHandler(_OpenAIHandler):
     """POST /v1/files, read as it arrives and never kept: records when the first and last bytes came
@@ -543,6 +554,7 @@ class _FilesHandler(_OpenAIHandler):
         self.request.connection.set_max_body_size(1 << 40)
         self.upload = Upload(headers=_lower_headers(self.request.headers))
         self._digest = hashlib.sha256()
+        self._small_body: bytearray | None = bytearray()  # kept while small, to answer with the file's own size
         self.upstream.uploads.append(self.upload)
 
     def data_received(self, chunk: bytes) -> None:
@@ -553,14 +565,27 @@ class _FilesHandler(_OpenAIHandler):
         self.upload.bytes += len(chunk)
         self.upload.chunks += 1
         self._digest.update(chunk)
-
+        if self._small_body is not None:
+            self._small_body += chunk
+            if len(self._small_body) > SMALL_UPLOAD_BYTES:
+                self._small_body = None
 
     def post(self) -> None:
         self.upload.sha256 = self._digest.hexdigest()
         if not self.check_openai_key():  # after reading the body: an answer before it is often lost to a reset
             return
-        self.send_json({"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": self.upload.bytes,
-                        "created_at": int(time.time()), "filename": "upload", "purpose": "assistants",
+        size, filename, purpose = self.upload.bytes, "upload", "assistants"
+        if self._small_body is not None:  # a small multipart body: the file part's own size, name and purpose
+            arguments: dict[str, list[bytes]] = {}
+            files: dict[str, list[tornado.httputil.HTTPFile]] = {}
+            tornado.httputil.parse_body_arguments(self.request.headers.get("Content-Type", ""), bytes(self._small_body),
+                                                  arguments, files)
+            if not files.get("file"):
+                return self.bad_request("'file' is required (multipart/form-data).", "file")
+            size, filename = len(files["file"][0].body), files["file"][0].filename
+            purpose = (arguments.get("purpose") or [b"user_data"])[0].decode()
+        self.send_json({"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": size,
+                        "created_at": int(time.time()), "filename": filename, "purpose": purpose,
                         "status": "processed"})
 
 
@@ -574,6 +599,100 @@ class Upload:
     first_byte_at: float | None = None  # time.monotonic(), comparable across processes on Linux
     last_byte_at: float | None = None
     sha256: str = ""  # of the bytes received, once the request is over
+
+
+class _AzureChatCompletionsHandler(_ChatCompletionsHandler):
+    """Azure OpenAI: the key in `api-key`, an `api-version` query, the deployment in the path."""
+
+    def check_openai_key(self) -> bool:
+        key = self.request.headers.get("api-key")
+        if not self.get_query_argument("api-version", ""):
+            self.bad_request("Missing required query parameter: api-version", "api-version")
+            return False
+        if key and key in self.upstream.valid_keys:
+            return True
+        self.send_json({"error": {"code": "401", "message": "Access denied due to invalid subscription key."}}, 401)
+        return False
+
+
+class _ResponsesHandler(_OpenAIHandler):
+    """The Responses API: one output message, or its SSE events when streaming."""
+
+    async def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        body = self.json_body()
+        if body is None:
+            return
+        if not body.get("input"):
+            return self.bad_request("'input' is required.", "input")
+        created = int(time.time())
+        message_id = f"msg_fake{uuid.uuid4().hex[:20]}"
+        usage = {"input_tokens": _approx_tokens(_content_text(body.get("input"))),
+                 "output_tokens": _approx_tokens(REPLY_TEXT), "output_tokens_details": {"reasoning_tokens": 0},
+                 "input_tokens_details": {"cached_tokens": 0}}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        text = {"type": "output_text", "text": REPLY_TEXT, "annotations": []}
+        response = {"id": f"resp_fake{uuid.uuid4().hex[:20]}", "object": "response", "created_at": created,
+                    "model": body.get("model") or "gpt-4o-mini", "status": "completed", "parallel_tool_calls": True,
+                    "tool_choice": "auto", "tools": [], "usage": usage,
+                    "output": [{"type": "message", "id": message_id, "status": "completed", "role": "assistant",
+                                "content": [text]}]}
+        if not body.get("stream"):
+            return self.send_json(response)
+        self.start_event_stream()
+        sequence = 0
+
+        async def event(kind: str, **data: Any) -> bool:
+            nonlocal sequence
+            sequence += 1
+            return await self.send_event(json.dumps({"type": kind, "sequence_number": sequence, **data}), event=kind)
+
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        if not await event("response.created", response=started):
+            return
+        for i, piece in enumerate(_split_text(REPLY_TEXT, max(1, int(self.upstream.n_chunks)))):
+            if i and not await self.pause(self.upstream.chunk_interval):
+                return
+            if not await event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0,
+                               delta=piece, logprobs=[]):
+                return
+        if await event("response.completed", response=response):
+            self.finish()
+
+
+class _SpeechHandler(_OpenAIHandler):
+    def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        body = self.json_body()
+        if body is None:
+            return
+        self.set_header("Content-Type", "audio/mpeg")
+        self.finish(b"ID3fake-audio:" + str(body.get("input", "")).encode())
+
+
+class _TranscriptionsHandler(_OpenAIHandler):
+    def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        uploads = self.request.files.get("file") or []
+        if not uploads:
+            return self.bad_request("'file' is required (multipart/form-data).", "file")
+        self.send_json({"text": f"{REPLY_TEXT} ({len(uploads[0].body)} bytes heard)"})
+
+
+class _ImagesHandler(_OpenAIHandler):
+    PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake-image").decode()
+
+    def post(self) -> None:
+        if not self.check_openai_key():
+            return
+        body = self.json_body()
+        if body is None:
+            return
+        count = int(body.get("n") or 1)
+        self.send_json({"created": int(time.time()), "data": [{"b64_json": self.PNG} for _ in range(count)]})
 
 
 class _EchoHeadersHandler(_BaseHandler):
@@ -656,6 +775,7 @@ class FakeUpstream:
         self.n_chunks = n_chunks
         self.delay = delay
         self.gzip = gzip  # compress every response, even when asked for identity (fixed at start)
+        self.fail_next: list[int] = []  # statuses answered (with Retry-After: 0) before serving normally
         self.connections_opened = 0
         self.client_disconnects = 0  # responses cut off by the client
         self.uploads: list[Upload] = []  # bodies POSTed to /v1/files, as they arrived
@@ -742,6 +862,11 @@ class FakeUpstream:
                 (r"/v1/messages", _MessagesHandler, kwargs),
                 (r"/v1/files", _FilesHandler, kwargs),
                 (r"/v1/realtime", _RealtimeHandler, kwargs),
+                (r"/v1/responses", _ResponsesHandler, kwargs),
+                (r"/v1/audio/speech", _SpeechHandler, kwargs),
+                (r"/v1/audio/transcriptions", _TranscriptionsHandler, kwargs),
+                (r"/v1/images/generations", _ImagesHandler, kwargs),
+                (r"/openai/deployments/[A-Za-z0-9_.-]+/chat/completions", _AzureChatCompletionsHandler, kwargs),
                 (r"/echo-headers", _EchoHeadersHandler, kwargs),
                 (r"/_stats", _StatsHandler, kwargs),
             ],

@@ -46,7 +46,7 @@ class LocalVault(Vault):
             result = providers.TestResult(False, error=f"{name} contains non-ASCII or control characters, which "
                                           f"cannot be sent in an HTTP header; it is not a valid {provider.label} key")
         else:
-            result = providers.run_key_test(provider, value, self._base_url_for(provider),
+            result = providers.run_key_test(provider, value, self._endpoint(provider, resolved.metadata),
                                             timeout=self._test_timeout)
         self.audit(owner, "test", name, "ok" if result.ok else "failed", actor=actor)
         payload = result.to_json()
@@ -56,20 +56,28 @@ class LocalVault(Vault):
                     payload[key] = payload[key].replace(value, "[REDACTED]")
         return payload
 
-    def upstream(self, owner: str, provider: providers.Provider, name: str, *, actor: str) -> Upstream:
+    def _endpoint(self, provider: providers.Provider, metadata: Any) -> str:
+        """The credential's own endpoint (metadata "base_url") for providers without a fixed one (Azure,
+        OpenAI-compatible), else the configured base URL."""
+        url = metadata.get("base_url") if provider.per_credential_base_url and metadata else None
         try:
-            base_url = self._base_url_for(provider)
+            return providers.validate_base_url(url) if url else self._base_url_for(provider)
         except providers.InvalidInput as exc:
             raise BadUpstream(str(exc)) from None
+
+    def upstream(self, owner: str, provider: providers.Provider, name: str, *, actor: str) -> Upstream:
         if not provider.needs_key:
-            return Upstream(base_url, provider.auth_headers(None), None)
+            return Upstream(self._endpoint(provider, None), provider.auth_headers(None), None)
         # Bound to its provider, checked on the record before anything is decrypted or counted as a use.
         name = validate_name(name)
+        metadata: Any = None
         if self._env.get(name) and name in self.env_credential_names:
             kind: tuple[str | None, str] | None = (None, "api_key")  # the env var wins at use time
         else:
             rec = self.backend.get_credential(owner, name)
             kind = (rec.provider, rec.type) if rec is not None else None  # None: resolve says it is missing
+            metadata = rec.metadata if rec is not None else None
+        base_url = self._endpoint(provider, metadata)
         refusal = injection_refusal(provider, name, *kind) if kind is not None else None
         if refusal:
             self.audit(owner, "use", name, "denied", actor=actor, detail=f"route={provider.id}")

@@ -476,7 +476,7 @@ export interface components {
              * @description null or absent: inferred from the name (OPENAI_API_KEY, ...) or the key's prefix.
              * @enum {string|null}
              */
-            provider?: "openai" | "anthropic" | "groq" | "openrouter" | "huggingface" | "gemini" | "ollama" | "openai_compatible" | null;
+            provider?: "openai" | "anthropic" | "groq" | "openrouter" | "huggingface" | "gemini" | "ollama" | "openai_compatible" | "azure_openai" | "mistral" | "deepseek" | "xai" | "together" | "fireworks" | "cohere" | null;
             /** @enum {string} */
             type?: "api_key" | "oauth2" | "custom" | "oauth_client_secret";
             /** @description Free-form, under 4 KiB of JSON; null or absent means none. */
