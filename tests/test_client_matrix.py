@@ -7,7 +7,6 @@ bytes in /proc/<pid>/mem and /proc/<pid>/environ) and from a plain process holdi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import subprocess
@@ -37,8 +36,7 @@ def rest(server_url, jp_serverapp):
     async def call(method: str, path: str, body=None) -> httpx.Response:
         async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
             return await client.request(method, server_url + "keyvault/api/" + path,
-                                        headers={"Authorization": f"token {token}"},
-                                        content=None if body is None else json.dumps(body))
+                                        headers={"Authorization": f"token {token}"}, json=body)
 
     return call
 
@@ -220,7 +218,6 @@ print('STREAM', len(times), int((times[-1] - times[0]) * 1000))
     assert process_holds(kernel_pid(jp_serverapp, kernel), key.encode()) == {"memory": False, "environ": False}
 
 
-@pytest.mark.xfail(reason="needs h15-proxy's header policy: the proxy still pins anthropic-version", strict=False)
 async def test_given_a_kernel_when_the_anthropic_sdk_sends_its_own_version_header_then_that_header_arrives_upstream(
         rest, server_kernel, fake_upstream):
     key = "sk-ant-api03-" + os.urandom(20).hex()

@@ -48,7 +48,7 @@ async def test_given_an_upload_under_the_cap_when_sent_then_the_upstream_gets_ev
     size = CAP - 64 * 1024  # the multipart framing fits in the rest
     created = await client.files.create(file=("data.bin", PatternFile(size)), purpose="assistants")
     [upload] = fake_upstream.uploads
-    assert created.bytes == upload.bytes > size and upload.chunks > 1
+    assert created.bytes == size and upload.bytes > size and upload.chunks > 1  # the file part, in its framing
     assert upload.headers["authorization"] == f"Bearer {VALID_OPENAI_KEY}"
     assert int(upload.headers["content-length"]) == upload.bytes  # sent with the client's length, not re-chunked
     raw = PatternFile(size).read(size)

@@ -575,7 +575,8 @@ class _FilesHandler(_OpenAIHandler):
         if not self.check_openai_key():  # after reading the body: an answer before it is often lost to a reset
             return
         size, filename, purpose = self.upload.bytes, "upload", "assistants"
-        if self._small_body is not None:  # a small multipart body: the file part's own size, name and purpose
+        multipart = self.request.headers.get("Content-Type", "").startswith("multipart/form-data")
+        if multipart and self._small_body is not None:  # a small form: the file part's own size, name and purpose
             arguments: dict[str, list[bytes]] = {}
             files: dict[str, list[tornado.httputil.HTTPFile]] = {}
             tornado.httputil.parse_body_arguments(self.request.headers.get("Content-Type", ""), bytes(self._small_body),
