@@ -54,6 +54,7 @@ class KeyVaultApp(ExtensionApp):
         self._guard_kernel_env(manager)
         self._install_output_filters(manager)
         server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.learn_values()))
+        server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.start_lifetimes()))
 
     def initialize_handlers(self):
         self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)

@@ -11,7 +11,7 @@ from tornado import web
 from .. import providers
 from .._version import __version__
 from ..store import NotFound
-from ..web.bodies import metadata_object, parse_credential_write
+from ..web.bodies import expiry_fields, metadata_object, parse_credential_write
 from ..web.headers import ascii_header_value
 from .base import RestHandler
 
@@ -56,7 +56,7 @@ class CredentialHandler(RestHandler):
         self.limit(self.kv.write_limiter, "write")
         info, created = await self.off_loop(
             self.kv.vault.set, self.owner, name, write.value, provider=write.provider, type=write.type,
-            metadata=write.metadata, actor=self.actor,
+            metadata=write.metadata, actor=self.actor, session=write.session, expires_at=write.expires_at,
         )
         self.kv.invalidate(name)
         if created:
@@ -68,14 +68,15 @@ class CredentialHandler(RestHandler):
     @web.authenticated
     @authorized(action="write")
     async def patch(self, raw_name: str):
-        """Metadata-only update (e.g. the per-notebook access list); the value is untouched."""
+        """Metadata (e.g. the per-notebook access list) and/or the expiry; the value is untouched."""
         name = self.name_from_path(raw_name)
         body = self.json_body()
-        if set(body) != {"metadata"}:
-            raise web.HTTPError(422, "send exactly one field, 'metadata' (a JSON object)")
-        if not isinstance(body["metadata"], dict):
+        if not body or set(body) - {"metadata", "expires_at", "expires_in"}:
+            raise web.HTTPError(422, "send 'metadata' (a JSON object) and/or 'expires_at' / 'expires_in'")
+        new_expiry, expires_at = expiry_fields(body)
+        if "metadata" in body and not isinstance(body["metadata"], dict):
             raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
-        metadata = metadata_object(body["metadata"])
+        metadata = metadata_object(body.get("metadata"))
         globs = metadata.get("notebooks")
         if globs is not None and not (isinstance(globs, list) and all(isinstance(g, str) and g for g in globs)):
             raise web.HTTPError(422, "metadata.notebooks must be a list of non-empty glob strings")
@@ -85,10 +86,15 @@ class CredentialHandler(RestHandler):
             current = next((i for i in self.kv.vault.list(self.owner) if i.name == name), None)
             if current is None:
                 raise NotFound(f"no credential named {name} in the vault")
-            kept = dict(metadata)
-            if "hint" in current.metadata:  # server-made; the client can neither set nor drop it
-                kept["hint"] = current.metadata["hint"]
-            return self.kv.vault.update_metadata(self.owner, name, kept, actor=self.actor)
+            info = current
+            if "metadata" in body:
+                kept = dict(metadata)
+                if "hint" in current.metadata:  # server-made; the client can neither set nor drop it
+                    kept["hint"] = current.metadata["hint"]
+                info = self.kv.vault.update_metadata(self.owner, name, kept, actor=self.actor)
+            if new_expiry:
+                info = self.kv.vault.set_expiry(self.owner, name, expires_at, actor=self.actor)
+            return info
 
         info = await self.off_loop(update)
         self.kv.invalidate(name)
@@ -99,8 +105,9 @@ class CredentialHandler(RestHandler):
     async def delete(self, raw_name: str):
         name = self.name_from_path(raw_name)
         self.limit(self.kv.write_limiter, "write")
-        await self.off_loop(self.kv.vault.delete, self.owner, name, actor=self.actor)
-        self.kv.invalidate(name, deleted=True)
+        revocation = await self.off_loop_async(self.kv.delete_credential(name, actor=self.actor))
+        if revocation is not None:  # an OAuth credential: say whether the provider revoked its tokens
+            return self.write_json({"deleted": True, "revocation": revocation})
         self.set_status(204)
         self.finish()
 
@@ -121,6 +128,8 @@ class StatusHandler(RestHandler):
     async def get(self):
         status = await self.off_loop(self.kv.vault.status)
         status.pop("location", None)  # the browser needs no server paths
+        lifetimes = await self.off_loop(self.kv.lifetime_report)
+        status["warnings"] = [*status.get("warnings", []), *lifetimes.pop("warnings")]
         self.write_json({
             **status,
             "version": __version__,
@@ -130,6 +139,7 @@ class StatusHandler(RestHandler):
             "oauth_providers": [p.to_json() for p in self.kv.oauth.providers.values()],
             "isolation": self.kv.isolation_status(),
             "allow_direct_access": self.kv.allow_direct_access,
+            "lifetimes": lifetimes,
         })
 
 

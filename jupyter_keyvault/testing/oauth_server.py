@@ -263,6 +263,8 @@ class _TokenHandler(_Handler):
 
 class _RevokeHandler(_Handler):
     def post(self) -> None:
+        with self.owner.lock:
+            self.owner.revoke_requests.append(dict(_Request(self).form))
         self.reply(self.owner.server.create_endpoint_response("revocation", _Request(self)))
 
 
@@ -303,6 +305,7 @@ class OAuthTestServer:
         self.codes: dict[str, Code] = {}
         self.tokens: list[Token] = []
         self.token_requests: list[str] = []
+        self.revoke_requests: list[dict] = []  # the form of each RFC 7009 revocation request
         self.authorize_requests: list[dict] = []
         self.api_requests: list[dict[str, Any]] = []
         self.server = _Server(self)

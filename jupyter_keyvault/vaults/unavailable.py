@@ -26,7 +26,11 @@ class UnavailableVault:
         raise VaultUnavailable(f"the vault is not available: {self.reason}")
 
     list = info = set = update_metadata = replace_value = delete = resolve = get_value = _refuse
-    audit_events = test = upstream = _refuse
+    audit_events = test = upstream = set_expiry = purge_expired = session_heartbeat = _refuse
+
+    def end_session(self, *_: Any, **__: Any) -> list[str]:
+        """Nothing was held."""
+        return []
 
     def audit(self, *_: Any, **__: Any) -> None:
         """Nothing can be recorded; the refusals themselves are in the server log."""

@@ -4,6 +4,7 @@ server, the hub service's personal and shared PUT, a kernel's `%keyvault set`)."
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -11,10 +12,11 @@ from tornado import web
 
 from .. import providers
 from ..store import InvalidInput
+from ..store.model import SERVER_METADATA_KEYS, parse_expiry
 
 MAX_METADATA_BYTES = 4096
 MAX_DEPTH = 16  # credential bodies are two levels deep; metadata a few more
-CREDENTIAL_FIELDS = frozenset({"value", "provider", "type", "metadata"})
+CREDENTIAL_FIELDS = frozenset({"value", "provider", "type", "metadata", "session", "expires_at", "expires_in"})
 
 
 def _no_constant(name: str):
@@ -55,12 +57,33 @@ def _depth(value: Any, level: int = 1) -> int:
 
 
 def metadata_object(metadata: Any) -> dict[str, Any]:
-    """Client metadata: a JSON object under 4 KiB; `hint` is server-made and dropped."""
+    """Client metadata: a JSON object under 4 KiB; server-made keys (`hint`, lifetimes) are dropped."""
     if metadata is None:  # absent or null: none (`or {}` would let [], "", 0 and false through)
         return {}
     if not isinstance(metadata, dict) or len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
-    return {k: v for k, v in metadata.items() if k != "hint"}
+    return {k: v for k, v in metadata.items() if k not in SERVER_METADATA_KEYS}
+
+
+def expiry_fields(body: dict[str, Any], now: float | None = None) -> tuple[bool, float | None]:
+    """(given, epoch seconds or None) from `expires_at` (ISO 8601 date or time, or null to clear)
+    or `expires_in` (a duration: 90m, 8h, 7d, 2w); both at once is a 422."""
+    now = time.time() if now is None else now
+    if "expires_at" in body and "expires_in" in body:
+        raise web.HTTPError(422, "send either 'expires_at' or 'expires_in', not both")
+    field_name = "expires_at" if "expires_at" in body else "expires_in" if "expires_in" in body else None
+    if field_name is None:
+        return False, None
+    raw = body[field_name]
+    if raw is None and field_name == "expires_at":
+        return True, None
+    if not isinstance(raw, str) or len(raw) > 64:
+        raise web.HTTPError(422, f"field '{field_name}' must be a string: an ISO 8601 date or time (expires_at) "
+                                 "or a duration like 8h or 7d (expires_in)")
+    try:
+        return True, parse_expiry(raw, now)
+    except InvalidInput as exc:
+        raise web.HTTPError(422, f"field '{field_name}': {exc}") from None
 
 
 @dataclass
@@ -70,6 +93,8 @@ class CredentialWrite:
     type: str
     metadata: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    session: bool = False  # memory only: never written to the vault file
+    expires_at: float | None = None
 
 
 def parse_credential_write(name: str, body: dict[str, Any], *, max_value_bytes: int,
@@ -94,8 +119,12 @@ def parse_credential_write(name: str, body: dict[str, Any], *, max_value_bytes: 
     elif not isinstance(provider, str) or provider not in providers.PROVIDERS:
         raise web.HTTPError(422, f"unknown provider; known: {', '.join(providers.PROVIDERS)}")
     metadata = metadata_object(body.get("metadata"))
+    session = body.get("session", False)
+    if not isinstance(session, bool):
+        raise web.HTTPError(422, "field 'session' must be true or false")
+    _, expires_at = expiry_fields(body)
     try:
         warnings = providers.check_key_format(provider, value) if kind == "api_key" else []
     except InvalidInput as exc:
         raise web.HTTPError(422, str(exc)) from None
-    return CredentialWrite(value, provider, kind, metadata, warnings)
+    return CredentialWrite(value, provider, kind, metadata, warnings, session, expires_at)
