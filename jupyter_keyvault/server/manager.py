@@ -8,6 +8,7 @@ it from there (as jupyter_server's handlers read `kernel_manager`) and never see
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import fnmatch
 import json
@@ -76,6 +77,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._rebuild_scheduled = False
         self._fingerprint_salts: dict[str, bytes] = {}
         self._exit_lock: int | None = None  # fd holding delete-on-exit.lock while this server runs
+        self._lifetimes_stopped = False
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
 
     # -- kernels
@@ -393,9 +395,16 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         task = asyncio.ensure_future(self._lifetime_loop())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        # A SIGINT that ends jupyter_server's loop with KeyboardInterrupt (JupyterHub stops servers so) skips
+        # the extensions' stop hooks; the interpreter's exit still runs this.
+        atexit.register(self._stop_lifetimes)
 
     def _stop_lifetimes(self) -> None:
-        """At a clean stop (blocking): delete_on_exit, and session-only credentials end."""
+        """At a clean stop (blocking; once): delete_on_exit, and session-only credentials end."""
+        if self._lifetimes_stopped:
+            return
+        self._lifetimes_stopped = True
+        atexit.unregister(self._stop_lifetimes)
         try:
             if self._exit_lock is not None:
                 self._delete_on_exit("server stopped")

@@ -408,6 +408,10 @@ class Vault:
                                              "ok", "session-only, " + ("created" if created else "replaced")))
         return rec, created
 
+    def lookup_record(self, owner: str, name: str) -> CredentialRecord | None:
+        """The record of `name`, session-only or stored (sealed value, plaintext metadata), or None."""
+        return self._record(validate_owner(owner), validate_name(name))
+
     def _record(self, owner: str, name: str) -> CredentialRecord | None:
         rec = self._session.get((owner, name))
         return rec if rec is not None else self.backend.get_credential(owner, name)

@@ -9,7 +9,7 @@ import json
 from tornado import web
 
 from ..._version import __version__
-from ...web.bodies import metadata_object
+from ...web.bodies import expiry_fields, metadata_object
 from ...web.errors import http_errors
 from ..common import personal_owner
 from .base import ServiceBase, shared_json
@@ -54,7 +54,10 @@ class CredentialHandler(ServiceBase):
         write = self.credential_write(name)
         owner = personal_owner(self.username)
         info, created = await self.off_loop(self.kv.vault.set, owner, name, write.value, provider=write.provider,
-                                            type=write.type, metadata=write.metadata, actor=self.username)
+                                            type=write.type, metadata=write.metadata, actor=self.username,
+                                            session=write.session, expires_at=write.expires_at)
+        if write.session:  # held while the user's server beats (or until it says it stopped)
+            self.kv.heartbeat(self.username)
         self.kv.invalidate(owner, name)
         if created:
             self.set_header("Location", f"{self.kv.service_prefix}api/credentials/{name}")
@@ -63,14 +66,20 @@ class CredentialHandler(ServiceBase):
         self.finish()
 
     async def patch(self, raw_name: str):
-        """Metadata only (e.g. the per-notebook access list a user's server keeps here)."""
+        """Metadata (e.g. the per-notebook access list a user's server keeps here) and/or the expiry."""
         name = self.name_from_path(raw_name)
         body = self.json_body()
-        if set(body) != {"metadata"} or not isinstance(body["metadata"], dict):
-            raise web.HTTPError(422, "send exactly one field, 'metadata' (a JSON object)")
+        if not body or set(body) - {"metadata", "expires_at", "expires_in"} or (
+                "metadata" in body and not isinstance(body["metadata"], dict)):
+            raise web.HTTPError(422, "send 'metadata' (a JSON object) and/or 'expires_at' / 'expires_in'")
+        new_expiry, expires_at = expiry_fields(body)
         owner = personal_owner(self.username)
-        info = await self.off_loop(self.kv.vault.update_metadata, owner, name, metadata_object(body["metadata"]),
-                                   actor=self.username)
+        info = None
+        if "metadata" in body:
+            info = await self.off_loop(self.kv.vault.update_metadata, owner, name, metadata_object(body["metadata"]),
+                                       actor=self.username)
+        if new_expiry:
+            info = await self.off_loop(self.kv.vault.set_expiry, owner, name, expires_at, actor=self.username)
         self.kv.invalidate(owner, name)
         self.write_json(info.to_json())
 
@@ -100,6 +109,20 @@ class CredentialTestHandler(ServiceBase):
     async def post(self, raw_name: str):
         name = self.name_from_path(raw_name)
         self.write_json(await self.test_credential(personal_owner(self.username), name))
+
+
+class SessionHandler(ServiceBase):
+    """The user's server says it runs (POST, a heartbeat) or stopped (DELETE): session-only credentials
+    live while heartbeats come, and end at once on DELETE."""
+
+    async def post(self):
+        self.kv.heartbeat(self.username)
+        self.set_status(204)
+        self.finish()
+
+    async def delete(self):
+        ended = await self.off_loop(self.kv.end_session, self.username, "the server stopped")
+        self.write_json({"ended": ended})
 
 
 class UsageHandler(ServiceBase):
