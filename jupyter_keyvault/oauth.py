@@ -29,7 +29,8 @@ OAUTH_TYPE = "oauth2"
 STATE_TTL_SECONDS = 600
 _AUTH_METHODS = ("client_secret_post", "client_secret_basic", "none")
 _PROVIDER_KEYS = {"display_name", "authorize_url", "token_url", "scopes", "client_id", "api_base_url",
-                  "revoke_url", "revocation_endpoint", "extra_authorize_params", "client_secret_credential", "token_endpoint_auth_method"}
+                  "revoke_url", "revocation_endpoint", "extra_authorize_params", "client_secret_credential",
+                  "token_endpoint_auth_method"}
 
 GOOGLE_EXAMPLE = {
     "display_name": "Google",

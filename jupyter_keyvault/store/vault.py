@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hmac
 import logging
 import os
@@ -616,7 +617,7 @@ class Vault:
         return self.backend.count_credentials(owner) + held
 
     # -- lifetimes
-    def purge_expired(self, owner: str | None = None) -> list[tuple[str, str]]:
+    def purge_expired(self, owner: str | None = None) -> builtins.list[tuple[str, str]]:
         """Destroy every expired value (of `owner`, else of all owners): the record goes, an
         "expire" audit row stays. Returns (owner, name) of each one purged. Scans the records,
         so callers on an event loop run it in a thread."""
@@ -642,7 +643,7 @@ class Vault:
                 purged.append((rec.owner, rec.name))
         return purged
 
-    def end_session(self, owner: str, *, actor: str | None = None, reason: str = "session ended") -> list[str]:
+    def end_session(self, owner: str, *, actor: str | None = None, reason: str = "session ended") -> builtins.list[str]:
         """Forget every session-only value of `owner` (their server stopped); returns the names."""
         with self._lock:
             keys = [k for k in self._session if k[0] == owner]

@@ -133,7 +133,7 @@ class HubVaultClient:
             metadata: Mapping[str, Any] | None = None, actor: str | None = None, action: str = "set",
             session: bool = False, expires_at: float | None = None):
         """`session`: the service holds the value in its memory for as long as this server runs."""
-        body = {"value": value, "type": type, "metadata": dict(metadata or {})}
+        body: dict[str, Any] = {"value": value, "type": type, "metadata": dict(metadata or {})}
         if provider is not None:
             body["provider"] = provider
         if session:
