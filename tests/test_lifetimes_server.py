@@ -134,3 +134,28 @@ async def test_given_an_old_key_then_it_is_stale_in_the_listing_and_status_and_a
     await rest("PUT", "keyvault/api/credentials/OPENAI_API_KEY", {"value": VALID_OPENAI_KEY})  # rotated
     item = (await listing(rest))["OPENAI_API_KEY"]
     assert item["stale"] is False and item["age_days"] == 0
+
+
+async def test_given_the_set_magic_with_session_and_expires_when_used_from_a_kernel_then_it_works_and_stays_off_disk(
+        server_kernel, fake_upstream, keyvault_app, keyvault_config, canary):
+    from pathlib import Path
+
+    from jupyter_keyvault.testing.fake_upstream import REPLY_TEXT
+
+    fake_upstream.valid_keys.add(canary)
+    kernel = await server_kernel("session.ipynb")
+    result = await kernel.execute("%load_ext keyvault\n%keyvault set --session --expires 8h OPENAI_API_KEY",
+                                  stdin=[canary])
+    assert result.error is None and "for this session only, expires" in result.stdout, result.text
+    listed = await kernel.execute("%keyvault list")
+    assert "session, expires" in listed.stdout, listed.text
+    chat = await kernel.execute(
+        "import keyvault\nr = keyvault.openai().chat.completions.create(model='m', "
+        "messages=[{'role': 'user', 'content': 'hi'}])\nprint('REPLY', r.choices[0].message.content)")
+    assert f"REPLY {REPLY_TEXT}" in chat.stdout, chat.text
+    assert fake_upstream.received_keys()[-1] == canary
+    info = keyvault_app.vault.info(keyvault_app.owner, "OPENAI_API_KEY")
+    assert info.session and info.expires_at is not None
+    vault_dir = Path(keyvault_config["vault_path"]).parent
+    assert all(canary.encode() not in p.read_bytes() for p in vault_dir.iterdir() if p.is_file())
+    assert canary not in result.text + listed.text + chat.text

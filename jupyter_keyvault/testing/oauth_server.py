@@ -387,4 +387,4 @@ class OAuthTestServer:
             self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
             self._thread.join(10)
-        self._thread = None
+        self._thread = self._loop = None  # a second stop (a test's, then the fixture's) does nothing
