@@ -156,3 +156,46 @@ def test_given_dates_and_times_then_they_are_utc_unless_an_offset_is_named():
 def test_given_a_bad_or_past_expiry_then_a_clear_error(text):
     with pytest.raises(InvalidInput, match="expiry"):
         parse_expiry(text, 1_800_000_000.0)
+
+
+def test_given_an_export_then_an_expiry_travels_with_its_value_and_one_expired_since_is_skipped_on_import(
+        lvault, clock, vault_path, master_key, tmp_path):
+    from jupyter_keyvault.store.backup import import_backup
+
+    lvault.set("alice", "SOON_KEY", "soon-value-123", expires_at=clock.now + 3600)
+    lvault.set("alice", "LATER_KEY", "later-value-123", expires_at=clock.now + 10 * 86400)
+    lvault.set("alice", "PLAIN_KEY", "plain-value-123")
+    data = export_backup(lvault, "alice", "backup-passphrase")
+    other = Vault(SQLiteBackend(tmp_path / "other" / "vault.db"), env={"KEYVAULT_MASTER_KEY": master_key})
+    try:
+        # Imported a day later (real clock: the export's expiries are relative to the fake one).
+        import time
+
+        a_day_later = _shift_expiries(data, clock.now - time.time() + 86400)
+        imported, skipped = import_backup(other, "alice", a_day_later, "backup-passphrase")
+        assert sorted(imported) == ["LATER_KEY", "PLAIN_KEY"] and skipped == ["SOON_KEY"]
+        assert other.info("alice", "LATER_KEY").expires_at is not None
+        assert other.info("alice", "PLAIN_KEY").expires_at is None
+    finally:
+        other.close()
+
+
+def _shift_expiries(data: bytes, seconds: float) -> bytes:
+    """Re-seal a backup with its expiries moved (what a day passing does to them)."""
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from jupyter_keyvault.store.backup import _aad, _derive, read_backup
+
+    items = read_backup(data, "backup-passphrase")
+    for item in items:
+        if item["expires_at"] is not None:
+            item["expires_at"] -= seconds
+    doc = json.loads(data)
+    header = {k: doc[k] for k in ("format", "version", "created_at", "count", "kdf")}
+    nonce = base64.b64decode(doc["nonce"])
+    sealed = AESGCM(_derive("backup-passphrase", header["kdf"])).encrypt(nonce, json.dumps(items).encode(),
+                                                                          _aad(header))
+    return json.dumps({**doc, "ciphertext": base64.b64encode(sealed).decode()}).encode()
