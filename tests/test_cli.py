@@ -252,7 +252,7 @@ def test_given_piped_values_when_set_list_status_audit_delete_then_they_work_and
 
     # When listing as a table
     table = cli.ok("list").out.splitlines()
-    assert table[0].split() == ["NAME", "PROVIDER", "TYPE", "SOURCE", "UPDATED", "LAST", "USED"]
+    assert table[0].split() == ["NAME", "PROVIDER", "TYPE", "SOURCE", "UPDATED", "LAST", "USED", "AGE", "LIFETIME"]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert set(rows) == {"OPENAI_API_KEY", "SECOND_KEY", "WINDOWS_KEY"}
     assert rows["OPENAI_API_KEY"][1:4] == ["openai", "api_key", "vault"]
