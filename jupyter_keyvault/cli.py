@@ -139,37 +139,72 @@ def read_passphrase(confirm: bool) -> str:
 
 class ListCommand(_Command):
     name = "jupyter keyvault list"
-    description = "List credentials (names, providers, timestamps; never values)."
+    description = ("List credentials (names, providers, timestamps, lifetimes; never values). --stale: only "
+                   "those older than c.KeyVault.key_age_warning_days, or expired.")
+    stale_only = Bool(False, help="Only credentials due for rotation: stale or expired.").tag(config=True)
+    flags = {**_Command.flags, "stale": ({"ListCommand": {"stale_only": True}},
+                                         "Only credentials older than key_age_warning_days, or expired.")}
 
     def run(self):
+        now, warn_after = time.time(), self.key_age_warning_days * 86400
         items = self.vault().list(self.owner)
+        if self.stale_only:
+            items = [i for i in items if i.stale(now, warn_after) or i.expired(now)]
         if self.json_output:
-            self.out(json.dumps([i.to_json() for i in items], indent=1))
+            self.out(json.dumps([{**i.to_json(), "stale": i.stale(now, warn_after)} for i in items], indent=1))
             return
         if not items:
-            self.out("No credentials yet. Add one with: jupyter keyvault set OPENAI_API_KEY")
+            self.out("No stale or expired credentials." if self.stale_only
+                     else "No credentials yet. Add one with: jupyter keyvault set OPENAI_API_KEY")
             return
-        rows = [("NAME", "PROVIDER", "TYPE", "SOURCE", "UPDATED", "LAST USED")]
+        rows = [("NAME", "PROVIDER", "TYPE", "SOURCE", "UPDATED", "LAST USED", "AGE", "LIFETIME")]
         rows += [(i.name, i.provider or "-", i.type, i.source, _fmt_time(i.updated_at if i.source == "vault" else None),
-                  _fmt_time(i.last_used_at)) for i in items]
+                  _fmt_time(i.last_used_at), f"{int((now - i.value_created_at) // 86400)}d" if i.source == "vault"
+                  else "-", _lifetime(i, now, warn_after)) for i in items]
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         for r in rows:
             self.out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _lifetime(info, now: float, warn_after: float) -> str:
+    parts = ["session"] if info.session else []
+    if info.expired(now):
+        parts.append("EXPIRED")
+    elif info.expires_at is not None:
+        parts.append(f"expires {_fmt_time(info.expires_at)}")
+    if info.stale(now, warn_after):
+        parts.append("STALE: rotate")
+    return ", ".join(parts) or "-"
+
+
+SESSION_NOT_HERE = ("--session: a session-only value lives in a running Jupyter server's memory, and this command "
+                    "ends at once; store it from the Key Vault sidebar, `%keyvault set --session NAME` or REST "
+                    "PUT {\"session\": true}. Nothing was stored.")
+
+
 class SetCommand(_Command):
     name = "jupyter keyvault set"
     description = "Store a credential. The value is read without echo, or from stdin when piped."
-    usage = "NAME [--provider P] [--type api_key|oauth2|custom|oauth_client_secret]"
+    usage = "NAME [--provider P] [--type api_key|oauth2|custom|oauth_client_secret] [--expires 8h|7d|2026-12-24]"
     min_args = max_args = 1
     provider = Unicode(None, allow_none=True, help="Provider id (openai, anthropic, …).").tag(config=True)
     credential_type = Unicode("api_key", help="Credential type.").tag(config=True)
-    aliases = {**_Command.aliases, "provider": "SetCommand.provider", "type": "SetCommand.credential_type"}
+    expires = Unicode(None, allow_none=True, help="When it expires: a duration (90m, 8h, 7d, 2w) or an ISO 8601 "
+                      "date or time (2026-12-24, UTC). Expired credentials are refused, then destroyed.",
+                      ).tag(config=True)
+    session = Bool(False, help="Refused here (see SESSION_NOT_HERE).").tag(config=True)
+    aliases = {**_Command.aliases, "provider": "SetCommand.provider", "type": "SetCommand.credential_type",
+               "expires": "SetCommand.expires"}
+    flags = {**_Command.flags, "session": ({"SetCommand": {"session": True}},
+                                           "Session-only values are set in a running server, not here.")}
 
     def run(self):
-        from .store.model import validate_name
+        from .store.model import parse_expiry, validate_name
 
+        if self.session:
+            raise CommandError(SESSION_NOT_HERE)
         name = validate_name(self.extra_args[0])
+        expires_at = parse_expiry(self.expires, time.time()) if self.expires is not None else None
         provider = self.provider
         if provider is not None:
             providers.get_provider(provider)
@@ -181,8 +216,10 @@ class SetCommand(_Command):
         if self.credential_type == "api_key":
             for warning in providers.check_key_format(provider, value):
                 self.warn(warning)
-        _, created = vault.set(self.owner, name, value, provider=provider, type=self.credential_type)
-        self.out(f"{'Stored' if created else 'Replaced'} {name}" + (f" ({provider})" if provider else ""))
+        _, created = vault.set(self.owner, name, value, provider=provider, type=self.credential_type,
+                               expires_at=expires_at)
+        self.out(f"{'Stored' if created else 'Replaced'} {name}" + (f" ({provider})" if provider else "")
+                 + (f", expires {_fmt_time(expires_at)}" if expires_at is not None else ""))
 
 
 class DeleteCommand(_Command):
@@ -192,8 +229,33 @@ class DeleteCommand(_Command):
     min_args = max_args = 1
 
     def run(self):
-        self.vault().delete(self.owner, self.extra_args[0])
-        self.out(f"Deleted {self.extra_args[0].strip()}")
+        from .store.model import validate_name
+
+        name = validate_name(self.extra_args[0])
+        vault = self.vault()
+        revocation = self._revoke(vault, name)
+        vault.delete(self.owner, name)
+        self.out(f"Deleted {name}")
+        if revocation is not None and revocation["ok"]:
+            self.out(f"Revoked at the provider: {revocation['detail']}")
+        elif revocation is not None:  # deleted here all the same; the tokens may still work there
+            self.warn(f"{name}: tokens not revoked at the provider: {revocation['detail']}")
+
+    def _revoke(self, vault, name: str) -> dict | None:
+        """An OAuth credential's tokens are revoked at its provider first (RFC 7009), where configured."""
+        import asyncio
+
+        from .oauth import OAUTH_TYPE, OAuthManager, build_providers
+        from .store import NotFound
+
+        try:
+            info = vault.info(self.owner, name)
+        except NotFound:
+            return None  # the delete says so
+        if info.type != OAUTH_TYPE:
+            return None
+        manager = OAuthManager(vault, self.owner, build_providers(self.oauth_providers), timeout=self.test_timeout)
+        return asyncio.run(manager.revoke(name, dict(info.metadata), actor=self.owner))
 
 
 class TestCommand(_Command):
@@ -235,6 +297,11 @@ class StatusCommand(_Command):
 
         status = {**self.vault().status(with_paths=True), "owner": self.owner, "version": __version__,
                   "isolation": isolation_status(self.isolate_kernels), "allow_direct_access": self.allow_direct_access}
+        status["lifetimes"] = self._lifetimes()
+        status["warnings"] += [f"{n} has expired: it is refused until it gets a new value" for n in
+                               status["lifetimes"]["expired"]]
+        status["warnings"] += [f"{n} is older than {self.key_age_warning_days} days: rotate it" for n in
+                               status["lifetimes"]["stale"]]
         if self.json_output:
             self.out(json.dumps(status, indent=1))
             return
@@ -254,6 +321,17 @@ class StatusCommand(_Command):
         self.out(f"Direct mode: {'allowed' if status['allow_direct_access'] else 'off (proxy mode only)'}")
         for w in status["warnings"]:
             self.out(f"Warning:     {w}")
+
+
+    def _lifetimes(self) -> dict:
+        now, warn_after = time.time(), self.key_age_warning_days * 86400
+        try:
+            items = [i for i in self.vault().list(self.owner) if i.source == "vault"]
+        except VaultError:  # a damaged vault is explained by the status itself
+            items = []
+        return {"expired": [i.name for i in items if i.expired(now)],
+                "stale": [i.name for i in items if i.stale(now, warn_after)],
+                "key_age_warning_days": self.key_age_warning_days}
 
 
 class RotateCommand(_Command):

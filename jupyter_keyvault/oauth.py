@@ -29,7 +29,8 @@ OAUTH_TYPE = "oauth2"
 STATE_TTL_SECONDS = 600
 _AUTH_METHODS = ("client_secret_post", "client_secret_basic", "none")
 _PROVIDER_KEYS = {"display_name", "authorize_url", "token_url", "scopes", "client_id", "api_base_url",
-                  "revoke_url", "extra_authorize_params", "client_secret_credential", "token_endpoint_auth_method"}
+                  "revoke_url", "revocation_endpoint", "extra_authorize_params", "client_secret_credential",
+                  "token_endpoint_auth_method"}
 
 GOOGLE_EXAMPLE = {
     "display_name": "Google",
@@ -92,6 +93,11 @@ def validate_providers(value: Any) -> dict[str, dict[str, Any]]:
             raise ValueError(f"oauth_providers[{pid!r}] must be a dict")
         if "client_secret" in conf:
             raise ValueError(f"oauth_providers[{pid!r}]: never put the client secret in config")
+        if "revocation_endpoint" in conf:  # RFC 8414's name for it; revoke_url is the older spelling
+            if conf.get("revoke_url") and conf["revoke_url"] != conf["revocation_endpoint"]:
+                raise ValueError(f"oauth_providers[{pid!r}]: revoke_url and revocation_endpoint disagree; give one")
+            conf = {**{k: v for k, v in conf.items() if k != "revocation_endpoint"},
+                    "revoke_url": conf["revocation_endpoint"]}
         unknown = set(conf) - _PROVIDER_KEYS
         if unknown:
             raise ValueError(f"oauth_providers[{pid!r}]: unknown key(s) {', '.join(sorted(unknown))}")
@@ -265,6 +271,47 @@ class OAuthManager:
                           "needs_reauth": False}}
         await asyncio.to_thread(self.vault.set, self.owner, flow.name, json.dumps(payload), provider=None,
                                 type=OAUTH_TYPE, metadata=meta, actor=actor, action="oauth_connect")
+
+    # -- revocation (RFC 7009)
+    async def revoke(self, name: str, metadata: dict[str, Any], *, actor: str) -> dict[str, Any]:
+        """Revoke a credential's tokens at its provider: the refresh token (which ends the grant at most
+        providers), then the access token. Never raises: the outcome is returned and audited, so the
+        caller deletes locally whatever the provider says."""
+        oauth_meta = metadata.get("oauth") or {}
+        provider = self.providers.get(oauth_meta.get("provider") or "")
+        if provider is None or not provider.revoke_url:
+            outcome = {"ok": False, "attempted": False,
+                       "detail": "no revocation endpoint is configured for this provider: its tokens stay valid "
+                                 "there until they expire"}
+        else:
+            outcome = await self._revoke_at(name, provider)
+        await asyncio.to_thread(self.vault.audit, self.owner, "revoke", name, "ok" if outcome["ok"] else "failed",
+                                actor=actor, detail=outcome["detail"])
+        return outcome
+
+    async def _revoke_at(self, name: str, provider: OAuthProvider) -> dict[str, Any]:
+        try:
+            raw = await asyncio.to_thread(self.vault.get_value, self.owner, name, purpose="revoke", touch=False)
+            payload = json.loads(raw)
+            secret = await asyncio.to_thread(self._client_secret, provider)
+        except (VaultError, ValueError) as exc:
+            return {"ok": False, "attempted": False, "detail": f"not revoked: {exc}"}
+        tokens = [(payload.get(kind), kind) for kind in ("refresh_token", "access_token") if payload.get(kind)]
+        revoked = []
+        async with self._client(provider, secret) as client:
+            for token, hint in tokens:
+                try:
+                    resp = await client.revoke_token(provider.revoke_url, token=token, token_type_hint=hint)
+                except Exception as exc:  # noqa: BLE001 - httpx transport errors: a clear, value-free line
+                    return {"ok": False, "attempted": True,
+                            "detail": f"{provider.display_name} revocation endpoint unreachable ({type(exc).__name__})"}
+                if resp.status_code != 200:
+                    return {"ok": False, "attempted": True,
+                            "detail": f"{provider.display_name} refused to revoke the {hint.replace('_', ' ')} "
+                                      f"(HTTP {resp.status_code})"}
+                revoked.append(hint.replace("_", " "))
+        return {"ok": True, "attempted": True,
+                "detail": f"{provider.display_name} revoked the {' and the '.join(revoked) or 'grant'}"}
 
     # -- use
     def _read(self, name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:

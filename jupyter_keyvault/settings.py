@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import Configurable
 
 from . import providers
@@ -290,6 +290,53 @@ class KeyVault(Configurable):
     server_url = Unicode(
         "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
     ).tag(config=True)
+
+    # -- credential lifetimes (docs/lifetimes.md)
+    delete_on_exit = Union(
+        [Bool(), Unicode(), List(Unicode())], default_value=[],
+        help="Credentials deleted when this server stops: a list of names, or 'all' (True) for every stored "
+        "credential. On a clean stop they are deleted then; after a crash (SIGKILL, power loss), on the next "
+        "start. For shared machines where keys must not outlive the working session.",
+    ).tag(config=True)
+
+    @validate("delete_on_exit")
+    def _validate_delete_on_exit(self, proposal):
+        from .store import InvalidInput, validate_name
+
+        value = proposal["value"]
+        if value is True or value == "all":
+            return "all"
+        if value is False or value == "":
+            return []
+        if isinstance(value, str):
+            value = [value]
+        try:
+            return [validate_name(n) for n in value]
+        except InvalidInput as exc:
+            raise TraitError(f"KeyVault.delete_on_exit: {exc}") from None
+
+    key_age_warning_days = Int(
+        90, help="A stored value older than this many days is reported as stale (status, the sidebar, the panel, "
+        "`jupyter keyvault list --stale`) so it gets rotated. 0 turns the warning off.",
+    ).tag(config=True)
+
+    @validate("key_age_warning_days")
+    def _validate_key_age_warning_days(self, proposal):
+        if not 0 <= proposal["value"] <= 3660:
+            raise TraitError("KeyVault.key_age_warning_days must be between 0 (off) and 3660")
+        return proposal["value"]
+
+    expiry_check_seconds = Float(
+        60.0, help="How often the server destroys expired credentials (and, in hub mode, tells the keyvault "
+        "service it is still running, which keeps its session-only credentials alive). Expired values are "
+        "refused from the moment they expire, whatever this is.",
+    ).tag(config=True)
+
+    @validate("expiry_check_seconds")
+    def _validate_expiry_check_seconds(self, proposal):
+        if not 0.05 <= proposal["value"] <= 3600:
+            raise TraitError("KeyVault.expiry_check_seconds must be between 0.05 and 3600")
+        return proposal["value"]
 
     def credential_env_names(self) -> set[str]:
         return providers.credential_env_names() | set(self.env_credentials)

@@ -251,3 +251,49 @@ def test_given_a_damaged_vault_when_the_sidebar_opens_then_it_says_the_vault_is_
     finally:
         server.stop()
     assert vault.read_bytes() == b""
+
+
+def test_given_lifetimes_when_the_sidebar_lists_keys_then_the_session_checkbox_works_and_expired_and_stale_are_badged(
+        lab, browser_page, fake_upstream):
+    import sqlite3
+    import urllib.request
+
+    page, recorder = browser_page
+    canary = "sk-proj-CANARY" + secrets.token_hex(20)
+
+    def put(name: str, body: dict) -> None:
+        req = urllib.request.Request(f"{lab.url}/keyvault/api/credentials/{name}", method="PUT",
+                                     data=json.dumps(body).encode(),
+                                     headers={**lab.headers, "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 201
+
+    put("OLD_KEY", {"value": "sk-proj-" + "O" * 40})
+    put("SHORT_KEY", {"value": "sk-proj-" + "S" * 40, "expires_in": "1s"})
+    with sqlite3.connect(lab.vault_path) as db:  # as if OLD_KEY's value were set 120 days ago
+        meta = json.loads(db.execute("SELECT metadata FROM credentials WHERE name = 'OLD_KEY'").fetchone()[0])
+        meta["value_set_at"] -= 120 * 86400
+        db.execute("UPDATE credentials SET metadata = ? WHERE name = 'OLD_KEY'", (json.dumps(meta),))
+    time.sleep(1.2)
+
+    page.goto(lab.lab_url())
+    open_sidebar(page)
+    page.wait_for_selector(f'{SIDEBAR} tr.kv-item[data-name="OLD_KEY"] .kv-badge-stale')
+    page.wait_for_selector(f'{SIDEBAR} tr.kv-item[data-name="SHORT_KEY"] .kv-badge-expired')
+    assert page.locator(f'{SIDEBAR} tr.kv-item[data-name="OLD_KEY"] .kv-badge-expired').count() == 0
+    assert "OLD_KEY is older than 90 days" in page.locator(f"{SIDEBAR} .kv-warnings").inner_text()
+
+    sidebar = page.locator(SIDEBAR)
+    sidebar.locator(".kv-session").check()
+    save_key(page, "OPENAI_API_KEY", canary)
+    page.wait_for_selector(f"{SIDEBAR} .kv-message:has-text('Saved OPENAI_API_KEY for this session only.')")
+    page.wait_for_selector(f'{SIDEBAR} tr.kv-item[data-name="OPENAI_API_KEY"] .kv-badge-session')
+    assert not sidebar.locator(".kv-session").is_checked()  # the next key is stored unless asked again
+    assert page.locator(f'{SIDEBAR} tr.kv-item[data-name="OLD_KEY"] .kv-badge-session').count() == 0
+    page.locator(".jp-SideBar.jp-mod-left, #jp-left-stack").first.wait_for()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMAGES / "sidebar-lifetimes.png"), clip={"x": 0, "y": 0, "width": 700, "height": 800})
+
+    assert places_in_page(page, canary) == [] and recorder.where(canary) == []
+    on_disk = b"".join(p.read_bytes() for p in lab.root.rglob("*") if p.is_file() and p.suffix != ".png")
+    assert canary.encode() not in on_disk

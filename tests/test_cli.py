@@ -252,7 +252,7 @@ def test_given_piped_values_when_set_list_status_audit_delete_then_they_work_and
 
     # When listing as a table
     table = cli.ok("list").out.splitlines()
-    assert table[0].split() == ["NAME", "PROVIDER", "TYPE", "SOURCE", "UPDATED", "LAST", "USED"]
+    assert table[0].split() == ["NAME", "PROVIDER", "TYPE", "SOURCE", "UPDATED", "LAST", "USED", "AGE", "LIFETIME"]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert set(rows) == {"OPENAI_API_KEY", "SECOND_KEY", "WINDOWS_KEY"}
     assert rows["OPENAI_API_KEY"][1:4] == ["openai", "api_key", "vault"]
@@ -939,3 +939,44 @@ def test_given_writes_still_only_in_the_wal_when_backed_up_then_the_copy_has_the
     cli.fail("backup", backup, match="exists; use --force")
     cli.ok("backup", backup, "--force")
     cli.fail("backup", cli.vault_db, "--force", match="is the vault itself")
+
+
+# --------------------------------------------------------------------------------------
+# Lifetimes: --expires, --session (refused here), list --stale
+# --------------------------------------------------------------------------------------
+
+
+def test_given_expires_when_set_then_listed_with_its_expiry_and_a_past_or_bad_one_is_refused(cli, canary):
+    cli.secrets.add(canary)
+    res = cli.ok("set", "OPENAI_API_KEY", "--expires", "8h", input=canary)
+    assert "expires" in res.out
+    item = cli.list_json()[0]
+    assert item["lifetime"] == "stored" and item["expires_at"] and item["expired"] is False
+    cli.fail("set", "OTHER_KEY", "--expires", "2001-01-01", input="other-value-123456", match="past")
+    cli.fail("set", "OTHER_KEY", "--expires", "someday", input="other-value-123456", match="expiry")
+    assert [i["name"] for i in cli.list_json()] == ["OPENAI_API_KEY"]
+
+
+def test_given_session_on_the_cli_then_it_is_refused_with_where_to_do_it_and_nothing_is_stored(cli, canary):
+    cli.secrets.add(canary)
+    cli.fail("set", "OPENAI_API_KEY", "--session", input=canary, match="running Jupyter server")
+    assert cli.list_json() == []
+
+
+def test_given_an_old_key_when_listing_stale_then_only_it_is_shown_and_status_warns(cli):
+    import sqlite3
+
+    cli.ok("set", "OLD_KEY", input="old-value-123456789")
+    cli.ok("set", "NEW_KEY", input="new-value-123456789")
+    with sqlite3.connect(cli.vault_db) as db:  # as if OLD_KEY's value were set 200 days ago
+        row = db.execute("SELECT metadata FROM credentials WHERE name = 'OLD_KEY'").fetchone()
+        meta = json.loads(row[0])
+        meta["value_set_at"] -= 200 * 86400
+        db.execute("UPDATE credentials SET metadata = ? WHERE name = 'OLD_KEY'", (json.dumps(meta),))
+
+    stale = cli.ok("list", "--stale")
+    assert "OLD_KEY" in stale.out and "NEW_KEY" not in stale.out and "STALE" in stale.out
+    assert [i["name"] for i in cli.list_json()] == ["NEW_KEY", "OLD_KEY"]
+    status = json.loads(cli.ok("status", "--json").out)
+    assert status["lifetimes"]["stale"] == ["OLD_KEY"]
+    assert any("OLD_KEY is older than 90 days" in w for w in status["warnings"])

@@ -6,6 +6,7 @@ authorization server approves consent at once, requires PKCE S256 and rotates re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -343,3 +344,71 @@ def test_given_bad_provider_config_then_a_clear_trait_error(bad, message):
         KeyVault(oauth_providers={"google": conf})
     assert KeyVault(oauth_providers={"google": GOOGLE_EXAMPLE}).oauth_providers["google"]["client_secret_credential"] \
         == "OAUTH_GOOGLE_CLIENT_SECRET"
+
+
+async def test_given_a_connected_credential_when_deleted_then_its_tokens_are_revoked_at_the_provider_rfc7009(
+        open_browser, server_url, jp_base_url, jp_fetch, oauth_as, keyvault_app):
+    browser = await open_browser()
+    await connect(browser, server_url, jp_base_url)
+    issued = oauth_as.tokens[0]
+    api = oauth_as.url + "/api/me"
+    async with httpx.AsyncClient(trust_env=False) as direct:
+        assert (await direct.get(api, headers={"Authorization": f"Bearer {issued.access_token}"})).status_code == 200
+
+        response = await jp_fetch("keyvault", "api", "credentials", "DRIVE", method="DELETE")
+
+        assert response.code == 200
+        body = json.loads(response.body)
+        assert body["deleted"] is True and body["revocation"]["ok"] is True, body
+        assert "revoked" in body["revocation"]["detail"]
+        hints = [r.get("token_type_hint") for r in oauth_as.revoke_requests]
+        assert hints == ["refresh_token", "access_token"] and issued.revoked
+        assert (await direct.get(api, headers={"Authorization": f"Bearer {issued.access_token}"})).status_code == 401
+    assert "DRIVE" not in await credentials(jp_fetch)
+    for value in issued_secrets(oauth_as):
+        assert value not in response.body.decode()
+    revoke = [e for e in await audit(jp_fetch) if e["action"] == "revoke"]
+    assert revoke and revoke[0]["target"] == "DRIVE" and revoke[0]["outcome"] == "ok"
+
+
+async def test_given_the_provider_is_unreachable_when_an_oauth_credential_is_deleted_then_it_is_deleted_locally_and_the_failure_reported(
+        open_browser, server_url, jp_base_url, jp_fetch, oauth_as, keyvault_app):
+    browser = await open_browser()
+    await connect(browser, server_url, jp_base_url)
+    oauth_as.stop()  # the authorization server is gone
+
+    response = await jp_fetch("keyvault", "api", "credentials", "DRIVE", method="DELETE")
+
+    body = json.loads(response.body)
+    assert response.code == 200 and body["revocation"]["ok"] is False and body["revocation"]["attempted"] is True
+    assert "unreachable" in body["revocation"]["detail"]
+    assert "DRIVE" not in await credentials(jp_fetch)
+    events = await audit(jp_fetch)
+    assert any(e["action"] == "revoke" and e["outcome"] == "failed" and e["target"] == "DRIVE" for e in events)
+    assert any(e["action"] == "delete" and e["outcome"] == "ok" and e["target"] == "DRIVE" for e in events)
+
+
+async def test_given_no_revocation_endpoint_when_an_oauth_credential_is_deleted_then_the_outcome_says_so(
+        open_browser, server_url, jp_base_url, jp_fetch, oauth_as, keyvault_app):
+    browser = await open_browser()
+    await connect(browser, server_url, jp_base_url)
+    keyvault_app.oauth.providers[PROVIDER] = dataclasses.replace(keyvault_app.oauth.providers[PROVIDER],
+                                                                 revoke_url=None)
+
+    body = json.loads((await jp_fetch("keyvault", "api", "credentials", "DRIVE", method="DELETE")).body)
+
+    assert body["revocation"] == {"ok": False, "attempted": False, "detail": body["revocation"]["detail"]}
+    assert "no revocation endpoint" in body["revocation"]["detail"] and oauth_as.revoke_requests == []
+    assert "DRIVE" not in await credentials(jp_fetch)
+
+
+def test_given_revocation_endpoint_in_config_then_it_is_the_revoke_url_and_a_disagreement_is_refused():
+    from jupyter_keyvault.oauth import validate_providers
+
+    conf = {"authorize_url": "https://as.example/a", "token_url": "https://as.example/t", "client_id": "c",
+            "api_base_url": "https://api.example"}
+    out = validate_providers({"x": {**conf, "revocation_endpoint": "https://as.example/revoke"}})
+    assert out["x"]["revoke_url"] == "https://as.example/revoke"
+    with pytest.raises(ValueError, match="disagree"):
+        validate_providers({"x": {**conf, "revocation_endpoint": "https://as.example/r1",
+                                  "revoke_url": "https://as.example/r2"}})

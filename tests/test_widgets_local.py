@@ -81,7 +81,7 @@ class _EchoingBackend:
     def list(self):
         return []
 
-    def put(self, name, value, provider=None):
+    def put(self, name, value, provider=None, **_lifetime):
         raise keyvault_error(f"server said: bad value {value!r} for {name}")
 
 
@@ -113,3 +113,31 @@ def test_given_a_key_pasted_into_the_name_field_when_save_fails_then_the_status_
     ui.value.set_state({"value": "some-value-1234"})
     ui.save.click()
     assert ui.status.value.startswith("Error:") and key not in ui.status.value
+
+
+class _RecordingBackend:
+    puts: list = []
+
+    def list(self):
+        return [{"name": "S_KEY", "provider": None, "lifetime": "session"},
+                {"name": "OLD_KEY", "provider": None, "stale": True, "age_days": 120},
+                {"name": "GONE_KEY", "provider": None, "expired": True, "expires_at": "2026-01-01T00:00:00.000Z"}]
+
+    def put(self, name, value, provider=None, **lifetime):
+        self.puts.append((name, lifetime))
+        return {"name": name}
+
+
+def test_given_the_session_checkbox_when_saving_then_the_value_is_session_only_and_badges_show_lifetimes():
+    from jupyter_keyvault.kernel.widgets import KeyVaultPanel
+
+    ui = KeyVaultPanel(backend_factory=_RecordingBackend)
+    ui.name.value = "S_KEY"
+    ui.value.set_state({"value": "session-value-0123456789"})
+    ui.session.value = True
+    ui.save.click()
+    assert _RecordingBackend.puts[-1] == ("S_KEY", {"session": True})
+    assert "for this session only" in ui.status.value
+    listing = ui.list.value
+    assert "keyvault-badge-session" in listing and "keyvault-badge-expired" in listing
+    assert "keyvault-badge-stale" in listing and "120 days old" in listing

@@ -104,6 +104,16 @@ class KeyVaultHubService(Application):
     test_timeout = Float(10.0, help="Seconds to wait for a provider's test request.").tag(config=True)
     max_value_bytes = Int(16 * 1024, help="Largest credential value accepted, in bytes.").tag(config=True)
     provider_base_urls = List(Unicode(), help="Per-provider base URLs as 'provider=url' (e.g. openai=https://gw/v1).").tag(config=True)
+    # -- credential lifetimes (docs/lifetimes.md)
+    session_timeout = Float(180.0, help="Seconds without a heartbeat from a user's server after which that user's "
+                            "session-only credentials end (their server stopped or crashed). Servers beat every "
+                            "c.KeyVault.expiry_check_seconds (60 s by default) and end them at once on a clean stop."
+                            ).tag(config=True)
+    expiry_check_seconds = Float(60.0, help="How often expired credentials are destroyed and silent sessions "
+                                 "ended.").tag(config=True)
+    shared_key_max_lifetime_days = Float(0.0, help="Longest lifetime of a shared key, in days (0 = no limit): a "
+                                         "shared key stored without an expiry gets one this far ahead, and a later "
+                                         "expiry is refused.").tag(config=True)
 
     aliases = {"db-url": "KeyVaultHubService.db_url", "data-dir": "KeyVaultHubService.data_dir",
                "ip": "KeyVaultHubService.ip",
@@ -136,6 +146,7 @@ class KeyVaultHubService(Application):
         self._limiters: dict[tuple, RateLimiter] = {}
         self._http = None
         self._flushing = False
+        self._heartbeats: dict[str, float] = {}  # user -> time.monotonic() of their server's last heartbeat
 
     def _open_vault(self, env) -> LocalVault:
         from ..store.sql import SQLBackend
@@ -196,7 +207,7 @@ class KeyVaultHubService(Application):
         hit = self._resolved.get((owner, name))
         if hit and hit[0] > time.monotonic():
             return hit[1].provider, hit[1].type
-        rec = self.vault.backend.get_credential(owner, name)
+        rec = self.vault.lookup_record(owner, name)  # session-only values too
         return (rec.provider, rec.type) if rec is not None else None
 
     def choose_credential(self, username: str, groups: list[str], provider: providers.Provider, name: str):
@@ -224,7 +235,7 @@ class KeyVaultHubService(Application):
         key = (owner, name)
         hit = self._resolved.get(key)
         now = time.monotonic()
-        if hit and hit[0] > now:
+        if hit and hit[0] > now and not (hit[1].expires_at is not None and hit[1].expires_at <= time.time()):
             return hit[1]
         resolved = self.vault.resolve(owner, name, actor=actor, purpose="proxy")  # each use is audited by the proxy
         self._resolved[key] = (now + self.resolve_cache_seconds, resolved)
@@ -330,6 +341,53 @@ class KeyVaultHubService(Application):
     async def flush(self):
         await asyncio.to_thread(self.ledger.flush)
 
+    # -- credential lifetimes
+    def heartbeat(self, username: str) -> None:
+        """The user's server runs: their session-only credentials live on."""
+        self._heartbeats[username] = time.monotonic()
+
+    def end_session(self, username: str, reason: str) -> list[str]:
+        self._heartbeats.pop(username, None)
+        ended = self.vault.end_session(personal_owner(username), actor=username, reason=reason)
+        for name in ended:
+            self.invalidate(personal_owner(username), name)
+        return ended
+
+    def lifetime_tick(self) -> None:
+        """Blocking (run in a thread): destroy expired values, end the sessions of silent servers."""
+        for owner, name in self.vault.purge_expired():
+            self.invalidate(owner, name)
+        cutoff = time.monotonic() - self.session_timeout
+        for username in [u for u, at in list(self._heartbeats.items()) if at < cutoff]:
+            ended = self.end_session(username, reason=f"no heartbeat from the server for {self.session_timeout:g} s")
+            if ended:
+                self.log.info("keyvault: ended %d session-only credential(s) of %s (server silent)", len(ended),
+                              username)
+
+    def lifetime_soon(self) -> None:
+        fut = asyncio.ensure_future(asyncio.to_thread(self._lifetime_logged))
+        fut.add_done_callback(lambda _: None)
+
+    def _lifetime_logged(self) -> None:
+        try:
+            self.lifetime_tick()
+        except Exception:  # a database outage must not stop the task; the next tick retries
+            self.log.exception("keyvault: the lifetime check failed")
+
+    def shared_expiry(self, requested: float | None) -> float | None:
+        """The expiry a shared key gets under shared_key_max_lifetime_days (InvalidInput beyond it)."""
+        from ..store import InvalidInput
+
+        if not self.shared_key_max_lifetime_days:
+            return requested
+        latest = time.time() + self.shared_key_max_lifetime_days * 86400
+        if requested is None:
+            return latest
+        if requested > latest + 60:
+            raise InvalidInput(f"shared keys may live at most {self.shared_key_max_lifetime_days:g} days "
+                               "(shared_key_max_lifetime_days); give an earlier expiry")
+        return requested
+
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *, actor: str,
               detail: str | None = None) -> None:
         self.vault.audit(owner, action, target, outcome, actor=actor, detail=detail)
@@ -366,6 +424,8 @@ class KeyVaultHubService(Application):
         loop = ioloop.IOLoop.current()
         flusher = ioloop.PeriodicCallback(self.flush_soon, self.flush_interval * 1000)
         flusher.start()
+        lifetimes = ioloop.PeriodicCallback(self.lifetime_soon, self.expiry_check_seconds * 1000)
+        lifetimes.start()
 
         def stop(*_):
             loop.add_callback_from_signal(loop.stop)
@@ -374,6 +434,7 @@ class KeyVaultHubService(Application):
         signal.signal(signal.SIGINT, stop)
         loop.start()
         flusher.stop()
+        lifetimes.stop()
         self.ledger.flush()
         self.store.close()
         self.vault.close()

@@ -52,12 +52,15 @@ def read_value(name: str) -> str:
     return value
 
 
-def set_credential(name: str, *, provider: str | None = None) -> dict:
-    """Prompt for the value of `name` (never echoed, never in cell source) and store it."""
+def set_credential(name: str, *, provider: str | None = None, session: bool = False,
+                   expires: str | None = None) -> dict:
+    """Prompt for the value of `name` (never echoed, never in cell source) and store it. `session`:
+    held in the server's memory only, gone when it stops; `expires`: a duration (8h, 7d) or an
+    ISO 8601 date or time after which it is refused and destroyed."""
     name = valid_name(name)
     backend = current_backend()
     value = read_value(name)
-    return backend.put(name, value, provider) or {"name": name}
+    return backend.put(name, value, provider, session=session, expires=expires) or {"name": name}
 
 
 def delete_credential(name: str) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from typing import Any
 
 from .. import providers
 from ..scrub import default_scrubber
 from ..store import InvalidInput, NoCredential, NotFound, VaultError
+from ..store.model import parse_expiry
 from .errors import InvalidRequest, KeyVaultError, NoCredentialError
 
 _LOCK = threading.Lock()
@@ -90,8 +92,9 @@ class LocalBackend:
         vault = self._vault(create=False)
         if vault is not None:
             try:
+                warn_after = self.settings.key_age_warning_days * 86400
                 for info in vault.list(self.owner, include_env=False):
-                    items[info.name] = info.to_json()
+                    items[info.name] = {**info.to_json(), "stale": info.stale(time.time(), warn_after)}
             except VaultError as exc:
                 raise KeyVaultError(str(exc)) from None
         for name in sorted(self.settings.credential_env_names()):
@@ -135,7 +138,9 @@ class LocalBackend:
             raise InvalidRequest(str(exc)) from None
 
     # -- writes
-    def put(self, name: str, value: str, provider: str | None = None) -> dict:
+    def put(self, name: str, value: str, provider: str | None = None, *, session: bool = False,
+            expires: str | None = None) -> dict:
+        """`session` here: in this kernel's memory only (there is no server), gone when it stops."""
         name = _valid_name(name)
         if not isinstance(value, str) or not value:
             raise InvalidRequest("no value given")
@@ -147,12 +152,15 @@ class LocalBackend:
             raise InvalidRequest(f"unknown provider {provider!r}; known: {', '.join(providers.PROVIDERS)}")
         try:
             warnings = providers.check_key_format(provider, value)
-            _, created = self._vault(create=True).set(self.owner, name, value, provider=provider, actor="kernel:local")
+            expires_at = parse_expiry(expires, time.time()) if expires else None
+            info, created = self._vault(create=True).set(self.owner, name, value, provider=provider,
+                                                         actor="kernel:local", session=session, expires_at=expires_at)
         except InvalidInput as exc:
             raise InvalidRequest(str(exc)) from None
         except VaultError as exc:
             raise KeyVaultError(str(exc)) from None
-        return {"name": name, "provider": provider, "created": created, "warnings": warnings}
+        return {"name": name, "provider": provider, "created": created, "warnings": warnings,
+                **info.lifetime_json(time.time())}
 
     def delete(self, name: str) -> None:
         name = _valid_name(name)

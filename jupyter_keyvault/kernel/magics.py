@@ -1,7 +1,9 @@
 """`%load_ext keyvault`: puts `keyvault` in the namespace and adds the `%keyvault` line magic.
 
     %keyvault list
-    %keyvault set NAME [--provider P]     (prompts for the value, hidden)
+    %keyvault set NAME [--provider P] [--session] [--expires 8h|2026-12-24]
+                                          (prompts for the value, hidden; --session: kept in the
+                                          server's memory only, gone when it stops)
     %keyvault test NAME
     %keyvault delete NAME
     %keyvault status
@@ -18,8 +20,8 @@ from .. import providers
 from . import api
 from .errors import KeyVaultError
 
-USAGE = ("usage: %keyvault list | set NAME [--provider P] | test NAME | delete NAME | status | "
-         "env NAME... [--direct] | env --off [NAME...]")
+USAGE = ("usage: %keyvault list | set NAME [--provider P] [--session] [--expires 8h|2026-12-24] | test NAME | "
+         "delete NAME | status | env NAME... [--direct] | env --off [NAME...]")
 
 
 class _Usage(Exception):
@@ -31,7 +33,8 @@ def _err(message: str) -> None:
 
 
 def keyvault_magic(line: str = "") -> None:
-    """%keyvault list | set NAME [--provider P] | test NAME | delete NAME | status | env NAME... | env --off"""
+    """%keyvault list | set NAME [--provider P] [--session] [--expires WHEN] | test NAME | delete NAME | status |
+    env NAME... [--direct] | env --off [NAME...]"""
     try:
         args = shlex.split(line or "")
     except ValueError as exc:
@@ -45,11 +48,13 @@ def keyvault_magic(line: str = "") -> None:
             _expect(rest, 0)
             _print_list(api.list_credentials())
         elif command == "set":
-            name, provider = _parse_set(rest)
-            result = api.set_credential(name, provider=provider)
+            name, provider, session, expires = _parse_set(rest)
+            result = api.set_credential(name, provider=provider, session=session, expires=expires)
             for warning in result.get("warnings") or ():
                 _err(f"warning: {warning}")
-            print(f"Stored {name}" + (f" ({result['provider']})" if result.get("provider") else "") + ".")
+            lifetime = " for this session only" if session else ""
+            lifetime += f", expires {result['expires_at']}" if result.get("expires_at") else ""
+            print(f"Stored {name}" + (f" ({result['provider']})" if result.get("provider") else "") + f"{lifetime}.")
             refresh_history_fingerprints(_shell())
         elif command == "test":
             _expect(rest, 1)
@@ -109,8 +114,9 @@ def _expect(rest: list[str], count: int) -> None:
         raise _Usage("wrong number of arguments")
 
 
-def _parse_set(rest: list[str]) -> tuple[str, str | None]:
-    name = provider = None
+def _parse_set(rest: list[str]) -> tuple[str, str | None, bool, str | None]:
+    name = provider = expires = None
+    session = False
     items = iter(rest)
     for item in items:
         if item == "--provider":
@@ -119,6 +125,14 @@ def _parse_set(rest: list[str]) -> tuple[str, str | None]:
                 raise _Usage("--provider needs a value")
         elif item.startswith("--provider="):
             provider = item.split("=", 1)[1]
+        elif item == "--session":
+            session = True
+        elif item == "--expires":
+            expires = next(items, None)
+            if expires is None:
+                raise _Usage("--expires needs a value: a duration (8h, 7d) or a date (2026-12-24)")
+        elif item.startswith("--expires="):
+            expires = item.split("=", 1)[1]
         elif item.startswith("-"):
             raise _Usage(f"unknown option {item}; the value is prompted for, never given on the line")
         elif name is None:
@@ -129,20 +143,34 @@ def _parse_set(rest: list[str]) -> tuple[str, str | None]:
         raise _Usage("set needs a NAME")
     if provider is not None and provider not in providers.PROVIDERS:
         raise _Usage(f"unknown provider {provider!r}; known: {', '.join(providers.PROVIDERS)}")
-    return name, provider
+    return name, provider, session, expires
 
 
 def _print_list(items: list[dict]) -> None:
     if not items:
         print("No credentials stored. Add one with %keyvault set NAME")
         return
-    rows = [("NAME", "PROVIDER", "SOURCE", "UPDATED")]
+    rows = [("NAME", "PROVIDER", "SOURCE", "UPDATED", "LIFETIME")]
     for item in items:
         rows.append((str(item.get("name", "")), str(item.get("provider") or "-"), str(item.get("source") or "-"),
-                     str(item.get("updated_at") or "-")))
+                     str(item.get("updated_at") or "-"), lifetime_label(item)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def lifetime_label(item: dict) -> str:
+    """session / EXPIRED / expires … / stale (N days): what a listing says about a credential's lifetime."""
+    parts = []
+    if item.get("lifetime") == "session":
+        parts.append("session")
+    if item.get("expired"):
+        parts.append("EXPIRED")
+    elif item.get("expires_at"):
+        parts.append(f"expires {item['expires_at']}")
+    if item.get("stale"):
+        parts.append(f"stale ({item.get('age_days')} days)")
+    return ", ".join(parts) or "-"
 
 
 def _print_status(st: dict) -> None:

@@ -7,6 +7,7 @@ with short timeouts, and turns error answers into `KeyVaultError`s with clear me
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ..scrub import default_scrubber
@@ -145,11 +146,16 @@ class RemoteBackend:
         default_scrubber.add_known(value, name)
         return data
 
-    def put(self, name: str, value: str, provider: str | None = None) -> dict:
+    def put(self, name: str, value: str, provider: str | None = None, *, session: bool = False,
+            expires: str | None = None) -> dict:
         default_scrubber.add_known(value, name)
-        body = {"value": value}
+        body: dict[str, Any] = {"value": value}
         if provider:
             body["provider"] = provider
+        if session:
+            body["session"] = True
+        if expires:  # the server parses it: a duration goes as expires_in, anything else as expires_at
+            body["expires_in" if re.fullmatch(r"\s*\d+\s*[smhdw]\s*", expires) else "expires_at"] = expires
         return self._request("PUT", ("credentials", name), body=body, name=name) or {}
 
     def delete(self, name: str) -> None:

@@ -184,11 +184,30 @@ def render_list(items: list[dict]) -> str:
                 presence = '<span class="keyvault-panel-reauth">needs reconnecting (Connect again)</span>'
             elif oauth.get("expires_at"):
                 presence = f"{presence}, token until {html.escape(_format_time(oauth.get('expires_at')))}"
+        presence += lifetime_badges(item)
         last_used = html.escape(_format_time(item.get("last_used_at")))
         rows.append(f'<tr class="keyvault-panel-row" data-name="{name}"><td><code>{name}</code></td>'
                     f"<td>{provider}</td><td>{presence}</td><td>{last_used}</td></tr>")
     return ('<table class="keyvault-panel-table"><thead><tr><th>Name</th><th>Provider</th><th>Present</th>'
             f'<th>Last used</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def lifetime_badges(item: dict) -> str:
+    """Badges for a listed credential: session-only, expired (or when it expires), stale (older than the
+    server's warning age)."""
+    badges = []
+    if item.get("lifetime") == "session":
+        badges.append('<span class="keyvault-badge keyvault-badge-session" title="kept in the server\'s memory only; '
+                      'gone when it stops">session</span>')
+    if item.get("expired"):
+        badges.append('<span class="keyvault-badge keyvault-badge-expired">expired</span>')
+    elif item.get("expires_at"):
+        badges.append(f'<span class="keyvault-badge keyvault-badge-expires">until '
+                      f'{html.escape(_format_time(item.get("expires_at")))}</span>')
+    if item.get("stale"):
+        badges.append(f'<span class="keyvault-badge keyvault-badge-stale" title="rotate it">'
+                      f'{html.escape(str(item.get("age_days")))} days old</span>')
+    return (" " + " ".join(badges)) if badges else ""
 
 
 class KeyVaultPanel:
@@ -207,6 +226,9 @@ class KeyVaultPanel:
         self.hint = widgets.HTML(value=html.escape(_hint(AUTO))).add_class("keyvault-panel-hint")
         self.value = SecretInput(description="Value", placeholder="paste the key (hidden, never shown again)",
                                  ).add_class("keyvault-panel-value")
+        self.session = widgets.Checkbox(value=False, description="Only for this session", indent=False,
+                                        tooltip="Kept in the server's memory only, never written to disk; "
+                                        "gone when the server stops").add_class("keyvault-panel-session")
         self.save = widgets.Button(description="Save", button_style="primary", icon="save",
                                    tooltip="Store the value under this name (encrypted on the server)",
                                    ).add_class("keyvault-panel-save")
@@ -244,6 +266,7 @@ class KeyVaultPanel:
             self.provider,
             self.hint,
             self.value,
+            self.session,
             widgets.HBox([self.save, self.test, self.delete, self.refresh]),
             self.confirm_row,
             self.connect_row,
@@ -350,7 +373,7 @@ class KeyVaultPanel:
             if not value.strip():
                 raise InvalidRequest("enter the value in the password field; nothing was stored")
             self._say(f"Saving {name}…", "busy", secret=value)
-            result = self._backend().put(name, value.strip(), provider) or {}
+            result = self._backend().put(name, value.strip(), provider, session=bool(self.session.value)) or {}
         except KeyVaultError as exc:
             self._say(f"Error: {exc}", "error", secret=value)
             return
@@ -358,7 +381,8 @@ class KeyVaultPanel:
             self._say(f"Error: {type(exc).__name__}: {exc}", "error", secret=value)
             return
         stored_provider = result.get("provider") or provider
-        text = f"Saved {name}" + (f" ({stored_provider})" if stored_provider else "") + "."
+        text = f"Saved {name}" + (f" ({stored_provider})" if stored_provider else "")
+        text += " for this session only." if self.session.value else "."
         for warning in result.get("warnings") or ():
             text += f" Warning: {warning}."
         self._say(text, "ok", secret=value)

@@ -56,6 +56,7 @@ class KeyVaultApp(ExtensionApp):
         server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.learn_values()))
         if manager.jupyter_ai_secrets:  # once every extension (jupyter-ai's among them) has set its settings
             server.io_loop.call_later(0, jupyter_ai.install, server.web_app.settings, manager, self.log)
+        server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.start_lifetimes()))
 
     def initialize_handlers(self):
         self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)

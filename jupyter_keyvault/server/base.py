@@ -103,6 +103,7 @@ class RestHandler(ManagerMixin, JSONMixin, RetryAfterMixin, APIHandler):
         """A listed credential as the browser may see it: the masked hint only when configured."""
         if not self.kv.show_masked_hint and "hint" in item.get("metadata", {}):
             item["metadata"] = {k: v for k, v in item["metadata"].items() if k != "hint"}
+        item["stale"] = self.kv.is_stale(item)
         return item
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
@@ -67,7 +69,8 @@ class KernelCredentialsHandler(KernelAPIHandler):
     @allow_unauthenticated
     async def get(self):
         items = await self.off_loop(self.kv.vault.list, self.kv.owner)
-        self.write_json({"credentials": [i.to_json() for i in items]})
+        listed = [i.to_json() for i in items]
+        self.write_json({"credentials": [{**i, "stale": self.kv.is_stale(i)} for i in listed]})
 
 
 class KernelCredentialHandler(KernelAPIHandler):
@@ -89,18 +92,22 @@ class KernelCredentialHandler(KernelAPIHandler):
     async def put(self, raw_name: str):
         name = self.name_from_path(raw_name)
         write = parse_credential_write(name, self.json_body(), max_value_bytes=self.kv.max_value_bytes,
-                                       allowed=("value", "provider"))
-        _, created = await self.off_loop(self.kv.vault.set, self.kv.owner, name, write.value,
-                                         provider=write.provider, actor=self.caller)
+                                       allowed=("value", "provider", "session", "expires_at", "expires_in"))
+        info, created = await self.off_loop(self.kv.vault.set, self.kv.owner, name, write.value,
+                                            provider=write.provider, actor=self.caller, session=write.session,
+                                            expires_at=write.expires_at)
         self.kv.invalidate(name)
-        self.write_json({"name": name, "provider": write.provider, "created": created, "warnings": write.warnings},
+        lifetime = info.lifetime_json(time.time())
+        self.write_json({"name": name, "provider": write.provider, "created": created, "warnings": write.warnings,
+                         "lifetime": lifetime["lifetime"], "expires_at": lifetime["expires_at"]},
                         status=201 if created else 200)
 
     @allow_unauthenticated
     async def delete(self, raw_name: str):
         name = self.name_from_path(raw_name)
-        await self.off_loop(self.kv.vault.delete, self.kv.owner, name, actor=self.caller)
-        self.kv.invalidate(name, deleted=True)
+        revocation = await self.off_loop_async(self.kv.delete_credential(name, actor=self.caller))
+        if revocation is not None:  # an OAuth credential: what its provider said to the revocation
+            return self.write_json({"deleted": True, "revocation": revocation})
         self.set_status(204)
         self.finish()
 

@@ -8,6 +8,7 @@ it from there (as jupyter_server's handlers read `kernel_manager`) and never see
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import fnmatch
 import json
@@ -78,6 +79,8 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.server_env_names: set[str] = set()  # put in this process's env for jupyter-ai's models; never kernels'
         self._rebuild_scheduled = False
         self._fingerprint_salts: dict[str, bytes] = {}
+        self._exit_lock: int | None = None  # fd holding delete-on-exit.lock while this server runs
+        self._lifetimes_stopped = False
         self.notebook_warnings: collections.deque = collections.deque(maxlen=50)
 
     # -- kernels
@@ -159,7 +162,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         key = (provider.id, name)
         hit = self._upstreams.get(key)
         now = time.monotonic()
-        if hit and hit[0] > now:
+        if hit and hit[0] > now and not (hit[1].expires_at is not None and hit[1].expires_at <= time.time()):
             return hit[1]
         upstream = await asyncio.to_thread(self.vault.upstream, self.owner, provider, name, actor=actor)
         self._upstreams[key] = (now + self.resolve_cache_seconds, upstream)
@@ -301,6 +304,139 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         elif isinstance(model["content"].get("metadata"), dict):
             model["content"]["metadata"].pop("keyvault", None)
 
+    # -- credential lifetimes: expiry, key age, session heartbeat, delete on exit, OAuth revocation
+    def is_stale(self, item: dict[str, Any]) -> bool:
+        """A listed credential (to_json) older than key_age_warning_days; env values have no age here."""
+        days = self.key_age_warning_days
+        return bool(days) and item.get("source") != "env" and int(item.get("age_days") or 0) >= days
+
+    def lifetime_report(self) -> dict[str, Any]:
+        """For status: which credentials are session-only, expired or stale, and a warning for each
+        expired or stale one. Lists the vault: call it off the event loop."""
+        now = time.time()
+        try:
+            items = [i for i in self.vault.list(self.owner) if i.source != "env"]
+        except VaultError:  # status explains an unusable vault elsewhere
+            items = []
+        expired = [i.name for i in items if i.expired(now)]
+        stale = [i.name for i in items if i.stale(now, self.key_age_warning_days * 86400)]
+        warnings = [f"{n} has expired: it is refused until it gets a new value (or is purged)" for n in expired]
+        warnings += [f"{n} is older than {self.key_age_warning_days} days: rotate it" for n in stale]
+        return {"session": [i.name for i in items if i.session], "expired": expired, "stale": stale,
+                "key_age_warning_days": self.key_age_warning_days, "delete_on_exit": self.delete_on_exit,
+                "warnings": warnings}
+
+    async def delete_credential(self, name: str, *, actor: str) -> dict[str, Any] | None:
+        """Delete a credential; an OAuth one is first revoked at its provider (RFC 7009) where a
+        revocation endpoint is configured. Returns that outcome (None for other types). The local
+        delete happens whatever the provider answers."""
+        from ..oauth import OAUTH_TYPE
+
+        try:
+            info = await asyncio.to_thread(self.vault.info, self.owner, name)
+        except NotFound:
+            info = None  # the delete below reports (and audits) the missing name
+        revocation = None
+        if info is not None and info.type == OAUTH_TYPE:
+            revocation = await self.oauth.revoke(name, info.metadata, actor=actor)
+        await asyncio.to_thread(self.vault.delete, self.owner, name, actor=actor)
+        self.invalidate(name, deleted=True)
+        return revocation
+
+    async def purge_expired(self) -> list[str]:
+        """Destroy expired values now (the loop does it every expiry_check_seconds)."""
+        purged = [name for _, name in await asyncio.to_thread(self.vault.purge_expired, self.owner)]
+        for name in purged:
+            # The destroyed value stays known to the scrubber: it is still a secret if seen again.
+            self._metadata.pop(name, None)
+            for key in [k for k in self._upstreams if k[1] == name]:
+                self._upstreams.pop(key, None)
+            self.log.info("jupyter-keyvault: %s expired; its value was destroyed", name)
+        return purged
+
+    async def _lifetime_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+                await asyncio.to_thread(self.vault.session_heartbeat, self.owner)
+            except VaultError as exc:  # reported, retried next round: the server keeps serving
+                self.log.warning("jupyter-keyvault: lifetime check failed: %s", exc)
+            await asyncio.sleep(self.expiry_check_seconds)
+
+    def _exit_marker(self) -> Path:
+        """Present (and locked) while a server with delete_on_exit runs; removed at a clean stop. Found
+        unlocked at start, it means the last one crashed (the kernel drops a dead process's lock, so a
+        reused pid cannot fool it)."""
+        return Path(self.vault_path).with_name("delete-on-exit.lock")
+
+    def _delete_on_exit(self, why: str) -> list[str]:
+        """Delete the delete_on_exit credentials (blocking); returns the names deleted."""
+        if self.delete_on_exit == "all":
+            names = [i.name for i in self.vault.list(self.owner, include_env=False) if i.source == "vault"]
+        else:
+            names = list(self.delete_on_exit)
+        deleted = []
+        for name in names:
+            try:
+                self.vault.delete(self.owner, name, actor=f"delete_on_exit ({why})")
+            except NotFound:
+                continue
+            deleted.append(name)
+        if deleted:
+            self.log.info("jupyter-keyvault: deleted %s (delete_on_exit, %s)", ", ".join(deleted), why)
+        return deleted
+
+    def _start_delete_on_exit(self) -> None:
+        import fcntl
+
+        marker = self._exit_marker()
+        crashed = marker.exists()
+        if not self.delete_on_exit and not crashed:
+            return
+        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: another server runs on this vault now, and deletes on its own exit
+            os.close(fd)
+            return
+        if crashed:
+            self._delete_on_exit("after an unclean stop")
+        if self.delete_on_exit:
+            self._exit_lock = fd
+        else:
+            marker.unlink(missing_ok=True)
+            os.close(fd)
+
+    async def start_lifetimes(self) -> None:
+        """At start: finish a crashed run's delete_on_exit, then purge and heartbeat periodically."""
+        try:
+            await asyncio.to_thread(self._start_delete_on_exit)
+        except (VaultError, OSError) as exc:
+            self.log.error("jupyter-keyvault: delete_on_exit at start failed: %s", exc)
+        task = asyncio.ensure_future(self._lifetime_loop())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        # A SIGINT that ends jupyter_server's loop with KeyboardInterrupt (JupyterHub stops servers so) skips
+        # the extensions' stop hooks; the interpreter's exit still runs this.
+        atexit.register(self._stop_lifetimes)
+
+    def _stop_lifetimes(self) -> None:
+        """At a clean stop (blocking; once): delete_on_exit, and session-only credentials end."""
+        if self._lifetimes_stopped:
+            return
+        self._lifetimes_stopped = True
+        atexit.unregister(self._stop_lifetimes)
+        try:
+            if self._exit_lock is not None:
+                self._delete_on_exit("server stopped")
+                self._exit_marker().unlink(missing_ok=True)
+                os.close(self._exit_lock)
+                self._exit_lock = None
+            self.vault.end_session(self.owner, reason="server stopped")
+        except (VaultError, OSError) as exc:
+            self.log.error("jupyter-keyvault: clean-up at stop failed: %s", exc)
+
     # -- life cycle
     async def learn_values(self) -> None:
         """Feed the scrubber every stored value, so logs redact even values never used here."""
@@ -312,4 +448,5 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             task.cancel()
         if self._http is not None:
             await self._http.close()
+        await asyncio.to_thread(self._stop_lifetimes)
         self.vault.close()

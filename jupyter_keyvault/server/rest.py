@@ -11,7 +11,7 @@ from tornado import web
 from .. import providers
 from .._version import __version__
 from ..store import NotFound
-from ..web.bodies import metadata_write, parse_credential_write
+from ..web.bodies import parse_credential_patch, parse_credential_write
 from ..web.headers import ascii_header_value
 from .base import RestHandler
 
@@ -56,7 +56,7 @@ class CredentialHandler(RestHandler):
         self.limit(self.kv.write_limiter, "write")
         info, created = await self.off_loop(
             self.kv.vault.set, self.owner, name, write.value, provider=write.provider, type=write.type,
-            metadata=write.metadata, actor=self.actor,
+            metadata=write.metadata, actor=self.actor, session=write.session, expires_at=write.expires_at,
         )
         self.kv.invalidate(name)
         if created:
@@ -68,19 +68,24 @@ class CredentialHandler(RestHandler):
     @web.authenticated
     @authorized(action="write")
     async def patch(self, raw_name: str):
-        """Metadata-only update (e.g. the per-notebook access list); the value is untouched."""
+        """Metadata (e.g. the per-notebook access list) and/or the expiry; the value is untouched."""
         name = self.name_from_path(raw_name)
-        metadata = metadata_write(self.json_body())
+        patch = parse_credential_patch(self.json_body())
         self.limit(self.kv.write_limiter, "write")
 
         def update():
             current = next((i for i in self.kv.vault.list(self.owner) if i.name == name), None)
             if current is None:
                 raise NotFound(f"no credential named {name} in the vault")
-            kept = dict(metadata)
-            if "hint" in current.metadata:  # server-made; the client can neither set nor drop it
-                kept["hint"] = current.metadata["hint"]
-            return self.kv.vault.update_metadata(self.owner, name, kept, actor=self.actor)
+            info = current
+            if patch.metadata is not None:
+                kept = dict(patch.metadata)
+                if "hint" in current.metadata:  # server-made; the client can neither set nor drop it
+                    kept["hint"] = current.metadata["hint"]
+                info = self.kv.vault.update_metadata(self.owner, name, kept, actor=self.actor)
+            if patch.expiry_given:
+                info = self.kv.vault.set_expiry(self.owner, name, patch.expires_at, actor=self.actor)
+            return info
 
         info = await self.off_loop(update)
         self.kv.invalidate(name)
@@ -91,8 +96,9 @@ class CredentialHandler(RestHandler):
     async def delete(self, raw_name: str):
         name = self.name_from_path(raw_name)
         self.limit(self.kv.write_limiter, "write")
-        await self.off_loop(self.kv.vault.delete, self.owner, name, actor=self.actor)
-        self.kv.invalidate(name, deleted=True)
+        revocation = await self.off_loop_async(self.kv.delete_credential(name, actor=self.actor))
+        if revocation is not None:  # an OAuth credential: say whether the provider revoked its tokens
+            return self.write_json({"deleted": True, "revocation": revocation})
         self.set_status(204)
         self.finish()
 
@@ -113,6 +119,8 @@ class StatusHandler(RestHandler):
     async def get(self):
         status = await self.off_loop(self.kv.vault.status)
         status.pop("location", None)  # the browser needs no server paths
+        lifetimes = await self.off_loop(self.kv.lifetime_report)
+        status["warnings"] = [*status.get("warnings", []), *lifetimes.pop("warnings")]
         self.write_json({
             **status,
             "version": __version__,
@@ -122,6 +130,7 @@ class StatusHandler(RestHandler):
             "oauth_providers": [p.to_json() for p in self.kv.oauth.providers.values()],
             "isolation": self.kv.isolation_status(),
             "allow_direct_access": self.kv.allow_direct_access,
+            "lifetimes": lifetimes,
         })
 
 

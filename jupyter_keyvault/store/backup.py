@@ -66,6 +66,7 @@ def export_backup(vault: Vault, owner: str, passphrase: str, *, actor: str | Non
             "provider": info.provider,
             "metadata": info.metadata,
             "created_at": info.created_at,
+            "expires_at": info.expires_at,  # an expiry travels with the value (session-only values never do)
             "value": value,
         }
         for info, value in vault.values_for_export(owner, actor=actor)
@@ -118,7 +119,14 @@ def import_backup(vault: Vault, owner: str, data: bytes, passphrase: str, *, ove
     for item in items:
         validate_name(item["name"]), validate_type(item["type"]), validate_value(item["value"])
     imported, skipped = [], []
+    now = time.time()
     for item in items:
+        expires_at = item.get("expires_at")
+        if not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool):
+            expires_at = None
+        elif expires_at <= now:  # expired since the export: it would only be refused, then purged
+            skipped.append(item["name"])
+            continue
         exists = True
         try:
             vault.info(owner, item["name"])
@@ -128,6 +136,6 @@ def import_backup(vault: Vault, owner: str, data: bytes, passphrase: str, *, ove
             skipped.append(item["name"])
             continue
         vault.set(owner, item["name"], item["value"], provider=item.get("provider"), type=item["type"],
-                  metadata=item.get("metadata") or {}, actor=actor, action="import")
+                  metadata=item.get("metadata") or {}, actor=actor, action="import", expires_at=expires_at)
         imported.append(item["name"])
     return imported, skipped

@@ -60,6 +60,10 @@ class RateLimited(VaultError):
         self.retry_after = retry_after
 
 
+class CredentialExpired(VaultError):
+    """The credential's `expires_at` has passed: it is refused for every use until replaced or purged."""
+
+
 class BadUpstream(VaultError):
     """The configured upstream (e.g. a provider base URL) is unusable; a 502 for the caller."""
 

@@ -73,6 +73,57 @@ def validate_value(value: object, *, max_bytes: int = MAX_VALUE_BYTES) -> str:
     return value
 
 
+# Server-made metadata keys: clients can neither set nor drop them (REST PATCH keeps them).
+LIFETIME_KEYS = ("session", "expires_at", "value_set_at")
+SERVER_METADATA_KEYS = ("hint", *LIFETIME_KEYS)
+_DURATION_RE = re.compile(r"\s*(\d{1,6})\s*([smhdw])\s*")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_LIFETIME_SECONDS = 10 * 366 * 86400
+
+
+def parse_expiry(text: object, now: float) -> float:
+    """When a credential expires, as epoch seconds: a duration from `now` (`90m`, `8h`, `7d`, `2w`),
+    a date (`2026-12-24`, meaning 00:00 UTC of that day) or an ISO 8601 time (`2026-12-24T18:00Z`,
+    UTC unless it names an offset). The time must be in the future and within ten years."""
+    from datetime import datetime, timezone
+
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("expiry must be a duration like 8h or 7d, or an ISO 8601 date or time")
+    m = _DURATION_RE.fullmatch(text)
+    if m:
+        at = now + int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        try:
+            parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise InvalidInput("expiry must be a duration like 8h or 7d, or an ISO 8601 date or time "
+                               "(e.g. 2026-12-24 or 2026-12-24T18:00:00Z)") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        at = parsed.timestamp()
+    if at <= now:
+        raise InvalidInput("expiry is in the past; give a future time")
+    if at - now > MAX_LIFETIME_SECONDS:
+        raise InvalidInput("expiry is more than ten years away")
+    return at
+
+
+def expires_at_of(metadata: dict[str, Any]) -> float | None:
+    value = metadata.get("expires_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def is_expired(metadata: dict[str, Any], now: float) -> bool:
+    at = expires_at_of(metadata)
+    return at is not None and at <= now
+
+
+def value_created_at(metadata: dict[str, Any], created_at: float) -> float:
+    """When the current value was set (records written before lifetimes existed: the record's creation)."""
+    value = metadata.get("value_set_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else created_at
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -107,6 +158,8 @@ class CredentialInfo:
     last_used_at: float | None
     metadata: dict[str, Any]
     source: str = "vault"
+    # Server-made lifetime facts (session, expires_at, value_set_at): kept out of `metadata`, which is the client's.
+    lifetime: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, rec: CredentialRecord) -> CredentialInfo:
@@ -119,8 +172,37 @@ class CredentialInfo:
             created_at=rec.created_at,
             updated_at=rec.updated_at,
             last_used_at=rec.last_used_at,
-            metadata=dict(rec.metadata),
+            metadata={k: v for k, v in rec.metadata.items() if k not in LIFETIME_KEYS},
+            lifetime={k: rec.metadata[k] for k in LIFETIME_KEYS if k in rec.metadata},
         )
+
+    @property
+    def session(self) -> bool:
+        return self.lifetime.get("session") is True
+
+    @property
+    def expires_at(self) -> float | None:
+        return expires_at_of(self.lifetime)
+
+    @property
+    def value_created_at(self) -> float:
+        return value_created_at(self.lifetime, self.created_at)
+
+    def expired(self, now: float) -> bool:
+        return is_expired(self.lifetime, now)
+
+    def stale(self, now: float, warn_after_seconds: float) -> bool:
+        """Older than the warning age (0 turns the warning off); env values have no age here."""
+        return self.source != "env" and warn_after_seconds > 0 and now - self.value_created_at >= warn_after_seconds
+
+    def lifetime_json(self, now: float) -> dict[str, Any]:
+        return {
+            "lifetime": "session" if self.session else "stored",
+            "expires_at": _iso(self.expires_at),
+            "expired": self.expired(now),
+            "value_created_at": _iso(self.value_created_at),
+            "age_days": max(0, int((now - self.value_created_at) // 86400)),
+        }
 
     def to_json(self) -> dict[str, Any]:
         item = {
@@ -133,6 +215,7 @@ class CredentialInfo:
             "updated_at": _iso(self.updated_at),
             "last_used_at": _iso(self.last_used_at),
             "metadata": self.metadata,
+            **self.lifetime_json(time.time()),
         }
         if self.type == "oauth2":
             oauth = self.metadata.get("oauth") or {}

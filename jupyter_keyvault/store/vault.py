@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hmac
 import logging
 import os
@@ -18,6 +19,7 @@ from . import masterkey as mk
 from .backend import StorageBackend
 from .crypto import KeyEncryptionKey, is_legacy_plaintext, is_sealed_value, new_data_key, open_value, seal_value
 from .errors import (
+    CredentialExpired,
     DecryptionError,
     InvalidInput,
     MasterKeyError,
@@ -32,10 +34,14 @@ from .errors import (
 )
 from .model import (
     HIDDEN_TYPES,
+    LIFETIME_KEYS,
     MAX_VALUE_BYTES,
     AuditEvent,
     CredentialInfo,
     CredentialRecord,
+    _iso,
+    expires_at_of,
+    is_expired,
     new_id,
     validate_name,
     validate_owner,
@@ -70,6 +76,7 @@ class ResolvedCredential:
     provider: str | None
     type: str
     metadata: Mapping[str, Any]
+    expires_at: float | None = None
 
     def __repr__(self) -> str:
         return f"ResolvedCredential(name={self.name!r}, source={self.source!r}, value=***)"
@@ -103,6 +110,8 @@ class Vault:
         )
         self._deks: dict[str, bytes] = {}
         self._touched: dict[tuple[str, str], float] = {}
+        # Session-only credentials: this process's memory, never the backend (sealed all the same).
+        self._session: dict[tuple[str, str], CredentialRecord] = {}
         self._lock = threading.RLock()
         self._vault_id: str
         self.master: mk.MasterKey
@@ -325,7 +334,11 @@ class Vault:
         actor: str | None = None,
         action: str = "set",
         hidden: bool = False,
+        session: bool = False,
+        expires_at: float | None = None,
     ) -> tuple[CredentialInfo, bool]:
+        """Store a value (`session`: in this process's memory only, gone when it ends; `expires_at`:
+        epoch seconds after which every use is refused and the purge destroys it)."""
         owner = validate_owner(owner)
         name = validate_name(name)
         kind = validate_type(type)
@@ -333,14 +346,27 @@ class Vault:
         # credential write can never replace one (nor a token write a credential).
         if (kind in HIDDEN_TYPES) != hidden:
             raise InvalidInput(f"credential type {kind} cannot be set here")
-        existing = self.backend.get_credential(owner, name)
+        existing = self._record(owner, name)
         if existing is not None and (existing.type in HIDDEN_TYPES) != hidden:
             raise InvalidInput(f"the name {name} is reserved; choose another")
         text = validate_value(value, max_bytes=self._max_value_bytes)
         if provider is not None and (not isinstance(provider, str) or not 1 <= len(provider) <= 64):
             raise InvalidInput("provider must be a short string")
-        dek = self._dek(owner, create=True)
+        if session and hidden:
+            raise InvalidInput("vault access tokens cannot be session-only")
         now = self._clock()
+        if expires_at is not None and not (isinstance(expires_at, (int, float)) and expires_at > now):
+            raise InvalidInput("expiry is in the past; give a future time")
+        if hidden:  # access tokens keep their own metadata (their expires_at is the token's)
+            meta = dict(metadata or {})
+        else:
+            meta = {k: v for k, v in (metadata or {}).items() if k not in LIFETIME_KEYS}
+            meta["value_set_at"] = now  # the key's age counts from here
+        if expires_at is not None:
+            meta["expires_at"] = float(expires_at)
+        if session:
+            meta["session"] = True
+        dek = self._dek(owner, create=True)
         rec = CredentialRecord(
             id=new_id(),
             owner=owner,
@@ -350,16 +376,54 @@ class Vault:
             payload=seal_value(dek, owner, name, kind, text.encode("utf-8")),
             created_at=now,
             updated_at=now,
-            metadata=dict(metadata or {}),
+            metadata=meta,
         )
-        event = AuditEvent(None, now, owner, actor or owner, action, name, "ok")
-        stored, created = self.backend.upsert_credential(rec, audit=event)
+        if session:
+            stored, created = self._set_session(rec, actor=actor, action=action)
+        else:
+            event = AuditEvent(None, now, owner, actor or owner, action, name, "ok")
+            with self._lock:
+                dropped = self._session.pop((owner, name), None)  # a stored value replaces a session one
+                stored, created = self.backend.upsert_credential(rec, audit=event)
+            created = created and dropped is None
         if self._on_value:
             self._on_value(name, text)
         return CredentialInfo.from_record(stored), created
 
+    def _set_session(self, rec: CredentialRecord, *, actor: str | None, action: str) -> tuple[CredentialRecord, bool]:
+        """Hold `rec` in memory. A stored value of the same name is deleted (audited), so a name
+        has one value wherever it is looked up; only the audit row reaches the backend."""
+        key = (rec.owner, rec.name)
+        with self._lock:
+            previous = self._session.get(key)
+            on_disk = self.backend.get_credential(rec.owner, rec.name)
+            if on_disk is not None:
+                self.backend.delete_credential(rec.owner, rec.name, audit=AuditEvent(
+                    None, rec.updated_at, rec.owner, actor or rec.owner, "delete", rec.name, "ok",
+                    "replaced by a session-only value"))
+            if previous is not None:
+                rec.id, rec.created_at = previous.id, previous.created_at
+            created = previous is None and on_disk is None
+            self._session[key] = rec
+        self.backend.append_audit(AuditEvent(None, rec.updated_at, rec.owner, actor or rec.owner, action, rec.name,
+                                             "ok", "session-only, " + ("created" if created else "replaced")))
+        return rec, created
+
+    def lookup_record(self, owner: str, name: str) -> CredentialRecord | None:
+        """The record of `name`, session-only or stored (sealed value, plaintext metadata), or None."""
+        return self._record(validate_owner(owner), validate_name(name))
+
+    def _record(self, owner: str, name: str) -> CredentialRecord | None:
+        rec = self._session.get((owner, name))
+        return rec if rec is not None else self.backend.get_credential(owner, name)
+
+    def _records(self, owner: str) -> list[CredentialRecord]:
+        held = [r for (o, _), r in list(self._session.items()) if o == owner]
+        names = {r.name for r in held}
+        return [r for r in self.backend.list_credentials(owner) if r.name not in names] + held
+
     def info(self, owner: str, name: str) -> CredentialInfo:
-        rec = self.backend.get_credential(validate_owner(owner), validate_name(name))
+        rec = self._record(validate_owner(owner), validate_name(name))
         if rec is None or rec.type in HIDDEN_TYPES:
             raise NotFound(f"no credential named {name.strip()} in the vault")
         return CredentialInfo.from_record(rec)
@@ -368,13 +432,36 @@ class Vault:
                         audit_action: str = "update") -> CredentialInfo:
         """Replace a credential's metadata without touching its value."""
         owner, name = validate_owner(owner), validate_name(name)
-        rec = self.backend.get_credential(owner, name)
+        rec = self._record(owner, name)
         if rec is None:
             raise NotFound(f"no credential named {name} in the vault")
-        rec.metadata = dict(metadata)
-        rec.updated_at = self._clock()
-        stored, _ = self.backend.upsert_credential(rec)
+        # Lifetime facts belong to the value: metadata written by a client keeps them as they are.
+        kept = {k: rec.metadata[k] for k in LIFETIME_KEYS if k in rec.metadata}
+        stored = self._write_metadata(rec, {**{k: v for k, v in metadata.items() if k not in LIFETIME_KEYS}, **kept})
         self.audit(owner, audit_action, name, "ok", actor=actor, detail="metadata")
+        return CredentialInfo.from_record(stored)
+
+    def _write_metadata(self, rec: CredentialRecord, metadata: dict[str, Any]) -> CredentialRecord:
+        rec.metadata = metadata
+        rec.updated_at = self._clock()
+        if rec.metadata.get("session") is True:
+            return rec  # held in memory: the record itself is the copy
+        return self.backend.upsert_credential(rec)[0]
+
+    def set_expiry(self, owner: str, name: str, expires_at: float | None, *, actor: str | None = None) -> CredentialInfo:
+        """Set (epoch seconds, in the future) or clear (None) when a credential expires; the value is untouched."""
+        owner, name = validate_owner(owner), validate_name(name)
+        rec = self._record(owner, name)
+        if rec is None or rec.type in HIDDEN_TYPES:
+            raise NotFound(f"no credential named {name} in the vault")
+        if expires_at is not None and not (isinstance(expires_at, (int, float)) and expires_at > self._clock()):
+            raise InvalidInput("expiry is in the past; give a future time")
+        meta = {k: v for k, v in rec.metadata.items() if k != "expires_at"}
+        if expires_at is not None:
+            meta["expires_at"] = float(expires_at)
+        stored = self._write_metadata(rec, meta)
+        self.audit(owner, "update", name, "ok", actor=actor,
+                   detail=f"expires {_iso(expires_at)}" if expires_at is not None else "expiry cleared")
         return CredentialInfo.from_record(stored)
 
     def replace_value(self, owner: str, name: str, expected: str, value: str, metadata: Mapping[str, Any], *,
@@ -384,7 +471,7 @@ class Vault:
         Raises StaleValue when another writer changed it first; nothing is written then."""
         owner, name = validate_owner(owner), validate_name(name)
         text = validate_value(value, max_bytes=self._max_value_bytes)
-        rec = self.backend.get_credential(owner, name)
+        rec = self._record(owner, name)
         if rec is None:
             raise NotFound(f"no credential named {name} in the vault")
         current = self.get_value(owner, name, purpose=action, actor=actor, touch=False)
@@ -392,7 +479,12 @@ class Vault:
             raise StaleValue(f"credential {name} was changed by another writer; nothing was written")
         dek = self._dek(owner, create=True)
         sealed = seal_value(dek, owner, name, rec.type, text.encode("utf-8"))
-        if not self.backend.replace_payload(rec.id, sealed, rec.payload):
+        if rec.metadata.get("session") is True:
+            with self._lock:
+                if self._session.get((owner, name)) is not rec:
+                    raise StaleValue(f"credential {name} was changed by another writer; nothing was written")
+                rec.payload = sealed
+        elif not self.backend.replace_payload(rec.id, sealed, rec.payload):
             raise StaleValue(f"credential {name} was changed by another writer; nothing was written")
         if self._on_value:
             self._on_value(name, text)
@@ -401,11 +493,17 @@ class Vault:
         return self.update_metadata(owner, name, metadata, actor=actor, audit_action=action)
 
     def get_value(self, owner: str, name: str, *, purpose: str = "use", actor: str | None = None, touch: bool = True) -> str:
-        """Decrypt one stored value. Every failure is one opaque error for that credential."""
+        """Decrypt one stored value. Every failure is one opaque error for that credential.
+        An expired value is refused for every purpose but scrubbing (CredentialExpired, audited)."""
         owner, name = validate_owner(owner), validate_name(name)
-        rec = self.backend.get_credential(owner, name)
+        rec = self._record(owner, name)
         if rec is None:
             raise NotFound(f"no credential named {name} in the vault")
+        if (purpose not in ("scrub", "revoke") and rec.type not in HIDDEN_TYPES
+                and is_expired(rec.metadata, self._clock())):
+            self.audit(owner, purpose, name, "expired", actor=actor)
+            raise CredentialExpired(f"credential {name} expired at {_iso(rec.metadata['expires_at'])}; "
+                                    "set a new value to use it again")
         dek = self._dek(owner, create=False)
         if dek is None:
             raise DecryptionError(f"credential {name} could not be decrypted (corrupted or tampered)")
@@ -425,7 +523,10 @@ class Vault:
         time (a concurrent delete cannot fail an export half-way) that includes writes still
         in the WAL. A value that fails to open is the usual opaque error, audited."""
         owner = validate_owner(owner)
-        records = [r for r in self.backend.list_credentials(owner) if r.type not in HIDDEN_TYPES]
+        # Session-only values are never in the backend, so never exported; expired ones are left out too.
+        now = self._clock()
+        records = [r for r in self.backend.list_credentials(owner)
+                   if r.type not in HIDDEN_TYPES and not is_expired(r.metadata, now)]
         dek = self._dek(owner, create=False) if records else None
         out = []
         for rec in records:
@@ -447,6 +548,10 @@ class Vault:
         now = self._clock()
         if now - self._touched.get((owner, name), float("-inf")) >= self.TOUCH_INTERVAL:
             self._touched[(owner, name)] = now
+            held = self._session.get((owner, name))
+            if held is not None:
+                held.last_used_at = now
+                return
             try:
                 self.backend.touch_credential(owner, name, now)
             except (VaultDiskFull, VaultLocked) as exc:  # last-used is advisory: a read must not fail on it
@@ -464,18 +569,20 @@ class Vault:
             if purpose == "use":
                 self.audit(owner, "use", name, "ok", actor=actor, detail="source=env")
             return ResolvedCredential(name, env_value, "env", None, "api_key", {})
-        rec = self.backend.get_credential(validate_owner(owner), name)
+        rec = self._record(validate_owner(owner), name)
         if rec is None or rec.type in HIDDEN_TYPES:
             hint = how_to_add or f"add one with `jupyter keyvault set {name}` or the Key Vault panel"
             raise NoCredential(f"No API key configured for {name}: {hint}")
         value = self.get_value(owner, name, actor=actor, purpose=purpose)
         if purpose == "use":
             self.audit(owner, "use", name, "ok", actor=actor, detail="source=vault")
-        return ResolvedCredential(name, value, "vault", rec.provider, rec.type, dict(rec.metadata))
+        return ResolvedCredential(name, value, "vault", rec.provider, rec.type,
+                                  {k: v for k, v in rec.metadata.items() if k not in LIFETIME_KEYS},
+                                  expires_at_of(rec.metadata))
 
     def list(self, owner: str, *, include_env: bool = True, include_hidden: bool = False) -> list[CredentialInfo]:
         owner = validate_owner(owner)
-        items = [CredentialInfo.from_record(r) for r in self.backend.list_credentials(owner)
+        items = [CredentialInfo.from_record(r) for r in self._records(owner)
                  if include_hidden or r.type not in HIDDEN_TYPES]
         if include_env:
             stored = {i.name for i in items}
@@ -492,16 +599,59 @@ class Vault:
 
     def delete(self, owner: str, name: str, *, actor: str | None = None, hidden: bool = False) -> None:
         owner, name = validate_owner(owner), validate_name(name)
-        rec = self.backend.get_credential(owner, name)
+        rec = self._record(owner, name)
         if rec is not None and (rec.type in HIDDEN_TYPES) != hidden:  # type guard both ways
             raise NotFound(f"no credential named {name} in the vault")
+        with self._lock:
+            held = self._session.pop((owner, name), None)
+        if held is not None:
+            self.audit(owner, "delete", name, "ok", actor=actor, detail="session-only")
+            return
         event = AuditEvent(None, self._clock(), owner, actor or owner, "delete", name, "ok")
         if not self.backend.delete_credential(owner, name, audit=event):
             self.audit(owner, "delete", name, "not_found", actor=actor)
             raise NotFound(f"no credential named {name} in the vault")
 
     def count(self, owner: str | None = None) -> int:
-        return self.backend.count_credentials(owner)
+        held = sum(1 for o, _ in list(self._session) if owner is None or o == owner)
+        return self.backend.count_credentials(owner) + held
+
+    # -- lifetimes
+    def purge_expired(self, owner: str | None = None) -> builtins.list[tuple[str, str]]:
+        """Destroy every expired value (of `owner`, else of all owners): the record goes, an
+        "expire" audit row stays. Returns (owner, name) of each one purged. Scans the records,
+        so callers on an event loop run it in a thread."""
+        now = self._clock()
+        purged: list[tuple[str, str]] = []
+        with self._lock:
+            for key, rec in list(self._session.items()):
+                if (owner is None or key[0] == owner) and is_expired(rec.metadata, now):
+                    del self._session[key]
+                    purged.append(key)
+        for o, name in purged:
+            self.audit(o, "expire", name, "ok", actor="keyvault", detail="session-only value destroyed")
+        records = self.backend.list_credentials(owner) if owner is not None else self.backend.iter_all_credentials()
+        for rec in list(records):
+            if rec.type in HIDDEN_TYPES or not is_expired(rec.metadata, now):
+                continue
+            current = self.backend.get_credential(rec.owner, rec.name)  # a new value set meanwhile stays
+            if current is None or current.payload != rec.payload:
+                continue
+            event = AuditEvent(None, now, rec.owner, "keyvault", "expire", rec.name, "ok",
+                               f"value destroyed (expired at {_iso(rec.metadata['expires_at'])})")
+            if self.backend.delete_credential(rec.owner, rec.name, audit=event):
+                purged.append((rec.owner, rec.name))
+        return purged
+
+    def end_session(self, owner: str, *, actor: str | None = None, reason: str = "session ended") -> builtins.list[str]:
+        """Forget every session-only value of `owner` (their server stopped); returns the names."""
+        with self._lock:
+            keys = [k for k in self._session if k[0] == owner]
+            for key in keys:
+                del self._session[key]
+        for _, name in keys:
+            self.audit(owner, "delete", name, "ok", actor=actor or "keyvault", detail=f"session-only; {reason}")
+        return [name for _, name in keys]
 
     # -- master key
     def rotate_master_key(self, *, actor: str = "admin") -> int:
@@ -591,5 +741,6 @@ class Vault:
         }
 
     def close(self) -> None:
+        self._session.clear()
         self._deks.clear()
         self.backend.close()

@@ -263,6 +263,8 @@ class _TokenHandler(_Handler):
 
 class _RevokeHandler(_Handler):
     def post(self) -> None:
+        with self.owner.lock:
+            self.owner.revoke_requests.append(dict(_Request(self).form))
         self.reply(self.owner.server.create_endpoint_response("revocation", _Request(self)))
 
 
@@ -303,6 +305,7 @@ class OAuthTestServer:
         self.codes: dict[str, Code] = {}
         self.tokens: list[Token] = []
         self.token_requests: list[str] = []
+        self.revoke_requests: list[dict] = []  # the form of each RFC 7009 revocation request
         self.authorize_requests: list[dict] = []
         self.api_requests: list[dict[str, Any]] = []
         self.server = _Server(self)
@@ -384,4 +387,4 @@ class OAuthTestServer:
             self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
             self._thread.join(10)
-        self._thread = None
+        self._thread = self._loop = None  # a second stop (a test's, then the fixture's) does nothing

@@ -27,6 +27,7 @@ class Upstream:
     base_url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     injected: str | None = None
+    expires_at: float | None = None  # epoch seconds: a cached Upstream is not reused past it
 
     def __repr__(self) -> str:
         return f"Upstream(base_url={self.base_url!r}, injected={'***' if self.injected else None})"
@@ -65,7 +66,10 @@ class ServerVault(Protocol):
     def info(self, owner: str, name: str) -> CredentialInfo: ...
     def set(self, owner: str, name: str, value: str, *, provider: str | None = None, type: str = "api_key",
             metadata: Mapping[str, Any] | None = None, actor: str | None = None,
-            action: str = "set") -> tuple[CredentialInfo, bool]: ...
+            action: str = "set", session: bool = False,
+            expires_at: float | None = None) -> tuple[CredentialInfo, bool]: ...
+    def set_expiry(self, owner: str, name: str, expires_at: float | None, *,
+                   actor: str | None = None) -> CredentialInfo: ...
     def update_metadata(self, owner: str, name: str, metadata: Mapping[str, Any], *,
                         actor: str | None = None) -> CredentialInfo: ...
     def replace_value(self, owner: str, name: str, expected: str, value: str, metadata: Mapping[str, Any], *,
@@ -92,3 +96,11 @@ class ServerVault(Protocol):
         """Where the proxy sends a request for `name` and the headers that authenticate it."""
     def access_tokens(self) -> AccessTokens:
         """Vault access tokens (kvt1) for this vault."""
+
+    # -- lifetimes
+    def purge_expired(self, owner: str | None = None) -> builtins.list[tuple[str, str]]:
+        """Destroy expired values (audit rows stay); (owner, name) of each one purged."""
+    def end_session(self, owner: str, *, actor: str | None = None, reason: str = "session ended") -> builtins.list[str]:
+        """This server stops: its owner's session-only credentials end."""
+    def session_heartbeat(self, owner: str) -> None:
+        """This server still runs (a hub service keeps session-only credentials while heartbeats come)."""

@@ -35,12 +35,31 @@ def _ts(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _iso_of(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
 def info_from_json(owner: str, item: dict) -> CredentialInfo:
     return CredentialInfo(
         id=item.get("name", ""), owner=owner, name=item["name"], type=item.get("type", "api_key"),
         provider=item.get("provider"), created_at=_ts(item.get("created_at")) or 0.0,
         updated_at=_ts(item.get("updated_at")) or 0.0, last_used_at=_ts(item.get("last_used_at")),
-        metadata=dict(item.get("metadata") or {}), source=item.get("source", "vault"))
+        metadata=dict(item.get("metadata") or {}), source=item.get("source", "vault"),
+        lifetime=_lifetime_from_json(item))
+
+
+def _lifetime_from_json(item: dict) -> dict:
+    """The service's listing fields back into the lifetime facts a CredentialInfo holds."""
+    lifetime: dict[str, Any] = {}
+    if item.get("lifetime") == "session":
+        lifetime["session"] = True
+    for key, field_name in (("expires_at", "expires_at"), ("value_set_at", "value_created_at")):
+        ts = _ts(item.get(field_name))
+        if ts is not None:
+            lifetime[key] = ts
+    return lifetime
 
 
 class HubServiceError(VaultError):
@@ -111,10 +130,16 @@ class HubVaultClient:
         return info_from_json(owner, body)
 
     def set(self, owner: str, name: str, value: str, *, provider: str | None = None, type: str = "api_key",
-            metadata: Mapping[str, Any] | None = None, actor: str | None = None, action: str = "set"):
-        body = {"value": value, "type": type, "metadata": dict(metadata or {})}
+            metadata: Mapping[str, Any] | None = None, actor: str | None = None, action: str = "set",
+            session: bool = False, expires_at: float | None = None):
+        """`session`: the service holds the value in its memory for as long as this server runs."""
+        body: dict[str, Any] = {"value": value, "type": type, "metadata": dict(metadata or {})}
         if provider is not None:
             body["provider"] = provider
+        if session:
+            body["session"] = True
+        if expires_at is not None:
+            body["expires_at"] = _iso_of(expires_at)
         status, _ = self._call("PUT", self._credential_path(name), body)
         return self.info(owner, name), status == 201
 
@@ -122,6 +147,25 @@ class HubVaultClient:
                         actor: str | None = None) -> CredentialInfo:
         _, body = self._call("PATCH", self._credential_path(name), {"metadata": dict(metadata)})
         return info_from_json(owner, body)
+
+    def set_expiry(self, owner: str, name: str, expires_at: float | None, *,
+                   actor: str | None = None) -> CredentialInfo:
+        body = {"expires_at": _iso_of(expires_at) if expires_at is not None else None}
+        _, reply = self._call("PATCH", self._credential_path(name), body)
+        return info_from_json(owner, reply)
+
+    def purge_expired(self, owner: str | None = None) -> builtins.list[tuple[str, str]]:
+        """The service purges its own expired values (and refuses them until then)."""
+        return []
+
+    def end_session(self, owner: str, *, actor: str | None = None, reason: str = "session ended") -> builtins.list[str]:
+        """This server stops: the service forgets its owner's session-only values now."""
+        _, body = self._call("DELETE", "api/session")
+        return list((body or {}).get("ended", []))
+
+    def session_heartbeat(self, owner: str) -> None:
+        """The service keeps session-only values while heartbeats come (see its session_timeout)."""
+        self._call("POST", "api/session")
 
     def replace_value(self, owner: str, name: str, expected: str, value: str, metadata: Mapping[str, Any], *,
                       actor: str | None = None, action: str = "refresh") -> CredentialInfo:

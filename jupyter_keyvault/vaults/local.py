@@ -74,7 +74,7 @@ class LocalVault(Vault):
         if self._env.get(name) and name in self.env_credential_names:
             kind: tuple[str | None, str] | None = (None, "api_key")  # the env var wins at use time
         else:
-            rec = self.backend.get_credential(owner, name)
+            rec = self._record(owner, name)
             kind = (rec.provider, rec.type) if rec is not None else None  # None: resolve says it is missing
             metadata = rec.metadata if rec is not None else None
         base_url = self._endpoint(provider, metadata)
@@ -82,8 +82,12 @@ class LocalVault(Vault):
         if refusal:
             self.audit(owner, "use", name, "denied", actor=actor, detail=f"route={provider.id}")
             raise AccessDenied(refusal)
-        key = self.resolve(owner, name, actor=actor).value
-        return Upstream(base_url, provider.auth_headers(key), key)
+        resolved = self.resolve(owner, name, actor=actor)
+        return Upstream(base_url, provider.auth_headers(resolved.value), resolved.value,
+                        expires_at=resolved.expires_at)
 
     def access_tokens(self) -> TokenStore:
         return self._tokens
+
+    def session_heartbeat(self, owner: str) -> None:
+        """Session-only values live in this process: they end with it, nothing to keep alive."""

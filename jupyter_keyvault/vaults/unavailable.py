@@ -5,6 +5,7 @@ scrubbing) and shuts down normally."""
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, NoReturn
 
 from ..store.errors import VaultError
@@ -26,7 +27,11 @@ class UnavailableVault:
         raise VaultUnavailable(f"the vault is not available: {self.reason}")
 
     list = info = set = update_metadata = replace_value = delete = resolve = get_value = _refuse
-    audit_events = test = upstream = _refuse
+    audit_events = test = upstream = set_expiry = purge_expired = session_heartbeat = _refuse
+
+    def end_session(self, *_: Any, **__: Any) -> builtins.list[str]:
+        """Nothing was held."""
+        return []
 
     def audit(self, *_: Any, **__: Any) -> None:
         """Nothing can be recorded; the refusals themselves are in the server log."""

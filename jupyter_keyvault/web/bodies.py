@@ -4,6 +4,7 @@ server, the hub service's personal and shared PUT, a kernel's `%keyvault set`)."
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Iterable
 
@@ -11,10 +12,11 @@ from tornado import web
 
 from .. import providers
 from ..store import InvalidInput
+from ..store.model import SERVER_METADATA_KEYS, parse_expiry
 
 MAX_METADATA_BYTES = 4096
 MAX_DEPTH = 16  # credential bodies are two levels deep; metadata a few more
-CREDENTIAL_FIELDS = frozenset({"value", "provider", "type", "metadata"})
+CREDENTIAL_FIELDS = frozenset({"value", "provider", "type", "metadata", "session", "expires_at", "expires_in"})
 
 
 def _no_constant(name: str):
@@ -113,7 +115,7 @@ def _depth(value: Any, level: int = 1) -> int:
 
 
 def metadata_object(metadata: Any) -> dict[str, Any]:
-    """Client metadata: a JSON object under 4 KiB; `hint` is server-made and dropped."""
+    """Client metadata: a JSON object under 4 KiB; server-made keys (`hint`, lifetimes) are dropped."""
     if metadata is None:  # absent or null: none (`or {}` would let [], "", 0 and false through)
         return {}
     if not isinstance(metadata, dict) or len(json.dumps(metadata)) > MAX_METADATA_BYTES:
@@ -122,16 +124,46 @@ def metadata_object(metadata: Any) -> dict[str, Any]:
         globs = metadata["notebooks"]
         if not (isinstance(globs, list) and all(isinstance(g, str) and g for g in globs)):
             raise web.HTTPError(422, "metadata.notebooks must be a list of non-empty glob strings")
-    return {k: v for k, v in metadata.items() if k != "hint"}
+    return {k: v for k, v in metadata.items() if k not in SERVER_METADATA_KEYS}
 
 
-def metadata_write(body: dict[str, Any]) -> dict[str, Any]:
-    """A PATCH body: exactly {"metadata": {...}}, checked like a PUT's metadata."""
-    if set(body) != {"metadata"}:
-        raise web.HTTPError(422, "send exactly one field, 'metadata' (a JSON object)")
-    if not isinstance(body["metadata"], dict):
+def expiry_fields(body: dict[str, Any], now: float | None = None) -> tuple[bool, float | None]:
+    """(given, epoch seconds or None) from `expires_at` (ISO 8601 date or time, or null to clear)
+    or `expires_in` (a duration: 90m, 8h, 7d, 2w); both at once is a 422."""
+    now = time.time() if now is None else now
+    if "expires_at" in body and "expires_in" in body:
+        raise web.HTTPError(422, "send either 'expires_at' or 'expires_in', not both")
+    field_name = "expires_at" if "expires_at" in body else "expires_in" if "expires_in" in body else None
+    if field_name is None:
+        return False, None
+    raw = body[field_name]
+    if raw is None and field_name == "expires_at":
+        return True, None
+    if not isinstance(raw, str) or len(raw) > 64:
+        raise web.HTTPError(422, f"field '{field_name}' must be a string: an ISO 8601 date or time (expires_at) "
+                                 "or a duration like 8h or 7d (expires_in)")
+    try:
+        return True, parse_expiry(raw, now)
+    except InvalidInput as exc:
+        raise web.HTTPError(422, f"field '{field_name}': {exc}") from None
+
+
+@dataclass
+class CredentialPatch:
+    metadata: dict[str, Any] | None  # None: left as it is
+    expiry_given: bool
+    expires_at: float | None  # None with expiry_given: the expiry is cleared
+
+
+def parse_credential_patch(body: dict[str, Any]) -> CredentialPatch:
+    """A PATCH body: `metadata` (checked like a PUT's) and/or `expires_at` / `expires_in`."""
+    if not body or set(body) - {"metadata", "expires_at", "expires_in"}:
+        raise web.HTTPError(422, "send 'metadata' (a JSON object) and/or 'expires_at' / 'expires_in'")
+    if "metadata" in body and not isinstance(body["metadata"], dict):
         raise web.HTTPError(422, "field 'metadata' must be a JSON object under 4 KiB")
-    return metadata_object(body["metadata"])
+    expiry_given, expires_at = expiry_fields(body)
+    metadata = metadata_object(body["metadata"]) if "metadata" in body else None
+    return CredentialPatch(metadata, expiry_given, expires_at)
 
 
 @dataclass
@@ -141,6 +173,8 @@ class CredentialWrite:
     type: str
     metadata: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    session: bool = False  # memory only: never written to the vault file
+    expires_at: float | None = None
 
 
 def parse_credential_write(name: str, body: dict[str, Any], *, max_value_bytes: int,
@@ -165,8 +199,12 @@ def parse_credential_write(name: str, body: dict[str, Any], *, max_value_bytes: 
     elif not isinstance(provider, str) or provider not in providers.PROVIDERS:
         raise web.HTTPError(422, f"unknown provider; known: {', '.join(providers.PROVIDERS)}")
     metadata = metadata_object(body.get("metadata"))
+    session = body.get("session", False)
+    if not isinstance(session, bool):
+        raise web.HTTPError(422, "field 'session' must be true or false")
+    _, expires_at = expiry_fields(body)
     try:
         warnings = providers.check_key_format(provider, value) if kind == "api_key" else []
     except InvalidInput as exc:
         raise web.HTTPError(422, str(exc)) from None
-    return CredentialWrite(value, provider, kind, metadata, warnings)
+    return CredentialWrite(value, provider, kind, metadata, warnings, session, expires_at)

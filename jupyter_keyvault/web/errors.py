@@ -12,7 +12,7 @@ from tornado import web
 from ..oauth import NeedsReauth, OAuthError
 from ..ratelimit import RateLimiter
 from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
-from ..store.errors import AccessDenied, BadUpstream, NotAvailable, RateLimited, VaultDiskFull
+from ..store.errors import AccessDenied, BadUpstream, CredentialExpired, NotAvailable, RateLimited, VaultDiskFull
 
 
 class TooManyRequests(web.HTTPError):
@@ -37,7 +37,7 @@ def http_errors(*, missing: int = 404) -> Iterator[None]:
         raise web.HTTPError(missing, str(exc)) from None
     except InvalidInput as exc:
         raise web.HTTPError(422, str(exc)) from None
-    except (NotAvailable, AccessDenied) as exc:
+    except (NotAvailable, AccessDenied, CredentialExpired) as exc:
         raise web.HTTPError(403, str(exc)) from None
     except RateLimited as exc:
         raise TooManyRequests(str(exc), exc.retry_after) from None

@@ -160,7 +160,8 @@ export class KeyVaultApi {
     name: string,
     value: string,
     provider: ProviderId | null,
-    metadata: Record<string, unknown>
+    metadata: Record<string, unknown>,
+    session = false
   ): Promise<unknown> {
     return this.call(
       'put',
@@ -169,7 +170,8 @@ export class KeyVaultApi {
       {
         value,
         provider,
-        metadata
+        metadata,
+        ...(session ? { session: true } : {})
       }
     );
   }

@@ -135,6 +135,18 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
+                /** @description Deleted an OAuth credential; its tokens' revocation at the provider is reported (the local delete happened whatever it says) */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            deleted: boolean;
+                            revocation: components["schemas"]["Revocation"];
+                        };
+                    };
+                };
                 /** @description Deleted */
                 204: {
                     headers: {
@@ -150,7 +162,7 @@ export interface paths {
         };
         options?: never;
         head?: never;
-        /** Replace a credential's metadata (e.g. the per-notebook access list); the value is untouched */
+        /** Replace a credential's metadata (e.g. the per-notebook access list) and/or set its expiry; the value is untouched */
         patch: {
             parameters: {
                 query?: never;
@@ -446,6 +458,19 @@ export interface components {
                 expires_at: string | null;
                 needs_reauth: boolean;
             };
+            /**
+             * @description 'session': held in the server's memory only (never written to disk), gone when the server stops.
+             * @enum {string}
+             */
+            lifetime?: "stored" | "session";
+            /** @description When the credential expires (ISO 8601, UTC); after it every use is refused and the value is purged. */
+            expires_at?: string | null;
+            expired?: boolean;
+            /** @description When the current value was set: the key's age counts from here. */
+            value_created_at?: string | null;
+            age_days?: number;
+            /** @description Older than c.KeyVault.key_age_warning_days: rotate it. */
+            stale?: boolean;
         };
         /** @description A Credential plus the format warnings of the write (Credential forbids extra properties, so it cannot be reused through allOf). */
         CreatedCredential: {
@@ -468,6 +493,19 @@ export interface components {
                 expires_at: string | null;
                 needs_reauth: boolean;
             };
+            /**
+             * @description 'session': held in the server's memory only (never written to disk), gone when the server stops.
+             * @enum {string}
+             */
+            lifetime?: "stored" | "session";
+            /** @description When the credential expires (ISO 8601, UTC); after it every use is refused and the value is purged. */
+            expires_at?: string | null;
+            expired?: boolean;
+            /** @description When the current value was set: the key's age counts from here. */
+            value_created_at?: string | null;
+            age_days?: number;
+            /** @description Older than c.KeyVault.key_age_warning_days: rotate it. */
+            stale?: boolean;
         };
         CredentialWrite: {
             /** @description The secret, without NUL characters. Never returned. */
@@ -484,6 +522,12 @@ export interface components {
                 /** @description Glob list of notebook paths allowed to use the credential; absent: every notebook. */
                 notebooks?: string[];
             } | null;
+            /** @description true: kept in the server's memory only (never in the vault file, its WAL, backups or exports); gone when the server stops. */
+            session?: boolean;
+            /** @description ISO 8601 date (00:00 UTC of that day) or time, in the future: after it the credential is refused and purged. */
+            expires_at?: string | null;
+            /** @description A duration instead of expires_at: 90m, 8h, 7d, 2w. */
+            expires_in?: string;
         };
         TestResult: {
             /** @enum {boolean} */
@@ -523,6 +567,14 @@ export interface components {
             };
             /** @description Whether kernels may fetch values (direct mode). */
             allow_direct_access: boolean;
+            /** @description Credential lifetimes: session-only, expired and stale (older than key_age_warning_days) names. */
+            lifetimes?: {
+                session: string[];
+                expired: string[];
+                stale: string[];
+                key_age_warning_days: number;
+                delete_on_exit: "all" | string[];
+            };
         };
         AuditEvent: {
             id: number;
@@ -571,9 +623,20 @@ export interface components {
         };
         MetadataWrite: {
             /** @description Replaces the metadata, under 4 KiB of JSON. 'notebooks': glob list of notebook paths allowed to use the credential (empty or absent: every notebook). A 'hint' is server-made and kept. */
-            metadata: {
+            metadata?: {
                 notebooks?: string[];
             };
+            /** @description Set the expiry (ISO 8601 date or time) or clear it (null); the value is untouched. */
+            expires_at?: string | null;
+            /** @description Set the expiry as a duration from now: 90m, 8h, 7d, 2w. */
+            expires_in?: string;
+        };
+        /** @description What the OAuth provider said to the RFC 7009 revocation of the deleted credential's tokens. */
+        Revocation: {
+            ok: boolean;
+            /** @description false: no revocation endpoint configured, or the tokens could not be read. */
+            attempted: boolean;
+            detail: string;
         };
     };
     responses: {

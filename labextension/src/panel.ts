@@ -108,6 +108,7 @@ export class KeyVaultPanel extends Widget {
   private readonly providerSelect: HTMLSelectElement;
   private readonly providerHint: HTMLElement;
   private readonly valueInput: HTMLInputElement;
+  private readonly sessionInput: HTMLInputElement;
   private readonly formTitle: HTMLElement;
   private replacing: Credential | null = null;
 
@@ -145,6 +146,12 @@ export class KeyVaultPanel extends Widget {
       required: '',
       'aria-describedby': hintId
     });
+    const sessionId = nextId('kv-session');
+    this.sessionInput = el('input', {
+      id: sessionId,
+      class: 'kv-session',
+      type: 'checkbox'
+    });
     this.formTitle = el('h3', { class: 'kv-form-title' }, 'Add a key');
     const cancel = button('Cancel', 'kv-cancel', () => this.resetForm());
     this.form = el(
@@ -158,6 +165,16 @@ export class KeyVaultPanel extends Widget {
       this.providerHint,
       el('label', { for: valueId }, 'Value (never shown again)'),
       this.valueInput,
+      el(
+        'div',
+        {
+          class: 'kv-session-row',
+          title:
+            "Kept in the server's memory only, never written to disk; gone when the server stops"
+        },
+        this.sessionInput,
+        el('label', { for: sessionId }, 'Only for this session')
+      ),
       el(
         'div',
         { class: 'kv-row' },
@@ -380,6 +397,7 @@ export class KeyVaultPanel extends Widget {
         el('span', { class: 'kv-badge kv-badge-oauth' }, 'OAuth')
       );
     }
+    nameCell.append(...lifetimeBadges(item));
     const globs = notebookGlobs(item);
     if (globs.length) {
       nameCell.append(
@@ -644,6 +662,7 @@ export class KeyVaultPanel extends Widget {
     this.providerSelect.value = '';
     this.showHint();
     this.valueInput.value = '';
+    this.sessionInput.checked = false;
   }
 
   /** Read the value, clear the input at once (before the request, so also on failure), send it. */
@@ -664,11 +683,15 @@ export class KeyVaultPanel extends Widget {
       return;
     }
     const verb = this.replacing ? 'Replaced' : 'Saved';
+    const session = this.sessionInput.checked;
     try {
-      await this.api.save(name, value, provider, metadata);
+      await this.api.save(name, value, provider, metadata, session);
       this.resetForm();
       await this.refresh();
-      this.say(`${verb} ${name}.`, 'ok');
+      this.say(
+        `${verb} ${name}${session ? ' for this session only' : ''}.`,
+        'ok'
+      );
     } catch (error) {
       this.say(`Could not save ${name}: ${message(error)}`, 'error');
     }
@@ -863,4 +886,57 @@ export class KeyVaultPanel extends Widget {
     await this.refresh();
     this.say(`Revoked ${token.name}.`, 'ok');
   }
+}
+
+/** Badges for a credential's lifetime: session-only, expired or expiring, stale (due for rotation). */
+function lifetimeBadges(item: Credential): HTMLElement[] {
+  const badges: HTMLElement[] = [];
+  if (item.lifetime === 'session') {
+    badges.push(
+      el(
+        'span',
+        {
+          class: 'kv-badge kv-badge-session',
+          title: "Kept in the server's memory only; gone when it stops"
+        },
+        'session'
+      )
+    );
+  }
+  if (item.expired) {
+    badges.push(
+      el(
+        'span',
+        {
+          class: 'kv-badge kv-badge-expired',
+          title: `Expired ${when(item.expires_at ?? null)}: refused until replaced`
+        },
+        'expired'
+      )
+    );
+  } else if (item.expires_at) {
+    badges.push(
+      el(
+        'span',
+        {
+          class: 'kv-badge kv-badge-expires',
+          title: 'Refused after this time'
+        },
+        `until ${when(item.expires_at)}`
+      )
+    );
+  }
+  if (item.stale) {
+    badges.push(
+      el(
+        'span',
+        {
+          class: 'kv-badge kv-badge-stale',
+          title: `Set ${item.age_days ?? '?'} days ago: rotate it`
+        },
+        'stale'
+      )
+    );
+  }
+  return badges;
 }

@@ -17,6 +17,7 @@ def make_handlers(prefix: str) -> list:
         (rf"{p}/api/credentials/{_NAME}/value/?", credentials.CredentialValueHandler),
         (rf"{p}/api/credentials/{_NAME}/?", credentials.CredentialHandler),
         (rf"{p}/api/usage/?", credentials.UsageHandler),
+        (rf"{p}/api/session/?", credentials.SessionHandler),
         (rf"{p}/api/audit/?", credentials.AuditHandler),
         (rf"{p}/api/status/?", credentials.StatusHandler),
         (rf"{p}/api/admin/shared/?", admin.SharedListHandler),

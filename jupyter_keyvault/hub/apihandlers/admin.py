@@ -7,6 +7,7 @@ import re
 
 from tornado import web
 
+from ...web.errors import http_errors
 from ..common import SHARED_OWNER
 from ..db import LIMIT_FIELDS, Limits
 from .base import ServiceBase, shared_json
@@ -55,9 +56,13 @@ class SharedHandler(ServiceBase):
         await self.require_admin()
         name = self.name_from_path(raw_name)
         write = self.credential_write(name)
+        if write.session:
+            raise web.HTTPError(422, "shared keys cannot be session-only; give them an expiry instead")
+        with http_errors():
+            expires_at = self.kv.shared_expiry(write.expires_at)
         info, created = await self.off_loop(self.kv.vault.set, SHARED_OWNER, name, write.value,
                                             provider=write.provider, type=write.type, metadata=write.metadata,
-                                            actor=self.username)
+                                            actor=self.username, expires_at=expires_at)
         self.kv.invalidate(SHARED_OWNER, name)
         if created:
             self.set_header("Location", f"{self.kv.service_prefix}api/admin/shared/{name}")

@@ -9,7 +9,7 @@ import json
 from tornado import web
 
 from ..._version import __version__
-from ...web.bodies import metadata_write
+from ...web.bodies import parse_credential_patch
 from ...web.errors import http_errors
 from ..common import personal_owner
 from .base import ServiceBase, shared_json
@@ -54,7 +54,10 @@ class CredentialHandler(ServiceBase):
         write = self.credential_write(name)
         owner = personal_owner(self.username)
         info, created = await self.off_loop(self.kv.vault.set, owner, name, write.value, provider=write.provider,
-                                            type=write.type, metadata=write.metadata, actor=self.username)
+                                            type=write.type, metadata=write.metadata, actor=self.username,
+                                            session=write.session, expires_at=write.expires_at)
+        if write.session:  # held while the user's server beats (or until it says it stopped)
+            self.kv.heartbeat(self.username)
         self.kv.invalidate(owner, name)
         if created:
             self.set_header("Location", f"{self.kv.service_prefix}api/credentials/{name}")
@@ -63,11 +66,15 @@ class CredentialHandler(ServiceBase):
         self.finish()
 
     async def patch(self, raw_name: str):
-        """Metadata only (e.g. the per-notebook access list a user's server keeps here)."""
+        """Metadata (e.g. the per-notebook access list a user's server keeps here) and/or the expiry."""
         name = self.name_from_path(raw_name)
-        metadata = metadata_write(self.json_body())
+        patch = parse_credential_patch(self.json_body())
         owner = personal_owner(self.username)
-        info = await self.off_loop(self.kv.vault.update_metadata, owner, name, metadata, actor=self.username)
+        info = None
+        if patch.metadata is not None:
+            info = await self.off_loop(self.kv.vault.update_metadata, owner, name, patch.metadata, actor=self.username)
+        if patch.expiry_given:
+            info = await self.off_loop(self.kv.vault.set_expiry, owner, name, patch.expires_at, actor=self.username)
         self.kv.invalidate(owner, name)
         self.write_json(info.to_json())
 
@@ -97,6 +104,20 @@ class CredentialTestHandler(ServiceBase):
     async def post(self, raw_name: str):
         name = self.name_from_path(raw_name)
         self.write_json(await self.test_credential(personal_owner(self.username), name))
+
+
+class SessionHandler(ServiceBase):
+    """The user's server says it runs (POST, a heartbeat) or stopped (DELETE): session-only credentials
+    live while heartbeats come, and end at once on DELETE."""
+
+    async def post(self):
+        self.kv.heartbeat(self.username)
+        self.set_status(204)
+        self.finish()
+
+    async def delete(self):
+        ended = await self.off_loop(self.kv.end_session, self.username, "the server stopped")
+        self.write_json({"ended": ended})
 
 
 class UsageHandler(ServiceBase):
