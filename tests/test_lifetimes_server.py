@@ -5,7 +5,6 @@ and bad lifetime input refused with a 422 that changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import httpx
@@ -22,8 +21,7 @@ def rest(server_url, jp_serverapp):
     async def call(method: str, path: str, body=None, bearer: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {bearer}" if bearer else f"token {token}"}
         async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
-            return await client.request(method, server_url + path, headers=headers,
-                                        content=None if body is None else json.dumps(body))
+            return await client.request(method, server_url + path, headers=headers, json=body)
 
     return call
 
