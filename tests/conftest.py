@@ -69,7 +69,7 @@ _MARKER_MODULES = {
     "e2e": {"test_binder", "test_examples_ui", "test_install", "test_kernel_e2e", "test_scrub_kernel",
             "test_terminal_env", "test_widgets_kernel", "test_widgets_oauth_kernel", "test_openapi_fuzz",
             "test_store_durability", "test_faults", "test_proxy", "test_cli", "test_scrub_iopub_channels",
-            "test_tokens"},
+            "test_tokens", "test_proxy_caches", "test_proxy_session"},
 }
 
 

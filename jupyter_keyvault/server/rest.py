@@ -195,6 +195,7 @@ class TokenHandler(RestHandler):
     async def delete(self, token_id: str):
         self.limit(self.kv.write_limiter, "write")
         await self.off_loop(self.kv.tokens.delete, self.owner, token_id, actor=self.actor)
+        self.kv.forget_tokens()  # revoked for the very next request, not after the verification cache expires
         self.set_status(204)
         self.finish()
 

@@ -443,6 +443,10 @@ class Vault:
 
     TOUCH_INTERVAL = 60.0  # last_used_at is coarse: at most one write per credential a minute
 
+    def touch(self, owner: str, name: str) -> None:
+        """Record a use of `name` now (coarse, see TOUCH_INTERVAL) without decrypting it."""
+        self._touch(validate_owner(owner), validate_name(name))
+
     def _touch(self, owner: str, name: str) -> None:
         now = self._clock()
         if now - self._touched.get((owner, name), float("-inf")) >= self.TOUCH_INTERVAL:

@@ -38,6 +38,7 @@ class AccessTokens(Protocol):
     def list(self, owner: str) -> list[TokenInfo]: ...
     def delete(self, owner: str, token_id: str, *, actor: str | None = None) -> None: ...
     def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo: ...
+    def touch(self, owner: str, token_ids: set[str]) -> None: ...
 
 
 class RefusingTokens:
@@ -51,6 +52,9 @@ class RefusingTokens:
         raise self._error()
 
     create = list = delete = verify = _refuse
+
+    def touch(self, owner: str, token_ids: set[str]) -> None:
+        """No token was ever verified here, so none was used."""
 
 
 @runtime_checkable
@@ -80,6 +84,8 @@ class ServerVault(Protocol):
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *,
               actor: str | None = None, detail: str | None = None) -> None: ...
     def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEvent]: ...
+    def record_uses(self, owner: str, uses: Mapping[tuple[str, str], int]) -> None:
+        """Proxied uses served without a vault read, {(name, caller): requests}: audited and last-used set."""
     def status(self, *, check: bool = True, with_paths: bool = False) -> dict[str, Any]: ...
     def close(self) -> None: ...
 

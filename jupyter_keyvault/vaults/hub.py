@@ -161,6 +161,9 @@ class HubVaultClient:
     def access_tokens(self) -> RefusingTokens:
         return RefusingTokens(lambda: NotAvailable(TOKENS_NOT_AVAILABLE))
 
+    def record_uses(self, owner: str, uses: Mapping[tuple[str, str], int]) -> None:
+        """The service's proxy injects the keys and records their uses."""
+
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", **_: Any) -> None:
         """The service audits every use itself; local events (e.g. notebook denials) go to the server log."""
 

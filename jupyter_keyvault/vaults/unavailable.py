@@ -31,6 +31,8 @@ class UnavailableVault:
     def audit(self, *_: Any, **__: Any) -> None:
         """Nothing can be recorded; the refusals themselves are in the server log."""
 
+    record_uses = audit
+
     def status(self, **_: Any) -> dict[str, Any]:
         return {"protection": {"source": "unavailable", "strong": False, "detail": self.reason},
                 "backend": "unavailable", "location": "", "credentials": None,
