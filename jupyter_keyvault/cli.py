@@ -142,7 +142,9 @@ class ListCommand(_Command):
     description = "List credentials (names, providers, timestamps; never values)."
 
     def run(self):
-        items = self.vault().list(self.owner)
+        from .store.pages import all_pages
+
+        items = list(all_pages(self.vault(), self.owner))  # in pages: a hub listing never comes in one response
         if self.json_output:
             self.out(json.dumps([i.to_json() for i in items], indent=1))
             return

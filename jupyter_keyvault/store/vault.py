@@ -48,6 +48,7 @@ try:
 except ImportError:  # Windows: no flock; staged keys are then never discarded (harmless)
     fcntl = None  # type: ignore[assignment]
 
+MAX_PAGE = 500  # credentials per listing page
 log = logging.getLogger("jupyter_keyvault.store")
 VERSION_KEY = "vault_id"
 
@@ -493,6 +494,33 @@ class Vault:
                         CredentialInfo(**{**i.__dict__, "source": "env"}) if i.name == name else i for i in items
                     ]
         return sorted(items, key=lambda i: i.name)
+
+    def list_page(self, owner: str, *, limit: int, after: str | None = None,
+                  include_env: bool = True) -> tuple[list[CredentialInfo], bool]:
+        """One page of `list()`: up to `limit` items named after `after`, in name order, and whether more
+        follow. Keyset paging: a credential added or deleted meanwhile never shifts another one onto a
+        second page or off every page."""
+        owner = validate_owner(owner)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if after is not None:
+            after = validate_name(after)
+        records = self.backend.list_credentials_page(owner, after, limit + 1)
+        items = [CredentialInfo.from_record(r) for r in records]
+        if include_env:
+            # Stored names up to the last one read are all here; env names beyond it belong to later pages.
+            bound = records[-1].name if len(records) > limit else None
+            stored = {i.name for i in items}
+            now = self._clock()
+            for name in sorted(self.env_credential_names):
+                if not self._env.get(name) or (after is not None and name <= after) or (bound and name > bound):
+                    continue
+                if name in stored:
+                    items = [CredentialInfo(**{**i.__dict__, "source": "env"}) if i.name == name else i for i in items]
+                else:
+                    items.append(CredentialInfo("env:" + name, owner, name, "api_key", None, now, now, None, {}, "env"))
+            items.sort(key=lambda i: i.name)
+        return items[:limit], len(items) > limit
 
     def delete(self, owner: str, name: str, *, actor: str | None = None, hidden: bool = False) -> None:
         owner, name = validate_owner(owner), validate_name(name)

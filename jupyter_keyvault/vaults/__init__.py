@@ -66,6 +66,9 @@ class ServerVault(Protocol):
 
     # -- credentials
     def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]: ...
+    def list_page(self, owner: str, *, limit: int, after: str | None = None,
+                  include_env: bool = True) -> tuple[builtins.list[CredentialInfo], bool]:
+        """Up to `limit` of `list()`'s items named after `after` (name order), and whether more follow."""
     def info(self, owner: str, name: str) -> CredentialInfo: ...
     def set(self, owner: str, name: str, value: str, *, provider: str | None = None, type: str = "api_key",
             metadata: Mapping[str, Any] | None = None, actor: str | None = None,

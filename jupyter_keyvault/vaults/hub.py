@@ -20,6 +20,7 @@ from ..providers import Provider, secret_safe_opener
 from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
 from ..store.errors import NotAvailable
 from ..store.model import AuditEvent, CredentialInfo
+from ..store.pages import encode_cursor
 from ..store.vault import ResolvedCredential
 from . import RefusingTokens, Upstream
 
@@ -99,6 +100,18 @@ class HubVaultClient:
     # -- the Vault interface the extension uses
     def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]:
         _, body = self._call("GET", "api/credentials")
+        return self._listed(owner, body)
+
+    def list_page(self, owner: str, *, limit: int, after: str | None = None,
+                  include_env: bool = True) -> tuple[list[CredentialInfo], bool]:
+        """One page from the service (which pages personal and shared names together). A service older
+        than pages answers with everything and no `next`: one page holding all, which is still right."""
+        query = f"?limit={int(limit)}" + (f"&cursor={quote(encode_cursor(after), safe='')}" if after else "")
+        _, body = self._call("GET", "api/credentials" + query)
+        return self._listed(owner, body), body.get("next") is not None
+
+    @staticmethod
+    def _listed(owner: str, body: dict) -> list[CredentialInfo]:
         items = [info_from_json(owner, i) for i in body["credentials"]]
         personal = {i.name for i in items}
         # Shared keys granted to the user: presence only, usable through the proxy, never readable.

@@ -25,7 +25,7 @@ class UnavailableVault:
     def _refuse(self, *_: Any, **__: Any) -> NoReturn:
         raise VaultUnavailable(f"the vault is not available: {self.reason}")
 
-    list = info = set = update_metadata = replace_value = delete = resolve = get_value = _refuse
+    list = list_page = info = set = update_metadata = replace_value = delete = resolve = get_value = _refuse
     audit_events = test = upstream = _refuse
 
     def audit(self, *_: Any, **__: Any) -> None:
