@@ -115,7 +115,7 @@ async def test_given_inserts_between_pages_when_paging_then_no_credential_is_lis
 
 @pytest.mark.parametrize("query", [
     "limit=0", "limit=501", "limit=-1", "limit=1.5", "limit=abc", "limit=", "limit=%EF%BC%91",
-    "cursor=not-a-cursor", "cursor=c1.%21%21", "cursor=c1.AAAA", "cursor=" + "c1." + "A" * 200,
+    "cursor=not-a-cursor", "cursor=c1.%21%21", "cursor=c1.A", "cursor=", "cursor=" + "c1." + "A" * 200,
     "limit=5&cursor=" + quote("c1.S0VZ/"),
 ])
 async def test_given_a_bad_limit_or_cursor_when_listing_then_400_json_and_nothing_changes(

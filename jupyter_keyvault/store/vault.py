@@ -503,8 +503,8 @@ class Vault:
         owner = validate_owner(owner)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if after is not None:
-            after = validate_name(after)
+        if after is not None and not isinstance(after, str):
+            raise InvalidInput("after must be a credential name")
         records = self.backend.list_credentials_page(owner, after, limit + 1)
         items = [CredentialInfo.from_record(r) for r in records]
         if include_env:
