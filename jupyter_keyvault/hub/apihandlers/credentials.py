@@ -47,8 +47,10 @@ class CredentialsHandler(ServiceBase):
             personal, more = self.kv.vault.list_page(owner, limit=limit, after=after, include_env=False)
             # One page over personal and shared names together (a name in both counts once, as personal).
             bound = personal[-1].name if more else None
-            shared_names = [n for n in sorted(shared) if (after is None or n > after) and (bound is None or n <= bound)]
-            names = sorted({i.name for i in personal} | set(shared_names))
+            own = {i.name for i in personal}  # every personal name up to `bound` is in this page
+            shared_names = [n for n in sorted(shared) if n not in own and (after is None or n > after)
+                            and (bound is None or n <= bound)]
+            names = sorted(own | set(shared_names))
             more = more or len(names) > limit
             last = names[limit - 1] if len(names) >= limit else (names[-1] if names else None)
             body = {"credentials": [i.to_json() for i in personal if last is not None and i.name <= last],
