@@ -8,13 +8,16 @@ One run, every path against the same fake OpenAI upstream (a separate process on
 - keyvault (token): the proxy with a vault access token (kvt1) as the SDK's api_key;
 - floor: a bare aiohttp reverse proxy written for this benchmark (`--floor-proxy`), the least a
   Python hop costs;
+- bare tornado proxy: the same hop in a plain tornado handler (`--tornado-proxy`), what any proxy
+  hosted by jupyter_server cannot go below;
 - jupyter-server-proxy and LiteLLM proxy when installed in `--peers-python`'s environment (a
   separate venv keeps their pins out of ours), skipped with a line saying so otherwise.
 
 Measured, rounds interleaved (each round calls every path once, in a shuffled order) so a noisy
 machine hits all paths alike: small-request p50/p99 (openai SDK non-streaming chat POST over
 keep-alive), time to first chunk and chunk spacing (streams of 10 chunks 20 ms apart), upstream
-connections per 100 requests, 100 and 500 concurrent streams (wall time, errors; paths in turn),
+connections per 100 requests and the CPU time each proxy process spends per request (user + system, so
+other load on the machine does not inflate it), 100 and 500 concurrent streams (wall time, errors; paths in turn),
 RSS of each proxy process next to a bare jupyter server's.
 
     python benchmarks/bench_peers.py [--quick] [--rounds 300] [--peers-python .venv-peers/bin/python]
@@ -83,6 +86,42 @@ def serve_floor_proxy(port: int, upstream: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+# -- the same hop hosted by tornado (what jupyter_server runs on), to tell the host's cost from ours
+def serve_tornado_proxy(port: int, upstream: str) -> None:
+    import tornado.ioloop
+    import tornado.web
+
+    drop = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+
+    class Relay(tornado.web.RequestHandler):
+        async def post(self, path: str) -> None:
+            headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in drop}
+            headers["Authorization"] = f"Bearer {KEY}"
+            async with self.settings["session"].request(self.request.method, upstream + self.request.uri,
+                                                        data=self.request.body or None, headers=headers) as up:
+                self.set_status(up.status)
+                for k, v in up.headers.items():
+                    if k.lower() not in drop:
+                        self.add_header(k, v)
+                async for chunk in up.content.iter_any():
+                    self.write(chunk)
+                    if not up.content.at_eof():
+                        await self.flush()
+                self.finish()
+
+        get = post
+
+    async def start() -> None:
+        session = aiohttp.ClientSession(auto_decompress=False,
+                                        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
+        tornado.web.Application([(r"(/.*)", Relay)], session=session).listen(port, "127.0.0.1")
+        print("ready", flush=True)
+
+    loop = tornado.ioloop.IOLoop.current()
+    loop.add_callback(start)
+    loop.start()
+
+
 # -- processes
 PORTS = range(9300, 9400)  # this benchmark's share of the machine's ports (--ports)
 
@@ -113,6 +152,17 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up in {timeout:g} s")
+
+
+CPU_REQUESTS = 300
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (all its threads): unlike latency, not inflated by other load."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -152,6 +202,7 @@ class Path_:
         self.ttfc: list[float] = []
         self.gaps: list[float] = []
         self.conns_per_100: int | None = None
+        self.cpu_ms: float | None = None
         self.streams: dict[int, tuple[int, float]] = {}
         self.rss: float | None = None
 
@@ -211,9 +262,13 @@ def main() -> None:
                     help="the Python whose environment has jupyter-server-proxy and litellm (a separate venv)")
     ap.add_argument("--ports", default="9300-9399", help="port range for the servers this benchmark starts")
     ap.add_argument("--floor-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
+    ap.add_argument("--tornado-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.floor_proxy:
         serve_floor_proxy(int(args.floor_proxy[0]), args.floor_proxy[1])
+        return
+    if args.tornado_proxy:
+        serve_tornado_proxy(int(args.tornado_proxy[0]), args.tornado_proxy[1])
         return
     global PORTS
     low, high = (int(x) for x in args.ports.split("-"))
@@ -288,6 +343,14 @@ def main() -> None:
         wait_http(floor_url + "/models", 30, floor)
         paths.append(Path_("floor: bare aiohttp proxy", floor_url, sdk(floor_url, "unused"),
                            lambda: {"Authorization": "Bearer unused"}, floor.pid))
+        tornado_port = free_port()
+        hop = start([sys.executable, __file__, "--tornado-proxy", str(tornado_port), upstream_url],
+                    stdout=subprocess.PIPE, text=True)
+        hop.stdout.readline()
+        tornado_url = f"http://127.0.0.1:{tornado_port}/v1"
+        wait_http(tornado_url + "/models", 30, hop)
+        paths.append(Path_("bare tornado proxy (jupyter_server's host)", tornado_url, sdk(tornado_url, "unused"),
+                           lambda: {"Authorization": "Bearer unused"}, hop.pid))
 
         bare_root = work / "bare"
         bare_port = free_port()
@@ -342,11 +405,13 @@ def main() -> None:
         for _ in range(args.stream_rounds):
             for path in random.sample(paths, len(paths)):
                 path.stream()
-        for path in paths:
-            before = upstream_connections(upstream_url)
-            for _ in range(100):
+        for path in paths:  # one path at a time: connections it opens, CPU its process spends
+            before, cpu = upstream_connections(upstream_url), cpu_seconds(path.pid)
+            for _ in range(CPU_REQUESTS):
                 path.small_request()
-            path.conns_per_100 = upstream_connections(upstream_url) - before - 1  # minus the stats call's own
+            path.cpu_ms = (cpu_seconds(path.pid) - cpu) / CPU_REQUESTS * 1e3 if path.pid else None
+            opened = upstream_connections(upstream_url) - before - 1  # minus the stats call's own
+            path.conns_per_100 = round(opened * 100 / CPU_REQUESTS)
         for n in concurrency:
             for path in random.sample(paths, len(paths)):
                 path.streams[n] = asyncio.run(concurrent_streams(path, n))
@@ -375,7 +440,7 @@ def report(paths: list[Path_], args, concurrency: tuple[int, ...], skipped: list
     print(f"{args.rounds} interleaved rounds of an openai SDK chat POST (keep-alive), {args.stream_rounds} of a "
           f"10-chunk stream 20 ms apart; {os.cpu_count()} cores, other work on the machine\n")
     cols = ["path", "p50", "p99", "added p50", "added p99", "TTFC p50", "added TTFC", "chunk gap p50/max",
-            "upstream conns /100"] + [f"{n} streams" for n in concurrency] + ["RSS"]
+            "upstream conns /100", "proxy CPU /request"] + [f"{n} streams" for n in concurrency] + ["RSS"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for p in paths:
@@ -383,11 +448,12 @@ def report(paths: list[Path_], args, concurrency: tuple[int, ...], skipped: list
                "" if p is direct else f"{pct(p.small, .5) - d50:+.2f} ms",
                "" if p is direct else f"{pct(p.small, .99) - d99:+.2f} ms",
                f"{pct(p.ttfc, .5):.2f} ms", "" if p is direct else f"{pct(p.ttfc, .5) - dttfc:+.2f} ms",
-               f"{pct(p.gaps, .5):.1f}/{max(p.gaps) * 1e3:.1f} ms", str(p.conns_per_100)]
+               f"{pct(p.gaps, .5):.1f}/{max(p.gaps) * 1e3:.1f} ms", str(p.conns_per_100),
+               "" if p.cpu_ms is None else f"{p.cpu_ms:.2f} ms"]
         row += [f"{p.streams[n][0]} errors, {p.streams[n][1]:.2f} s" for n in concurrency]
         row.append(f"{p.rss:.0f} MiB" if p.rss else "")
         print("| " + " | ".join(row) + " |")
-    print(f"| bare jupyter server (no extension, idle) | | | | | | | | | {'| ' * len(concurrency)}"
+    print(f"| bare jupyter server (no extension, idle) | | | | | | | | | | {'| ' * len(concurrency)}"
           f"{bare_rss:.0f} MiB |")
     for line in skipped:
         print(f"skipped {line}")

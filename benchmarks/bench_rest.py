@@ -103,6 +103,15 @@ def main() -> None:
     vault = Vault(SQLiteBackend(server.vault_path), env={"KEYVAULT_MASTER_KEY": server.master_key})
     for i in range(1000):
         vault.set(owner, f"KEY_{i:04d}", "sk-proj-" + "a" * 48, provider="openai")
+    # The handler's own work for a page of 100 (query, records, JSON), without HTTP or other requests.
+    for after in (None, "KEY_0499"):
+        times = []
+        for _ in range(200):
+            start = time.perf_counter()
+            infos, _ = vault.list_page(owner, limit=100, after=after)
+            json.dumps({"credentials": [i.to_json() for i in infos]})
+            times.append(time.perf_counter() - start)
+        print(f"page of 100 after {after}: handler work p50 {statistics.median(times) * 1e3:.2f} ms (in-process)")
     vault.close()
     server.args.append(f"--KeyVault.owner={owner}")
     with server:
