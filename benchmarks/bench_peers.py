@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -220,7 +221,7 @@ class Path_:
                 arrivals.append(time.perf_counter())
         assert len(arrivals) == 10, (self.label, len(arrivals))
         self.ttfc.append(arrivals[0] - start)
-        self.gaps.extend(b - a for a, b in zip(arrivals, arrivals[1:]))
+        self.gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
 
 
 def pct(values: list[float], p: float) -> float:

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 import httpx2
-import openai
 import pytest
 
 from jupyter_keyvault.kernel_auth import make_credential

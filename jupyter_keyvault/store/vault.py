@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hmac
 import logging
 import os
@@ -496,7 +497,7 @@ class Vault:
         return sorted(items, key=lambda i: i.name)
 
     def list_page(self, owner: str, *, limit: int, after: str | None = None,
-                  include_env: bool = True) -> tuple[list[CredentialInfo], bool]:
+                  include_env: bool = True) -> tuple[builtins.list[CredentialInfo], bool]:
         """One page of `list()`: up to `limit` items named after `after`, in name order, and whether more
         follow. Keyset paging: a credential added or deleted meanwhile never shifts another one onto a
         second page or off every page."""

@@ -103,7 +103,7 @@ class HubVaultClient:
         return self._listed(owner, body)
 
     def list_page(self, owner: str, *, limit: int, after: str | None = None,
-                  include_env: bool = True) -> tuple[list[CredentialInfo], bool]:
+                  include_env: bool = True) -> tuple[builtins.list[CredentialInfo], bool]:
         """One page from the service (which pages personal and shared names together). A service older
         than pages answers with everything and no `next`: one page holding all, which is still right."""
         query = f"?limit={int(limit)}" + (f"&cursor={quote(encode_cursor(after), safe='')}" if after else "")
@@ -111,7 +111,7 @@ class HubVaultClient:
         return self._listed(owner, body), body.get("next") is not None
 
     @staticmethod
-    def _listed(owner: str, body: dict) -> list[CredentialInfo]:
+    def _listed(owner: str, body: dict) -> builtins.list[CredentialInfo]:
         items = [info_from_json(owner, i) for i in body["credentials"]]
         personal = {i.name for i in items}
         # Shared keys granted to the user: presence only, usable through the proxy, never readable.
