@@ -146,8 +146,10 @@ class ListCommand(_Command):
                                          "Only credentials older than key_age_warning_days, or expired.")}
 
     def run(self):
+        from .store.pages import all_pages
+
         now, warn_after = time.time(), self.key_age_warning_days * 86400
-        items = self.vault().list(self.owner)
+        items = list(all_pages(self.vault(), self.owner))  # in pages: a hub listing never comes in one response
         if self.stale_only:
             items = [i for i in items if i.stale(now, warn_after) or i.expired(now)]
         if self.json_output:

@@ -246,8 +246,9 @@ class KeyVault(Configurable):
         0, help="Upper bound on concurrent upstream connections of the proxy (0 = no limit)."
     ).tag(config=True)
     resolve_cache_seconds = Float(
-        5.0, help="How long the proxy may reuse a decrypted key before reading the vault again. Writes through "
-        "this server invalidate it at once; writes by another process (the CLI) are seen after this delay.",
+        5.0, help="How long the proxy may reuse a decrypted key (or a verified vault access token) before "
+        "reading the vault again. Writes and token revocations through this server invalidate it at once; "
+        "writes by another process (the CLI) are seen after this delay.",
     ).tag(config=True)
     autoload = Bool(
         True, help="Load the kernel helper and its output scrubber in every IPython kernel this server starts "

@@ -85,7 +85,7 @@ _MARKER_MODULES = {
             "test_terminal_env", "test_widgets_kernel", "test_widgets_oauth_kernel", "test_openapi_fuzz",
             "test_store_durability", "test_faults", "test_proxy", "test_cli", "test_scrub_iopub_channels",
             "test_tokens", "test_proxy_headers", "test_proxy_uploads", "test_proxy_encoding", "test_realtime",
-            "test_client_matrix", "test_jupyter_ai", "test_lifetimes_e2e"},
+            "test_client_matrix", "test_jupyter_ai", "test_lifetimes_e2e", "test_proxy_caches", "test_proxy_session"},
 }
 
 

@@ -254,6 +254,24 @@ class StorageBackendSuite:
         backend.upsert_credential(make_record("bob"))
         assert backend.get_credential("alice", "OPENAI_API_KEY") is None
 
+    def test_given_mixed_case_and_underscore_names_when_listed_in_pages_then_byte_order_without_tokens_or_others(
+            self, backend):
+        # Byte order ('Z' < '_' < 'a'), which a locale collation (PostgreSQL's default) would not give.
+        names = ["b_key", "A_KEY", "_X", "ZZ", "a", "B", "aa", "A"]
+        for name in names:
+            backend.upsert_credential(make_record("alice", name))
+        backend.upsert_credential(make_record("alice", "__token_x", type="vault_token"))
+        backend.upsert_credential(make_record("bob", "AB"))
+        pages, after = [], None
+        while True:
+            page = backend.list_credentials_page("alice", after, 3)
+            pages.append([r.name for r in page])
+            if len(page) < 3:
+                break
+            after = page[-1].name
+        assert [n for p in pages for n in p] == sorted(names)
+        assert all(len(p) <= 3 for p in pages)
+
     def test_given_records_of_several_owners_when_listed_then_only_that_owners_records_are_returned(self, backend):
         for name in ("ZETA", "ALPHA", "MIDDLE"):
             backend.upsert_credential(make_record("alice", name))

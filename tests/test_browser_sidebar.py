@@ -297,3 +297,42 @@ def test_given_lifetimes_when_the_sidebar_lists_keys_then_the_session_checkbox_w
     assert places_in_page(page, canary) == [] and recorder.where(canary) == []
     on_disk = b"".join(p.read_bytes() for p in lab.root.rglob("*") if p.is_file() and p.suffix != ".png")
     assert canary.encode() not in on_disk
+
+
+@pytest.fixture
+def lab_with_many_keys(fake_upstream):
+    """A lab whose vault already holds 230 credentials: more than two of the sidebar's pages."""
+    from jupyter_keyvault.store import SQLiteBackend, Vault
+
+    require_chromium()
+    server = JupyterLab(config={"KeyVault": {"owner": "pages",
+                                             "provider_base_urls": {"openai": fake_upstream.openai_base_url}}})
+    write_lab_settings(server.root / "config")
+    vault = Vault(SQLiteBackend(server.vault_path), env={"KEYVAULT_MASTER_KEY": server.master_key})
+    for i in range(230):
+        vault.set("pages", f"KEY_{i:03d}", "sk-proj-" + secrets.token_hex(20), provider="openai")
+    vault.close()
+    server.start(timeout=120)
+    yield server
+    server.stop()
+
+
+def test_given_more_credentials_than_a_page_when_the_sidebar_opens_then_it_reads_every_page_and_lists_each_once(
+        lab_with_many_keys):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(90_000)
+        listings: list[str] = []
+        page.on("request", lambda r: listings.append(r.url) if "/keyvault/api/credentials?" in r.url else None)
+        page.goto(lab_with_many_keys.lab_url())
+        open_sidebar(page)
+        page.wait_for_selector(f'{SIDEBAR} tr.kv-item[data-name="KEY_229"]')
+        names = page.locator(f"{SIDEBAR} tr.kv-item").evaluate_all("rows => rows.map(r => r.dataset.name)")
+        browser.close()
+
+    assert names == [f"KEY_{i:03d}" for i in range(230)]
+    assert len(listings) % 3 == 0 and all("limit=100" in url for url in listings)
+    assert sum("cursor=" in url for url in listings) == 2 * len(listings) // 3

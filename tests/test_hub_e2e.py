@@ -437,3 +437,46 @@ def _read(path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+# -- listing in pages
+def test_erin_pages_through_personal_and_granted_shared_keys_each_once_via_the_service_and_her_server(kvhub):
+    for name in ("E_01", "E_03", "E_05", "E_07"):
+        assert kvhub.service("erin", "PUT", f"api/credentials/{name}",
+                             {"value": "sk-proj-" + secrets.token_hex(20), "provider": "openai"}).status in (201, 204)
+    for name in ("E_02", "E_03", "E_04", "E_06"):  # E_03 is also personal: listed once, as personal
+        assert kvhub.service("carol", "PUT", f"api/admin/shared/{name}",
+                             {"value": "sk-proj-" + secrets.token_hex(20), "provider": "openai"}).status in (201, 204)
+        assert kvhub.service("carol", "PUT", f"api/admin/shared/{name}/grants/user/erin").status in (201, 204)
+    kvhub.hub.start_server("erin")
+
+    def pages(get) -> list[tuple[str, str]]:
+        seen, cursor = [], None
+        while True:
+            page = get(f"limit=2&cursor={cursor}" if cursor else "limit=2")
+            assert len(page["credentials"]) + len(page.get("shared", [])) <= 2
+            seen += [(c["name"], "vault") for c in page["credentials"]]
+            seen += [(c["name"], "shared") for c in page.get("shared", [])]
+            cursor = page["next"]
+            if cursor is None:
+                return sorted(seen)
+
+    def service_page(query: str) -> dict:
+        resp = kvhub.service("erin", "GET", f"api/credentials?{query}")
+        assert resp.status == 200, resp.text
+        return resp.json()
+
+    def server_page(query: str) -> dict:
+        resp = kvhub.server("erin", "GET", f"keyvault/api/credentials?{query}")
+        assert resp.status == 200, resp.text
+        return {"credentials": [c for c in resp.json()["credentials"] if c["source"] != "shared"],
+                "shared": [c for c in resp.json()["credentials"] if c["source"] == "shared"],
+                "next": resp.json()["next"]}
+
+    expected = [("E_01", "vault"), ("E_02", "shared"), ("E_03", "vault"), ("E_04", "shared"), ("E_05", "vault"),
+                ("E_06", "shared"), ("E_07", "vault")]
+    assert pages(service_page) == expected
+    assert pages(server_page) == expected
+    for bad in ("limit=0", "cursor=c1.%21"):
+        assert kvhub.service("erin", "GET", f"api/credentials?{bad}").status == 400
+        assert kvhub.server("erin", "GET", f"keyvault/api/credentials?{bad}").status == 400

@@ -199,3 +199,22 @@ def _shift_expiries(data: bytes, seconds: float) -> bytes:
     sealed = AESGCM(_derive("backup-passphrase", header["kdf"])).encrypt(nonce, json.dumps(items).encode(),
                                                                           _aad(header))
     return json.dumps({**doc, "ciphertext": base64.b64encode(sealed).decode()}).encode()
+
+
+def test_given_session_values_among_stored_ones_when_listed_in_pages_then_every_name_comes_once_in_order(lvault):
+    for i in range(7):
+        lvault.set("alice", f"KEY_{i}", f"stored-value-{i:02d}-xxxxxxxx")
+    for name in ("KEY_0", "KEY_35", "KEY_9", "A_FIRST"):  # one replaces a stored value, the others are new
+        lvault.set("alice", name, "session-value-" + name + "-xxxxxxxx", session=True)
+    lvault.set("bob", "KEY_4", "bobs-session-value-xxxxxxxx", session=True)  # another owner's: never listed
+    names, after = [], None
+    while True:
+        page, more = lvault.list_page("alice", limit=3, after=after, include_env=False)
+        names += [i.name for i in page]
+        if not more:
+            break
+        after = page[-1].name
+    assert names == [i.name for i in lvault.list("alice", include_env=False)]
+    assert names == sorted({"A_FIRST", "KEY_35", "KEY_9", *(f"KEY_{i}" for i in range(7))})
+    sessions = {i.name for i in lvault.list("alice") if i.to_json().get("lifetime") == "session"}
+    assert sessions == {"KEY_0", "KEY_35", "KEY_9", "A_FIRST"}

@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import collections
 import fnmatch
+import hashlib
 import json
 import os
 import time
@@ -34,6 +35,7 @@ from ..store.tokens import KernelTokens
 from ..vaults import AccessTokens, ServerVault, Upstream
 from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
+from .uses import CredentialUses, UseLog
 
 SCRUBBER_REBUILD_QUIET = 0.25  # seconds without a write before the scrubber is rebuilt
 SCRUBBER_REBUILD_MAX_WAIT = 2.0  # ... or this long after the first write of a burst
@@ -74,6 +76,11 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._token_blocked_until: dict[str, float] = {}
         self._upstreams: dict[tuple[str, str], tuple[float, Upstream]] = {}
         self._metadata: dict[str, tuple[float, dict]] = {}
+        self._verified_tokens: dict[bytes, tuple[float, Any]] = {}  # sha256(token) -> (until, TokenInfo)
+        # Bumped by every write through this server: a vault read that began before a write must not
+        # put what it read into a cache the write has just emptied.
+        self._generation = 0
+        self.uses = UseLog(self._write_uses)
         self._http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Future] = set()
         self.server_env_names: set[str] = set()  # put in this process's env for jupyter-ai's models; never kernels'
@@ -150,27 +157,36 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         now = time.monotonic()
         if hit and hit[0] > now:
             return hit[1]
+        generation = self._generation
         try:
             metadata = dict((await asyncio.to_thread(self.vault.info, self.owner, name)).metadata)
         except (NotFound, InvalidInput):
             metadata = {}  # env-sourced or missing: resolution reports it
-        self._metadata[name] = (now + self.resolve_cache_seconds, metadata)
+        if generation == self._generation:
+            self._metadata[name] = (now + self.resolve_cache_seconds, metadata)
         return metadata
 
     async def upstream(self, provider: providers.Provider, name: str, *, actor: str) -> Upstream:
-        """Where the proxy sends a request for `name`, cached briefly so a burst decrypts once."""
+        """Where the proxy sends a request for `name`, cached briefly so a burst decrypts once. A use
+        served from the cache is counted in memory and written by `self.uses` off the request path
+        (the vault audits a use that decrypts, and the service audits uses it injects)."""
         key = (provider.id, name)
         hit = self._upstreams.get(key)
         now = time.monotonic()
         if hit and hit[0] > now and not (hit[1].expires_at is not None and hit[1].expires_at <= time.time()):
+            if hit[1].injected is not None:
+                self.uses.credential(name, actor)
             return hit[1]
+        generation = self._generation
         upstream = await asyncio.to_thread(self.vault.upstream, self.owner, provider, name, actor=actor)
-        self._upstreams[key] = (now + self.resolve_cache_seconds, upstream)
+        if generation == self._generation:
+            self._upstreams[key] = (now + self.resolve_cache_seconds, upstream)
         return upstream
 
     def invalidate(self, name: str, *, deleted: bool = False) -> None:
         """A write through this server: forget what was cached about `name` at once, and bring the
         scrubber up to date off the event loop (a deleted value is no longer redacted)."""
+        self._generation += 1
         self._metadata.pop(name, None)
         for key in [k for k in self._upstreams if k[1] == name]:
             self._upstreams.pop(key, None)
@@ -256,10 +272,18 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         blocked = self._token_blocked_until.get(client, 0.0)
         if blocked > time.monotonic():
             raise RateLimited("too many failed token attempts", blocked - time.monotonic())
+        # A token verified moments ago is not read and decrypted again (revocation here empties the cache).
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+        kernel_bound = self.kernel_tokens.holds(token)  # checked in memory, and dead with its kernel: never cached
+        hit = None if kernel_bound else self._verified_tokens.get(digest)
+        if hit and hit[0] > time.monotonic() and credential in hit[1].credentials:
+            self.uses.token(hit[1].id)
+            return hit[1]
+        generation = self._generation
         try:
-            if self.kernel_tokens.holds(token):
+            if kernel_bound:
                 return self.kernel_tokens.verify(token, None if default_scope else credential, self.kernel_alive)
-            return await asyncio.to_thread(self.tokens.verify, self.owner, token, credential)
+            info = await asyncio.to_thread(self.tokens.verify, self.owner, token, credential)
         except TokenScopeError:
             await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "denied",
                                     actor="token", detail="out of scope")
@@ -274,6 +298,24 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             if isinstance(exc, TokenRefused):
                 raise
             raise TokenRefused("vault access token refused") from None
+        if generation == self._generation:
+            if len(self._verified_tokens) >= 1024:
+                self._verified_tokens.clear()
+            lifetime = min(self.resolve_cache_seconds, (info.expires_at or 0) - time.time())
+            self._verified_tokens[digest] = (time.monotonic() + lifetime, info)
+        return info
+
+    def forget_tokens(self) -> None:
+        """A token was created or revoked through this server: verify every token afresh."""
+        self._generation += 1
+        self._verified_tokens.clear()
+
+    def _write_uses(self, credentials: CredentialUses, token_ids: set[str]) -> None:
+        """Blocking: the batch `self.uses` hands over once a second and at shutdown."""
+        if credentials:
+            self.vault.record_uses(self.owner, credentials)
+        if token_ids:
+            self.tokens.touch(self.owner, token_ids)
 
     # -- upstream HTTP
     async def http_session(self) -> aiohttp.ClientSession:
@@ -446,6 +488,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
     async def close(self) -> None:
         for task in list(self._background):  # a pending scrubber rebuild: nothing to scrub after shutdown
             task.cancel()
+        await self.uses.close()
         if self._http is not None:
             await self._http.close()
         await asyncio.to_thread(self._stop_lifetimes)

@@ -11,6 +11,7 @@ from tornado import web
 from .. import providers
 from .._version import __version__
 from ..store import NotFound
+from ..store.pages import BadPage, next_cursor, page_request
 from ..web.bodies import parse_credential_patch, parse_credential_write
 from ..web.headers import ascii_header_value
 from .base import RestHandler
@@ -22,9 +23,18 @@ class CredentialsHandler(RestHandler):
     @web.authenticated
     @authorized(action="read")
     async def get(self):
+        try:
+            page = page_request(self.get_query_argument("limit", None), self.get_query_argument("cursor", None))
+        except BadPage as exc:
+            raise web.HTTPError(400, str(exc)) from None
+
         def listing() -> str:
-            items = [self.public_item(info.to_json()) for info in self.kv.vault.list(self.owner)]
-            return json.dumps({"credentials": items})
+            if page is None:  # the whole listing, as before pages existed
+                infos, more = self.kv.vault.list(self.owner), False
+            else:
+                infos, more = self.kv.vault.list_page(self.owner, limit=page[0], after=page[1])
+            items = [self.public_item(info.to_json()) for info in infos]
+            return json.dumps({"credentials": items, "next": next_cursor(infos, more)})
 
         body = await self.off_loop(listing)  # serialising 1,000 items is work too: keep it off the loop
         self.set_header("Content-Type", "application/json")
@@ -198,6 +208,7 @@ class TokenHandler(RestHandler):
     async def delete(self, token_id: str):
         self.limit(self.kv.write_limiter, "write")
         await self.off_loop(self.kv.tokens.delete, self.owner, token_id, actor=self.actor)
+        self.kv.forget_tokens()  # revoked for the very next request, not after the verification cache expires
         self.set_status(204)
         self.finish()
 

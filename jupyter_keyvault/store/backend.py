@@ -80,6 +80,14 @@ class StorageBackend(ABC):
     @abstractmethod
     def list_credentials(self, owner: str) -> list[CredentialRecord]: ...
 
+    def list_credentials_page(self, owner: str, after: str | None, limit: int) -> list[CredentialRecord]:
+        """Up to `limit` visible credentials (no hidden types) named after `after`, in name order.
+        Backends answer from the (owner, name) index; this fallback reads them all."""
+        from .model import HIDDEN_TYPES
+
+        rows = [r for r in self.list_credentials(owner) if r.type not in HIDDEN_TYPES and (after is None or r.name > after)]
+        return rows[:limit]
+
     @abstractmethod
     def delete_credential(self, owner: str, name: str, audit: AuditEvent | None = None) -> bool:
         """Delete one credential; `audit` is appended in the same transaction if a row was deleted."""

@@ -45,7 +45,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from . import faults
 from .backend import StorageBackend
 from .errors import StaleMasterKey, VaultError, VaultLocked
-from .model import AuditEvent, CredentialRecord
+from .model import HIDDEN_TYPES, AuditEvent, CredentialRecord
 
 # pg_advisory_xact_lock key held while migrating ("kvmigrat" as an int64).
 MIGRATION_LOCK_ID = int.from_bytes(b"kvmigrat", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -112,6 +112,20 @@ _AUDIT_COLUMNS = [
 _SELECT_ONE = sa.select(*_CRED_COLUMNS).where(
     credentials.c.owner == sa.bindparam("owner"), credentials.c.name == sa.bindparam("name"))
 _SELECT_OWNER = sa.select(*_CRED_COLUMNS).where(credentials.c.owner == sa.bindparam("owner")).order_by(credentials.c.name)
+
+
+def _select_page(collation: str | None) -> sa.Select:
+    """One page of a listing in byte order of names (what Python's sort and the cursors use): PostgreSQL's
+    default collation may sort by locale, so names are compared there as "C"."""
+    name = credentials.c.name.collate(collation) if collation else credentials.c.name
+    return (sa.select(*_CRED_COLUMNS)
+            .where(credentials.c.owner == sa.bindparam("owner"), name > sa.bindparam("after"),
+                   credentials.c.type.not_in(HIDDEN_TYPES))
+            .order_by(name).limit(sa.bindparam("limit")))
+
+
+_SELECT_PAGE = {"postgresql": _select_page("C")}
+_SELECT_PAGE_DEFAULT = _select_page(None)
 _SELECT_META = sa.select(meta_table.c.value).where(meta_table.c.key == sa.bindparam("key"))
 _SELECT_OWNER_KEY = sa.select(owner_keys.c.wrapped, owner_keys.c.kek_id).where(owner_keys.c.owner == sa.bindparam("owner"))
 _UPDATE_CRED = (credentials.update().where(credentials.c.id == sa.bindparam("b_id"))
@@ -489,6 +503,12 @@ class SQLBackend(StorageBackend):
     def list_credentials(self, owner: str) -> list[CredentialRecord]:
         with self._read() as conn:
             rows = conn.execute(_SELECT_OWNER, {"owner": owner}).all()
+        return [_record(r) for r in rows]
+
+    def list_credentials_page(self, owner: str, after: str | None, limit: int) -> list[CredentialRecord]:
+        with self._read() as conn:
+            statement = _SELECT_PAGE.get(self.dialect, _SELECT_PAGE_DEFAULT)
+            rows = conn.execute(statement, {"owner": owner, "after": after or "", "limit": int(limit)}).all()
         return [_record(r) for r in rows]
 
     def delete_credential(self, owner: str, name: str, audit: AuditEvent | None = None) -> bool:

@@ -75,13 +75,16 @@ _SELECT_CRED = (
 _SELECT_ONE = _SELECT_CRED + " WHERE owner = ? AND name = ?"
 _SELECT_OWNER = _SELECT_CRED + " WHERE owner = ? ORDER BY name"
 _SELECT_ALL = _SELECT_CRED + " ORDER BY owner, name"
+# One page of a listing, from the (owner, name) index; 'vault_token' is model.HIDDEN_TYPES (tokens are not listed).
+_SELECT_PAGE = _SELECT_CRED + " WHERE owner = ? AND name > ? AND type != 'vault_token' ORDER BY name LIMIT ?"
 # After a failed integrity check, reads scan the table itself: a damaged index (the usual
 # victim of a flipped byte) must not hide credentials that are intact in the table.
 _SCAN_CRED = _SELECT_CRED + " NOT INDEXED"
 _READS = {
-    False: {"one": _SELECT_ONE, "owner": _SELECT_OWNER, "all": _SELECT_ALL,
+    False: {"one": _SELECT_ONE, "owner": _SELECT_OWNER, "all": _SELECT_ALL, "page": _SELECT_PAGE,
             "count": "SELECT COUNT(*) FROM credentials", "count_owner": "SELECT COUNT(*) FROM credentials WHERE owner = ?"},
     True: {"one": _SCAN_CRED + " WHERE owner = ? AND name = ?", "owner": _SCAN_CRED + " WHERE owner = ? ORDER BY name",
+           "page": _SCAN_CRED + " WHERE owner = ? AND name > ? AND type != 'vault_token' ORDER BY name LIMIT ?",
            "all": _SCAN_CRED + " ORDER BY owner, name", "count": "SELECT COUNT(*) FROM credentials NOT INDEXED",
            "count_owner": "SELECT COUNT(*) FROM credentials NOT INDEXED WHERE owner = ?"},
 }
@@ -564,6 +567,11 @@ class SQLiteBackend(StorageBackend):
     @_guard
     def list_credentials(self, owner: str) -> list[CredentialRecord]:
         rows = self._conn().execute(self._reads["owner"], (owner,)).fetchall()
+        return [_record(r) for r in rows]
+
+    @_guard
+    def list_credentials_page(self, owner: str, after: str | None, limit: int) -> list[CredentialRecord]:
+        rows = self._conn().execute(self._reads["page"], (owner, after or "", int(limit))).fetchall()
         return [_record(r) for r in rows]
 
     @_guard

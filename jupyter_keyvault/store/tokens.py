@@ -142,6 +142,12 @@ class TokenStore:
             raise NotFound("no token with that id")
         self.vault.delete(owner, rec.name, actor=actor, hidden=True)
 
+    def touch(self, owner: str, token_ids: set[str]) -> None:
+        """Last-used times of tokens whose verification was reused (the server's short cache)."""
+        for token_id in token_ids:
+            if ID_RE.fullmatch(token_id):
+                self.vault.touch(owner, _record_name(token_id))
+
     def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo:
         """The token's info if it is valid now and may use `credential`; else TokenRefused/TokenScopeError."""
         refused = TokenRefused("vault access token refused (unknown, deleted, expired or malformed)")

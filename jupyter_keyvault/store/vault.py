@@ -54,6 +54,7 @@ try:
 except ImportError:  # Windows: no flock; staged keys are then never discarded (harmless)
     fcntl = None  # type: ignore[assignment]
 
+MAX_PAGE = 500  # credentials per listing page
 log = logging.getLogger("jupyter_keyvault.store")
 VERSION_KEY = "vault_id"
 
@@ -544,6 +545,10 @@ class Vault:
 
     TOUCH_INTERVAL = 60.0  # last_used_at is coarse: at most one write per credential a minute
 
+    def touch(self, owner: str, name: str) -> None:
+        """Record a use of `name` now (coarse, see TOUCH_INTERVAL) without decrypting it."""
+        self._touch(validate_owner(owner), validate_name(name))
+
     def _touch(self, owner: str, name: str) -> None:
         now = self._clock()
         if now - self._touched.get((owner, name), float("-inf")) >= self.TOUCH_INTERVAL:
@@ -596,6 +601,37 @@ class Vault:
                         CredentialInfo(**{**i.__dict__, "source": "env"}) if i.name == name else i for i in items
                     ]
         return sorted(items, key=lambda i: i.name)
+
+    def list_page(self, owner: str, *, limit: int, after: str | None = None,
+                  include_env: bool = True) -> tuple[builtins.list[CredentialInfo], bool]:
+        """One page of `list()`: up to `limit` items named after `after`, in name order, and whether more
+        follow. Keyset paging: a credential added or deleted meanwhile never shifts another one onto a
+        second page or off every page."""
+        owner = validate_owner(owner)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if after is not None and not isinstance(after, str):
+            raise InvalidInput("after must be a credential name")
+        records = self.backend.list_credentials_page(owner, after, limit + 1)
+        # Stored names up to the last one read are all here; names beyond it belong to later pages.
+        bound = records[-1].name if len(records) > limit else None
+        held = {r.name: r for (o, _), r in list(self._session.items())
+                if o == owner and (after is None or r.name > after) and (bound is None or r.name <= bound)}
+        if held:  # session-only values live in this process, not in the backend's index
+            records = sorted([r for r in records if r.name not in held] + list(held.values()), key=lambda r: r.name)
+        items = [CredentialInfo.from_record(r) for r in records]
+        if include_env:
+            stored = {i.name for i in items}
+            now = self._clock()
+            for name in sorted(self.env_credential_names):
+                if not self._env.get(name) or (after is not None and name <= after) or (bound and name > bound):
+                    continue
+                if name in stored:
+                    items = [CredentialInfo(**{**i.__dict__, "source": "env"}) if i.name == name else i for i in items]
+                else:
+                    items.append(CredentialInfo("env:" + name, owner, name, "api_key", None, now, now, None, {}, "env"))
+            items.sort(key=lambda i: i.name)
+        return items[:limit], len(items) > limit
 
     def delete(self, owner: str, name: str, *, actor: str | None = None, hidden: bool = False) -> None:
         owner, name = validate_owner(owner), validate_name(name)

@@ -39,6 +39,7 @@ class AccessTokens(Protocol):
     def list(self, owner: str) -> list[TokenInfo]: ...
     def delete(self, owner: str, token_id: str, *, actor: str | None = None) -> None: ...
     def verify(self, owner: str, token: str, credential: str | None) -> TokenInfo: ...
+    def touch(self, owner: str, token_ids: set[str]) -> None: ...
 
 
 class RefusingTokens:
@@ -53,6 +54,9 @@ class RefusingTokens:
 
     create = list = delete = verify = _refuse
 
+    def touch(self, owner: str, token_ids: set[str]) -> None:
+        """No token was ever verified here, so none was used."""
+
 
 @runtime_checkable
 class ServerVault(Protocol):
@@ -63,6 +67,9 @@ class ServerVault(Protocol):
 
     # -- credentials
     def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]: ...
+    def list_page(self, owner: str, *, limit: int, after: str | None = None,
+                  include_env: bool = True) -> tuple[builtins.list[CredentialInfo], bool]:
+        """Up to `limit` of `list()`'s items named after `after` (name order), and whether more follow."""
     def info(self, owner: str, name: str) -> CredentialInfo: ...
     def set(self, owner: str, name: str, value: str, *, provider: str | None = None, type: str = "api_key",
             metadata: Mapping[str, Any] | None = None, actor: str | None = None,
@@ -84,6 +91,8 @@ class ServerVault(Protocol):
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", *,
               actor: str | None = None, detail: str | None = None) -> None: ...
     def audit_events(self, owner: str | None, limit: int = 100, before_id: int | None = None) -> builtins.list[AuditEvent]: ...
+    def record_uses(self, owner: str, uses: Mapping[tuple[str, str], int]) -> None:
+        """Proxied uses served without a vault read, {(name, caller): requests}: audited and last-used set."""
     def status(self, *, check: bool = True, with_paths: bool = False) -> dict[str, Any]: ...
     def close(self) -> None: ...
 

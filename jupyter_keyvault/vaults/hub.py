@@ -20,6 +20,7 @@ from ..providers import Provider, secret_safe_opener
 from ..store import DecryptionError, InvalidInput, NoCredential, NotFound, VaultError
 from ..store.errors import NotAvailable
 from ..store.model import AuditEvent, CredentialInfo
+from ..store.pages import encode_cursor
 from ..store.vault import ResolvedCredential
 from . import RefusingTokens, Upstream
 
@@ -118,6 +119,18 @@ class HubVaultClient:
     # -- the Vault interface the extension uses
     def list(self, owner: str, *, include_env: bool = True) -> list[CredentialInfo]:
         _, body = self._call("GET", "api/credentials")
+        return self._listed(owner, body)
+
+    def list_page(self, owner: str, *, limit: int, after: str | None = None,
+                  include_env: bool = True) -> tuple[builtins.list[CredentialInfo], bool]:
+        """One page from the service (which pages personal and shared names together). A service older
+        than pages answers with everything and no `next`: one page holding all, which is still right."""
+        query = f"?limit={int(limit)}" + (f"&cursor={quote(encode_cursor(after), safe='')}" if after else "")
+        _, body = self._call("GET", "api/credentials" + query)
+        return self._listed(owner, body), body.get("next") is not None
+
+    @staticmethod
+    def _listed(owner: str, body: dict) -> builtins.list[CredentialInfo]:
         items = [info_from_json(owner, i) for i in body["credentials"]]
         personal = {i.name for i in items}
         # Shared keys granted to the user: presence only, usable through the proxy, never readable.
@@ -204,6 +217,9 @@ class HubVaultClient:
 
     def access_tokens(self) -> RefusingTokens:
         return RefusingTokens(lambda: NotAvailable(TOKENS_NOT_AVAILABLE))
+
+    def record_uses(self, owner: str, uses: Mapping[tuple[str, str], int]) -> None:
+        """The service's proxy injects the keys and records their uses."""
 
     def audit(self, owner: str, action: str, target: str | None, outcome: str = "ok", **_: Any) -> None:
         """The service audits every use itself; local events (e.g. notebook denials) go to the server log."""

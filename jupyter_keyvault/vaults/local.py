@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .. import providers
 from ..providers import injection_refusal
@@ -85,6 +85,11 @@ class LocalVault(Vault):
         resolved = self.resolve(owner, name, actor=actor)
         return Upstream(base_url, provider.auth_headers(resolved.value), resolved.value,
                         expires_at=resolved.expires_at)
+
+    def record_uses(self, owner: str, uses: Mapping[tuple[str, str], int]) -> None:
+        for (name, actor), count in uses.items():
+            self.audit(owner, "use", name, "ok", actor=actor, detail=f"requests={count}")
+            self.touch(owner, name)
 
     def access_tokens(self) -> TokenStore:
         return self._tokens

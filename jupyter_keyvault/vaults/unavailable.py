@@ -26,7 +26,7 @@ class UnavailableVault:
     def _refuse(self, *_: Any, **__: Any) -> NoReturn:
         raise VaultUnavailable(f"the vault is not available: {self.reason}")
 
-    list = info = set = update_metadata = replace_value = delete = resolve = get_value = _refuse
+    list = list_page = info = set = update_metadata = replace_value = delete = resolve = get_value = _refuse
     audit_events = test = upstream = set_expiry = purge_expired = session_heartbeat = _refuse
 
     def end_session(self, *_: Any, **__: Any) -> builtins.list[str]:
@@ -35,6 +35,8 @@ class UnavailableVault:
 
     def audit(self, *_: Any, **__: Any) -> None:
         """Nothing can be recorded; the refusals themselves are in the server log."""
+
+    record_uses = audit
 
     def status(self, **_: Any) -> dict[str, Any]:
         return {"protection": {"source": "unavailable", "strong": False, "detail": self.reason},

@@ -32,6 +32,7 @@ def upstream_session(read_timeout: float, max_connections: int = 0) -> aiohttp.C
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=read_timeout),
         auto_decompress=False,
         trust_env=False,  # never env proxies: they would see the injected key
+        cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every caller: an upstream's cookie is no one's
     )
 
 
@@ -222,7 +223,8 @@ async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, ur
                     chunk = redactor.feed(chunk)
                 if chunk:
                     handler.write(chunk)
-                    await handler.flush()
+                    if not upstream.content.at_eof():  # the last chunk leaves with finish(): one write
+                        await handler.flush()
             rest = decoder.flush() if decoder else b""
             if redactor:
                 rest = redactor.feed(rest) + redactor.flush()

@@ -8,6 +8,9 @@ import type { components, paths } from './openapi';
 
 type Schemas = components['schemas'];
 
+/** Credentials per listing request: the server's default page (store/pages.py DEFAULT_PAGE). */
+const PAGE_SIZE = 100;
+
 export type Credential = Schemas['Credential'];
 export type AccessToken = Schemas['AccessToken'];
 export type CreatedAccessToken = Schemas['CreatedAccessToken'];
@@ -49,7 +52,13 @@ type PathParams<P extends ApiPath> = paths[P]['parameters'] extends {
   path: infer Params;
 }
   ? Params
-  : Record<string, never>;
+  : Record<never, never>;
+/** The query parameters openapi.json documents for an operation (none: an empty object). */
+type QueryParams<O> = O extends { parameters: { query?: infer Query } }
+  ? [Query] extends [undefined]
+    ? Record<never, never>
+    : Partial<NonNullable<Query>>
+  : Record<never, never>;
 type JsonContent<R> = R extends { content: { 'application/json': infer Body } }
   ? Body
   : never;
@@ -86,22 +95,32 @@ function serverMessage(data: unknown): string | null {
 export class KeyVaultApi {
   readonly settings = ServerConnection.makeSettings();
 
-  /** The URL of a documented path, each {parameter} percent-encoded. */
+  /** The URL of a documented path, each {parameter} percent-encoded; the other params form the query. */
   url<P extends ApiPath>(path: P, params: PathParams<P>): string {
-    const values = params as Record<string, string>;
-    const filled = path
-      .slice(1)
-      .replace(/\{(\w+)\}/g, (_, key: string) =>
-        encodeURIComponent(values[key])
-      );
-    return URLExt.join(this.settings.baseUrl, filled);
+    const values: Record<string, unknown> = {
+      ...(params as Record<string, unknown>)
+    };
+    const filled = path.slice(1).replace(/\{(\w+)\}/g, (_, key: string) => {
+      const value = encodeURIComponent(String(values[key]));
+      delete values[key];
+      return value;
+    });
+    const query = Object.entries(values)
+      .filter(([, value]) => value !== undefined && value !== null)
+      .map(
+        ([key, value]) =>
+          `${encodeURIComponent(key)}=${encodeURIComponent(String(value))}`
+      )
+      .join('&');
+    const url = URLExt.join(this.settings.baseUrl, filled);
+    return query ? `${url}?${query}` : url;
   }
 
   /** One request; JSON in and out; a non-2xx status becomes an ApiError with the server's message. */
   async call<P extends ApiPath, M extends MethodOf<P>>(
     method: M,
     path: P,
-    params: PathParams<P>,
+    params: PathParams<P> & QueryParams<Operation<P, M>>,
     ...body: BodyArgument<Operation<P, M>>
   ): Promise<ResponseJson<Operation<P, M>>> {
     // fetch upper-cases only some methods itself: PATCH must be sent upper-case.
@@ -150,9 +169,28 @@ export class KeyVaultApi {
     return (await this.call('get', '/keyvault/api/status', {})) as Status;
   }
 
+  /** Every credential, read a page at a time (the server's default page size). */
   async credentials(): Promise<Credential[]> {
-    return (await this.call('get', '/keyvault/api/credentials', {}))
-      .credentials;
+    const all: Credential[] = [];
+    const seen = new Set<string>();
+    let cursor: string | null = null;
+    do {
+      const page: { credentials: Credential[]; next: string | null } =
+        await this.call(
+          'get',
+          '/keyvault/api/credentials',
+          cursor === null ? { limit: PAGE_SIZE } : { limit: PAGE_SIZE, cursor }
+        );
+      all.push(...page.credentials);
+      cursor = page.next;
+      if (cursor !== null && seen.has(cursor)) {
+        throw new ApiError(0, 'the server repeated a page of the key list');
+      }
+      if (cursor !== null) {
+        seen.add(cursor);
+      }
+    } while (cursor !== null);
+    return all;
   }
 
   /** Store a value. The caller has already cleared its input; the value lives only in this call. */

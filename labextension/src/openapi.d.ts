@@ -11,10 +11,18 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List credentials (presence only) */
+        /**
+         * List credentials (presence only), whole or a page at a time
+         * @description Without limit and cursor: every credential, next is null (the shape before pages). With limit (1-500) and/or cursor (default page 100, what the sidebar asks for): credentials in name order after the cursor, and next, the cursor of the following page or null on the last one. Paging is by name: a credential added or deleted meanwhile never makes another one appear twice or go missing. The cursor is opaque: pass back 'next' as it came.
+         */
         get: {
             parameters: {
-                query?: never;
+                query?: {
+                    /** @description Credentials per page (default 100 when a cursor is given). */
+                    limit?: number;
+                    /** @description The 'next' of the previous page, as it came. */
+                    cursor?: string;
+                };
                 header?: never;
                 path?: never;
                 cookie?: never;
@@ -29,9 +37,12 @@ export interface paths {
                     content: {
                         "application/json": {
                             credentials: components["schemas"]["Credential"][];
+                            /** @description Cursor of the next page; null on the last page and for the whole listing. */
+                            next: string | null;
                         };
                     };
                 };
+                400: components["responses"]["Error"];
                 403: components["responses"]["Error"];
             };
         };

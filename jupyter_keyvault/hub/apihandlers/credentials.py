@@ -9,6 +9,7 @@ import json
 from tornado import web
 
 from ..._version import __version__
+from ...store.pages import BadPage, encode_cursor, page_request
 from ...web.bodies import parse_credential_patch
 from ...web.errors import http_errors
 from ..common import personal_owner
@@ -29,12 +30,33 @@ class CredentialsHandler(ServiceBase):
     async def get(self):
         """Personal credentials, then (read-only, presence only) the shared keys granted to the caller."""
         ident = await self.identity()
+        try:
+            page = page_request(self.get_query_argument("limit", None), self.get_query_argument("cursor", None))
+        except BadPage as exc:
+            raise web.HTTPError(400, str(exc)) from None
 
         def listing() -> str:
-            personal = [i.to_json() for i in self.kv.vault.list(personal_owner(self.username), include_env=False)]
+            owner = personal_owner(self.username)
             granted = set(self.kv.granted(self.username, ident["groups"]))
-            shared = [shared_json(i) for name, i in sorted(self.kv.shared_keys().items()) if name in granted]
-            return json.dumps({"credentials": personal, "shared": shared})
+            shared = {name: i for name, i in self.kv.shared_keys().items() if name in granted}
+            if page is None:  # the whole listing, as before pages existed
+                personal = self.kv.vault.list(owner, include_env=False)
+                return json.dumps({"credentials": [i.to_json() for i in personal],
+                                   "shared": [shared_json(shared[n]) for n in sorted(shared)], "next": None})
+            limit, after = page
+            personal, more = self.kv.vault.list_page(owner, limit=limit, after=after, include_env=False)
+            # One page over personal and shared names together (a name in both counts once, as personal).
+            bound = personal[-1].name if more else None
+            own = {i.name for i in personal}  # every personal name up to `bound` is in this page
+            shared_names = [n for n in sorted(shared) if n not in own and (after is None or n > after)
+                            and (bound is None or n <= bound)]
+            names = sorted(own | set(shared_names))
+            more = more or len(names) > limit
+            last = names[limit - 1] if len(names) >= limit else (names[-1] if names else None)
+            body = {"credentials": [i.to_json() for i in personal if last is not None and i.name <= last],
+                    "shared": [shared_json(shared[n]) for n in shared_names if last is not None and n <= last],
+                    "next": encode_cursor(last) if more and last is not None else None}
+            return json.dumps(body)
 
         with http_errors():
             body = await asyncio.to_thread(listing)
