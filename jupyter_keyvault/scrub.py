@@ -491,6 +491,10 @@ class _RegexKnown:
         self.min_len = min(len(v) for v in values)
         alternation = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
         self.regex = re.compile(f"(?=({alternation}))")  # a look-ahead, so overlapping values are all seen
+        # The regex reports the longest value at a position; the shorter ones starting there are
+        # its prefixes, reported too (the longer one may have been forgotten since, see `hidden`).
+        lengths = sorted({len(v) for v in values})
+        self.shorter = {v: [v[:n] for n in lengths if n < len(v) and v[:n] in values] for v in values}
 
     def find(self, text: str, out: list[_Span], make) -> None:
         if len(text) < self.min_len:
@@ -498,6 +502,19 @@ class _RegexKnown:
         for m in self.regex.finditer(text):
             value = m.group(1)
             out.append(make(m.start(), value, self.values[value]))
+            for shorter in self.shorter[value]:
+                out.append(make(m.start(), shorter, self.values[shorter]))
+
+
+def _is_narrow(text: str) -> bool:
+    """Whether every character of text fits in one byte (latin-1)."""
+    return text.isascii() or max(text) <= "\xff"
+
+
+def narrow(text: str) -> str:
+    """text with every character beyond latin-1 replaced by '?': same length and positions, one
+    byte a character. Every built-in pattern and prefix is ASCII, so they match the same there."""
+    return text.encode("latin-1", "replace").decode("latin-1")
 
 
 def _known_span(p: int, value: str, name: str) -> _Span:
@@ -565,11 +582,19 @@ class _Engine:
             self.rest = _SampledAutomaton(rest) if use_automaton and ahocorasick is not None else _RegexKnown(rest)
         self.max_known = max((len(v) for v in known), default=0)
         self.has_whitespace = any(any(c.isspace() for c in v) for v in known)
+        # For scans of a narrowed copy (see `narrow`): values with characters beyond latin-1 are
+        # looked for in the original; patterns that are not plain tokens run on the original.
+        self.wide = tuple((v, n) for v, n in known.items() if not _is_narrow(v))
+        self.narrow_safe = all(p.token for p in patterns)
         self._stream_index = None
 
     # -- scanning
-    def spans(self, text: str, hidden: frozenset[str] = frozenset()) -> list[_Span]:
-        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped."""
+    def spans(self, text: str, hidden: frozenset[str] = frozenset(), original: str | None = None) -> list[_Span]:
+        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped.
+
+        `original`: text is ``narrow(original)`` (one byte a character, same positions), which
+        the regex engine and the automaton scan several times faster than a wider string; a
+        known-value hit there counts only where the original has the same characters."""
         out: list[_Span] = []
         if not text:
             return out
@@ -588,6 +613,14 @@ class _Engine:
                     out.append(_Span(m.start(), m.end(), 1, pattern.label, GENERIC_MARKER))
         if self.rest is not None:
             self.rest.find(text, out, _known_span)
+        if original is not None:
+            out = [sp for sp in out if sp.rank or original[sp.start:sp.end] == text[sp.start:sp.end]]
+            for value, name in self.wide:
+                i = original.find(value)
+                while i >= 0:
+                    out.append(_known_span(i, value, name))
+                    i = original.find(value, i + 1)
+            text = original
         if hidden and out:  # forgotten since this engine was built: a set lookup per hit, no rebuild
             out = [sp for sp in out if sp.rank or text[sp.start:sp.end] not in hidden]
         return _merge(out)
@@ -841,6 +874,9 @@ _DELTA_MIN = 128
 _DELTA_FRACTION = 0.5
 
 
+_NARROW_FROM = 256  # shorter texts are scanned as they are (narrowing would cost more than it saves)
+
+
 class _Layers(NamedTuple):
     """The installed matchers, swapped as one reference: `base` over every value known at its
     build, `delta` over the values added or renamed since (no patterns: base runs those)."""
@@ -998,8 +1034,13 @@ class Scrubber:
         return self._window(self._current_layers())
 
     def _window(self, layers: _Layers) -> int:
-        longest = max(e.main.max_known for e in layers.engines())
-        return max(256, longest, max((len(v) for v in list(self._pending)), default=0))
+        longest = layers.base.main.max_known
+        if layers.delta is not None:
+            longest = max(longest, layers.delta.main.max_known)
+        pending = self._pending
+        if pending and not self.build_on_scrub:
+            longest = max(longest, max(map(len, list(pending))))
+        return max(256, longest)
 
     # -- building
     _rebuilding_now = False  # a build has taken its snapshot and is not installed yet
@@ -1127,13 +1168,18 @@ class Scrubber:
         """Matches of every layer and the pending values, merged; the newest layer first, so a
         renamed value is labelled by its new name."""
         hidden = self._hidden_forms
+        scanned, original = text, None
+        if len(text) > _NARROW_FROM and not text.isascii() and layers.base.main.narrow_safe:
+            scanned, original = narrow(text), text
+            if scanned == text:  # latin-1 already
+                original = None
         if layers.delta is None:
-            spans = (layers.base.derived if derived else layers.base.main).spans(text, hidden)
+            spans = (layers.base.derived if derived else layers.base.main).spans(scanned, hidden, original)
             extra = self._pending_spans(text)
             return _merge(spans + extra) if extra else spans
         spans = []
         for engines in layers.engines():
-            spans += (engines.derived if derived else engines.main).spans(text, hidden)
+            spans += (engines.derived if derived else engines.main).spans(scanned, hidden, original)
         return _merge(self._pending_spans(text) + spans)
 
     def _spans(self, text: str) -> list[_Span]:

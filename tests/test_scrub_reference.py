@@ -37,7 +37,7 @@ def random_value(rng: random.Random, alphabet: str, pool: list[str]) -> str:
 
 def random_text(rng: random.Random, alphabet: str, values: list[str]) -> str:
     parts = []
-    for _ in range(rng.randrange(1, 12)):
+    for _ in range(rng.randrange(1, 12) if rng.random() < 0.5 else rng.randrange(20, 60)):  # long ones are narrowed
         roll = rng.random()
         if values and roll < 0.35:
             parts.append(rng.choice(values))
@@ -66,12 +66,13 @@ def check(s: Scrubber, text: str, known: dict[str, str], rng: random.Random) -> 
     assert "".join(pieces) == out
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(6))  # one alphabet each
 @pytest.mark.parametrize("use_automaton", [True, False], ids=["automaton", "regex"])
 def test_given_random_values_and_changes_when_scanned_then_exactly_the_known_occurrences_are_redacted(
         seed, use_automaton):
     rng = random.Random(seed)
-    alphabet = rng.choice(["ab", "abc", "0123456789abcdef", "xyzXYZ_-"])
+    # '?' next to characters beyond latin-1: a narrowed copy of the text must not create matches.
+    alphabet = ["ab", "abc", "0123456789abcdef", "xyzXYZ_-", "a?\u2501", "ab\u00e9?\U0001f511"][seed]
     s = Scrubber(patterns=(), use_automaton=use_automaton, build_on_scrub=seed % 2 == 0)
     known: dict[str, str] = {}
     ever: list[str] = []
