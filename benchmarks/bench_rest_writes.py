@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jupyter_keyvault.testing.live_server import JupyterServer  # noqa: E402
 
-
 ALNUM = string.ascii_letters + string.digits
 
 

@@ -76,7 +76,7 @@ def test_given_random_values_and_changes_when_scanned_then_exactly_the_known_occ
     s = Scrubber(patterns=(), use_automaton=use_automaton, build_on_scrub=seed % 2 == 0)
     known: dict[str, str] = {}
     ever: list[str] = []
-    for step in range(40):
+    for _ in range(40):
         roll = rng.random()
         if roll < 0.45 or not known:
             value = random_value(rng, alphabet, ever)
