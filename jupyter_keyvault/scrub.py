@@ -303,6 +303,7 @@ def _build_locators(prefixes: Iterable[str]) -> list[tuple[re.Pattern[str], tupl
 
 _SENTINEL = "\x01"
 _ANCHORS = (5, 6, 7, 8)  # characters per anchor in the sampled text (each is tried)
+_QUICK_ANCHOR = 6  # the one tried by a quick build
 _CALIBRATE = 5  # the plans with the best estimates that are timed on sample output; the fastest wins
 _MAX_STEP = 8
 _CHUNK = 1 << 18  # long texts are sampled in pieces of this many characters
@@ -412,15 +413,18 @@ def _calibration_text() -> str:
 class _SampledAutomaton:
     """Finds known values by Aho–Corasick over every k-th character of the text (see module doc)."""
 
-    def __init__(self, values: dict[str, str]):
+    def __init__(self, values: dict[str, str], quick: bool = False):
+        """`quick`: one plan (the largest step for one anchor length), not timed: for the delta
+        layer, rebuilt often and small, where the build's cost matters more than the scan's."""
         shortest = min(len(v) for v in values)
         self.min_len = shortest
         self.max_len = max(len(v) for v in values)
         plans = []
-        for anchor in _ANCHORS:
+        for anchor in (_QUICK_ANCHOR,) if quick else _ANCHORS:
             largest = max(1, min(_MAX_STEP, shortest // (anchor + 1)))
             if shortest >= anchor:
-                plans.extend(_plan(values, k, anchor) for k in range(largest, max(0, largest - 4), -1))
+                steps = range(largest, max(0, largest - (1 if quick else 4)), -1)
+                plans.extend(_plan(values, k, anchor) for k in steps)
         if not plans:  # only if MIN_KNOWN_LENGTH were lowered below the anchor length
             plans.append(_plan(values, 1, shortest))
         plans.sort(key=lambda p: p.cost)
@@ -524,7 +528,8 @@ def _known_span(p: int, value: str, name: str) -> _Span:
 class _Engine:
     """An immutable snapshot of the known values and patterns, ready to scan."""
 
-    def __init__(self, known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool):
+    def __init__(self, known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool,
+                 quick: bool = False):
         self.known = known
         self.patterns = patterns
         wrapped = [re.compile(f"(?<![{_TOK}])(?:{p.regex})(?![{_TOK}])") for p in patterns]
@@ -579,7 +584,8 @@ class _Engine:
         self.locators = _build_locators(set(self.prefix_patterns) | set(self.buckets))
         self.rest = None
         if rest:
-            self.rest = _SampledAutomaton(rest) if use_automaton and ahocorasick is not None else _RegexKnown(rest)
+            self.rest = (_SampledAutomaton(rest, quick) if use_automaton and ahocorasick is not None
+                         else _RegexKnown(rest))
         self.max_known = max((len(v) for v in known), default=0)
         self.has_whitespace = any(any(c.isspace() for c in v) for v in known)
         # For scans of a narrowed copy (see `narrow`): values with characters beyond latin-1 are
@@ -848,8 +854,9 @@ class _EngineSet:
     main one (``prepare``) or, for scrubbers that build on scrub, on first use."""
 
     def __init__(self, main: _Engine, derived: _Engine | None, generation: int,
-                 known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool):
+                 known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool, quick: bool = False):
         self.main = main
+        self._quick = quick
         self._derived = derived
         self.generation = generation
         self._known = known
@@ -863,7 +870,7 @@ class _EngineSet:
             with self._lock:
                 if self._derived is None:
                     self._derived = _Engine({**_derived_forms(self._known), **self._known}, self._patterns,
-                                            self._use_automaton)
+                                            self._use_automaton, self._quick)
         return self._derived
 
 
@@ -1070,7 +1077,7 @@ class Scrubber:
             if full:
                 layers = _Layers(self._engine_set(known, self._patterns, generation, derived), None, generation)
             else:
-                delta = self._engine_set(changed, [], generation, derived) if changed else None
+                delta = self._engine_set(changed, [], generation, derived, quick=True) if changed else None
                 layers = _Layers(base, delta, generation)
         finally:
             _breathing.last = None
@@ -1079,9 +1086,9 @@ class Scrubber:
         return layers
 
     def _engine_set(self, known: dict[str, str], patterns: list[SecretPattern], generation: int,
-                    derived: bool) -> _EngineSet:
-        engines = _EngineSet(_Engine(known, patterns, self._use_automaton), None, generation, known, patterns,
-                             self._use_automaton)
+                    derived: bool, quick: bool = False) -> _EngineSet:
+        engines = _EngineSet(_Engine(known, patterns, self._use_automaton, quick), None, generation, known, patterns,
+                             self._use_automaton, quick)
         if derived:
             engines.derived  # noqa: B018 - built here, off the caller's event loop
         return engines
