@@ -331,7 +331,7 @@ def _plan(values: dict[str, str], k: int, anchor: int) -> _Plan:
     # Anchors start with a rare character, folded into one sentinel (upper-case letters and
     # the like), so the automaton's root has a single edge. Values whose samples have none
     # start their anchor with a raw character chosen greedily (an extra root edge each).
-    fold = {c for seq in seqs for c in seq[4] if _weight(c) <= _FOLDABLE}
+    fold = {c for c in set().union(*(seq[4] for seq in seqs)) if _weight(c) <= _FOLDABLE}
     roots: list[str] = []
     uncovered = [seq[4] for seq in seqs if not (seq[4] & fold)]
     while uncovered:
@@ -345,13 +345,15 @@ def _plan(values: dict[str, str], k: int, anchor: int) -> _Plan:
         _breathe()
         folded = sampled.translate(str_table)
         best_j, best_cost = None, None
-        for j in range(len(sampled) - anchor + 1):
-            if sampled[j] in fold:
-                cost = folded.count(_SENTINEL, j + 1, j + anchor)  # folded characters carry little
-                if best_cost is None or cost < best_cost:
-                    best_j, best_cost = j, cost
-                    if cost == 0:
-                        break
+        limit = len(sampled) - anchor + 1
+        j = folded.find(_SENTINEL, 0, limit)  # where a folded (rare) character starts an anchor
+        while j >= 0:
+            cost = folded.count(_SENTINEL, j + 1, j + anchor)  # folded characters carry little
+            if best_cost is None or cost < best_cost:
+                best_j, best_cost = j, cost
+                if cost == 0:
+                    break
+            j = folded.find(_SENTINEL, j + 1, limit)
         if best_j is None:
             root = next(c for c in roots if c in starts)
             best_j = sampled.index(root)
