@@ -29,13 +29,16 @@ Overlapping matches are merged into one redaction covering all of them (no part 
 secret survives), labelled by the best member: a known value beats a pattern, then the
 longest, then the earliest.
 
-Known values change with ``add_known`` / ``forget`` / ``forget_name`` / ``replace_known``.
-A scan uses an immutable snapshot (``prepare`` builds one, ``install`` swaps it in), so
-adding values from one thread while another scrubs is safe. With ``build_on_scrub=True``
-(kernel, CLI) the next scrub after a change rebuilds, once for any number of changes; a
-server sets it False and awaits ``rebuild_async()`` (a worker thread), so scrubbing on its
-event loop never pays a build: values added since are found by a plain search over just
-those, forgotten ones stay redacted until the swap.
+Known values change with ``add_known`` / ``forget`` / ``forget_name`` / ``replace_known``,
+each O(that value): an added value is found at once by a plain search over the values added
+since the last build; a forgotten one is hidden at once (its forms go into a set that each
+hit is checked against). Builds are layered: a full build, then builds of only the values
+changed since (the delta layer, one quick plan, no patterns), until those exceed half of the
+full build. A scan uses an immutable snapshot of the layers (``prepare`` builds, ``install``
+swaps it in), so changing values from one thread while another scrubs is safe. With
+``build_on_scrub=True`` (kernel, CLI) the next scrub after a change builds; a server sets it
+False and awaits ``rebuild_async()`` (a worker thread that steps aside for the event loop
+every millisecond), so scrubbing on its event loop never pays a build.
 
 **Encoded forms** (``find_deep`` / ``scrub_deep`` / ``scrub_bytes``, used by the notebook
 walk and the server's message filter): a second engine knows, besides the values, their
@@ -512,17 +515,6 @@ class _RegexKnown:
                 out.append(make(m.start(), shorter, self.values[shorter]))
 
 
-def _is_narrow(text: str) -> bool:
-    """Whether every character of text fits in one byte (latin-1)."""
-    return text.isascii() or max(text) <= "\xff"
-
-
-def narrow(text: str) -> str:
-    """text with every character beyond latin-1 replaced by '?': same length and positions, one
-    byte a character. Every built-in pattern and prefix is ASCII, so they match the same there."""
-    return text.encode("latin-1", "replace").decode("latin-1")
-
-
 def _known_span(p: int, value: str, name: str) -> _Span:
     return _Span(p, p + len(value), 0, name or "known value", f"[REDACTED:{name}]" if name else GENERIC_MARKER)
 
@@ -590,19 +582,11 @@ class _Engine:
                          else _RegexKnown(rest))
         self.max_known = max((len(v) for v in known), default=0)
         self.has_whitespace = any(any(c.isspace() for c in v) for v in known)
-        # For scans of a narrowed copy (see `narrow`): values with characters beyond latin-1 are
-        # looked for in the original; patterns that are not plain tokens run on the original.
-        self.wide = tuple((v, n) for v, n in known.items() if not _is_narrow(v))
-        self.narrow_safe = all(p.token for p in patterns)
         self._stream_index = None
 
     # -- scanning
-    def spans(self, text: str, hidden: frozenset[str] = frozenset(), original: str | None = None) -> list[_Span]:
-        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped.
-
-        `original`: text is ``narrow(original)`` (one byte a character, same positions), which
-        the regex engine and the automaton scan several times faster than a wider string; a
-        known-value hit there counts only where the original has the same characters."""
+    def spans(self, text: str, hidden: frozenset[str] = frozenset()) -> list[_Span]:
+        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped."""
         out: list[_Span] = []
         if not text:
             return out
@@ -621,14 +605,6 @@ class _Engine:
                     out.append(_Span(m.start(), m.end(), 1, pattern.label, GENERIC_MARKER))
         if self.rest is not None:
             self.rest.find(text, out, _known_span)
-        if original is not None:
-            out = [sp for sp in out if sp.rank or original[sp.start:sp.end] == text[sp.start:sp.end]]
-            for value, name in self.wide:
-                i = original.find(value)
-                while i >= 0:
-                    out.append(_known_span(i, value, name))
-                    i = original.find(value, i + 1)
-            text = original
         if hidden and out:  # forgotten since this engine was built: a set lookup per hit, no rebuild
             out = [sp for sp in out if sp.rank or text[sp.start:sp.end] not in hidden]
         return _merge(out)
@@ -881,9 +857,6 @@ class _EngineSet:
 # built (the delta layer), so each value is built a bounded number of times on average.
 _DELTA_MIN = 128
 _DELTA_FRACTION = 0.5
-
-
-_NARROW_FROM = 256  # shorter texts are scanned as they are (narrowing would cost more than it saves)
 
 
 class _Layers(NamedTuple):
@@ -1177,18 +1150,13 @@ class Scrubber:
         """Matches of every layer and the pending values, merged; the newest layer first, so a
         renamed value is labelled by its new name."""
         hidden = self._hidden_forms
-        scanned, original = text, None
-        if len(text) > _NARROW_FROM and not text.isascii() and layers.base.main.narrow_safe:
-            scanned, original = narrow(text), text
-            if scanned == text:  # latin-1 already
-                original = None
         if layers.delta is None:
-            spans = (layers.base.derived if derived else layers.base.main).spans(scanned, hidden, original)
+            spans = (layers.base.derived if derived else layers.base.main).spans(text, hidden)
             extra = self._pending_spans(text)
             return _merge(spans + extra) if extra else spans
         spans = []
         for engines in layers.engines():
-            spans += (engines.derived if derived else engines.main).spans(scanned, hidden, original)
+            spans += (engines.derived if derived else engines.main).spans(text, hidden)
         return _merge(self._pending_spans(text) + spans)
 
     def _spans(self, text: str) -> list[_Span]:
