@@ -3,10 +3,11 @@
 Each case runs against a fresh server: PUT that many distinct values one after another (provider
 keys of four providers, opaque 40-hex tokens and 18-character passwords, in turn), or replace one
 credential that many times, while another client polls jupyter_server's own `/api/status` every
-20 ms during the writes and the 2.5 s after them (the scrubber builds that follow); the same poll on
-the same server before the writes is the idle figure. Nothing on the event
-loop may grow with the vault: the scrubber learns each value (and forgets a replaced one) without
-rebuilding everything, so `/api/status` during the writes stays near its idle time.
+20 ms. The writes go in batches of 100; a batch and the 2.5 s after it (the scrubber builds that
+follow) count as "during", the next second, before the next batch, as "idle", so both see the same
+load from the rest of the machine. Nothing on the event loop may grow with the vault: the
+scrubber learns each value (and forgets a replaced one) without rebuilding everything, so
+`/api/status` during the writes stays near its idle time.
 
     python benchmarks/bench_rest_writes.py [--sizes 100,1000] [--replace 1000] [--full]
 
@@ -61,12 +62,18 @@ def pct(xs: list[float], q: int) -> float:
     return statistics.quantiles(xs, n=100)[q - 1] if len(xs) > 1 else xs[0]
 
 
-async def poll(session, url, headers, out: list[float], stop: asyncio.Event) -> None:
+BATCH = 100  # writes between two idle windows
+SETTLE = 2.5  # seconds after a batch still counted as "during" (the scrubber builds that follow it)
+IDLE = 1.0  # seconds of idle polling after each batch
+
+
+async def poll(session, url, headers, phase: list[list[float]], stop: asyncio.Event) -> None:
+    """/api/status every 20 ms; each latency goes to the list phase[0] holds at the time."""
     while not stop.is_set():
         start = time.perf_counter()
         async with session.get(url + "/api/status", headers=headers) as resp:
             await resp.read()
-        out.append((time.perf_counter() - start) * 1000)
+        phase[0].append((time.perf_counter() - start) * 1000)
         await asyncio.sleep(0.02)
 
 
@@ -75,17 +82,18 @@ async def run(size: int, *, replace: bool = False) -> dict:
     headers = {"Authorization": f"token {server.token}", "Content-Type": "application/json"}
     try:
         async with aiohttp.ClientSession() as session:
+            # Idle and loaded windows alternate (a second of idle polling after each batch and its
+            # builds), so both see the same load from the rest of this shared machine.
             idle: list[float] = []
-            stop = asyncio.Event()
-            poller = asyncio.ensure_future(poll(session, server.url, headers, idle, stop))
-            await asyncio.sleep(3)
-            stop.set()
-            await poller
             during: list[float] = []
+            phase = [idle]
             stop = asyncio.Event()
-            poller = asyncio.ensure_future(poll(session, server.url, headers, during, stop))
+            poller = asyncio.ensure_future(poll(session, server.url, headers, phase, stop))
+            await asyncio.sleep(IDLE)
             puts = []
             for i in range(size):
+                if i % BATCH == 0:
+                    phase[0] = during
                 secret, extra = value(i)
                 body = json.dumps({"value": secret, **extra})
                 start = time.perf_counter()
@@ -94,7 +102,10 @@ async def run(size: int, *, replace: bool = False) -> dict:
                                        headers=headers) as resp:
                     assert resp.status in (201, 204), await resp.text()
                 puts.append((time.perf_counter() - start) * 1000)
-            await asyncio.sleep(2.5)  # and the scrubber builds that follow the last write
+                if i % BATCH == BATCH - 1 or i == size - 1:
+                    await asyncio.sleep(SETTLE)
+                    phase[0] = idle
+                    await asyncio.sleep(IDLE)
             stop.set()
             await poller
     finally:
