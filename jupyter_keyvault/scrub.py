@@ -392,6 +392,7 @@ def _calibration_text() -> str:
     parts = []
     size = 0
     while size < 128_000:
+        _breathe()
         kind = rng.randrange(7)
         if kind == 0:
             line = " ".join(rng.choices(words, k=rng.randrange(6, 16))) + "."
@@ -526,7 +527,10 @@ class _Engine:
                  quick: bool = False):
         self.known = known
         self.patterns = patterns
-        wrapped = [re.compile(f"(?<![{_TOK}])(?:{p.regex})(?![{_TOK}])") for p in patterns]
+        wrapped = []
+        for p in patterns:
+            _breathe()  # compiling a pattern is Python work too (the first build compiles them all)
+            wrapped.append(re.compile(f"(?<![{_TOK}])(?:{p.regex})(?![{_TOK}])"))
         by_prefix: dict[str, list[int]] = defaultdict(list)
         self.unanchored: list[tuple[re.Pattern[str], SecretPattern]] = []
         for i, p in enumerate(patterns):
