@@ -65,7 +65,7 @@ import string
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -589,7 +589,7 @@ class _Engine:
         self._stream_index = None
 
     # -- scanning
-    def spans(self, text: str, hidden: frozenset[str] = frozenset()) -> list[_Span]:
+    def spans(self, text: str, hidden: Container[str] = frozenset()) -> list[_Span]:
         """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped."""
         out: list[_Span] = []
         if not text:
@@ -920,8 +920,9 @@ class Scrubber:
         self.build_on_scrub = build_on_scrub
         self._known: dict[str, str] = {}  # value -> name
         self._pending: dict[str, str] = {}  # added since the installed engines were built
+        self._by_name: dict[str, set[str]] = {}  # name -> its values, so forgetting a name costs its values only
         self._hidden: dict[str, frozenset[str]] = {}  # forgotten values the installed engines may know -> forms
-        self._hidden_forms: frozenset[str] = frozenset()
+        self._hidden_forms: dict[str, int] = {}  # every form of those -> how many of them have it
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._generation = 0  # bumped by every change
@@ -937,34 +938,57 @@ class Scrubber:
             new = name or self._known.get(value, "")
             if self._known.get(value) == new:
                 return
+            old = self._known.get(value)
+            if old is not None:
+                self._unname(value, old)
             self._known[value] = new
+            self._by_name.setdefault(new, set()).add(value)
             self._pending[value] = new
-            if self._hidden.pop(value, None) is not None:
-                self._hidden_forms = frozenset().union(*self._hidden.values())
+            self._unhide(value)
             self._generation += 1
 
+    def _unname(self, value: str, name: str) -> None:
+        values = self._by_name.get(name)
+        if values is not None:
+            values.discard(value)
+            if not values:
+                del self._by_name[name]
+
+    def _hide(self, value: str) -> None:
+        if value not in self._hidden:
+            forms = self._hidden[value] = _forms(value)
+            for form in forms:
+                self._hidden_forms[form] = self._hidden_forms.get(form, 0) + 1
+
+    def _unhide(self, value: str) -> None:
+        forms = self._hidden.pop(value, None)
+        for form in forms or ():
+            left = self._hidden_forms[form] - 1
+            if left:
+                self._hidden_forms[form] = left
+            else:
+                del self._hidden_forms[form]
+
     def _forget_locked(self, value: str) -> None:
-        del self._known[value]
+        self._unname(value, self._known.pop(value))
         self._pending.pop(value, None)
         if self._layers.built(value) or self._rebuilding_now:
-            self._hidden[value] = _forms(value)
+            self._hide(value)
 
     def forget(self, value: str) -> None:
         """Stop redacting value (a deleted credential, or the old value of a replaced one)."""
         with self._lock:
             if value in self._known:
                 self._forget_locked(value)
-                self._hidden_forms = frozenset().union(*self._hidden.values())
                 self._generation += 1
 
     def forget_name(self, name: str) -> int:
         """Forget every value known under name (a deleted credential). Returns how many."""
         with self._lock:
-            values = [v for v, n in self._known.items() if n == name]
+            values = list(self._by_name.get(name, ()))
             for value in values:
                 self._forget_locked(value)
             if values:
-                self._hidden_forms = frozenset().union(*self._hidden.values())
                 self._generation += 1
             return len(values)
 
@@ -975,7 +999,7 @@ class Scrubber:
             self.forget(old)
         elif old is None and name:
             with self._lock:
-                stale = [v for v, n in self._known.items() if n == name and v != new]
+                stale = [v for v in self._by_name.get(name, ()) if v != new]
             for value in stale:
                 self.forget(value)
         self.add_known(new, name)
@@ -1085,11 +1109,8 @@ class Scrubber:
             if layers.generation == self._generation:
                 self._pending = {}
             # Forgotten values the new matchers no longer know need no hiding any more.
-            stale = [v for v in self._hidden if not layers.built(v)]
-            for value in stale:
-                del self._hidden[value]
-            if stale:
-                self._hidden_forms = frozenset().union(*self._hidden.values())
+            for value in [v for v in self._hidden if not layers.built(v)]:
+                self._unhide(value)
             return True
 
     def rebuild(self, *, full: bool | None = None) -> None:
