@@ -3,7 +3,10 @@
 Two real jupyter servers: one with scrubbing off (`autoload=False`, `scrub_iopub=False`),
 one as installed (kernel hooks + server-side filter), each with 1,000 stored values
 the server scrubs for. The same cell runs alternately on both; wall time until the
-kernel is idle again, through the browser's websocket path.
+kernel is idle again, through the browser's websocket path. Also the CPU seconds the server
+process and the kernel process spent on each cell (from /proc, Linux): on a shared machine
+wall time mostly measures the other processes, CPU time measures this work, and it
+separates the two parts (server filter, kernel helper).
 
     python benchmarks/bench_cell.py [--lines 100000] [--rounds 5]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 
@@ -38,12 +42,23 @@ def make_server(helper: bool, server_filter: bool) -> JupyterServer:
     return server
 
 
-async def time_cell(kernel: ServerKernel, code: str) -> float:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def time_cell(kernel: ServerKernel, code: str, pids: tuple[int, int] | None = None):
+    """Wall seconds, and with pids (server, kernel) also their CPU seconds, for one cell."""
+    before = [cpu_seconds(p) for p in pids] if pids else None
     start = time.perf_counter()
     result = await kernel.execute(code, timeout=600)
     elapsed = time.perf_counter() - start
     assert result.error is None, result.text
-    return elapsed
+    if pids is None:
+        return elapsed
+    return elapsed, *(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
 
 
 async def main_async(lines: int, rounds: int, split: bool) -> None:
@@ -56,12 +71,19 @@ async def main_async(lines: int, rounds: int, split: bool) -> None:
                    for label, server in servers.items()}
         loaded = await kernels["with scrubbing"].execute("print('keyvault' in get_ipython().extension_manager.loaded)")
         code = f"for i in range({lines}):\n    print(i, 'row of ordinary output, nothing secret here', i * 3.14)"
+        pids = {}
+        for label, kernel in kernels.items():
+            pid = int((await kernel.execute("import os; print(os.getpid())")).stdout.strip())
+            pids[label] = (servers[label].proc.pid, pid)
         times: dict[str, list[float]] = {label: [] for label in kernels}
+        cpu: dict[str, list[tuple[float, float]]] = {label: [] for label in kernels}
         for kernel in kernels.values():  # warm-up
             await time_cell(kernel, code)
         for _ in range(rounds):
             for label, kernel in kernels.items():
-                times[label].append(await time_cell(kernel, code))
+                wall, server_cpu, kernel_cpu = await time_cell(kernel, code, pids[label])
+                times[label].append(wall)
+                cpu[label].append((server_cpu, kernel_cpu))
         for kernel in kernels.values():
             await kernel.stop()
     base = statistics.median(times["without scrubbing"])
@@ -73,6 +95,15 @@ async def main_async(lines: int, rounds: int, split: bool) -> None:
     for label in labels[2:]:
         part = statistics.median(times[label])
         print(f"  {label:18s} {part:7.3f} s   overhead {100 * (part / base - 1):+.1f} %")
+    print(f"CPU seconds per cell, median of {rounds} (server process / kernel process):")
+    base_server = statistics.median(c[0] for c in cpu["without scrubbing"])
+    base_kernel = statistics.median(c[1] for c in cpu["without scrubbing"])
+    for label in labels:
+        server_cpu = statistics.median(c[0] for c in cpu[label])
+        kernel_cpu = statistics.median(c[1] for c in cpu[label])
+        print(f"  {label:18s} server {server_cpu:6.3f} s ({100 * (server_cpu / base_server - 1):+5.1f} %)"
+              f"   kernel {kernel_cpu:6.3f} s ({100 * (kernel_cpu / base_kernel - 1):+5.1f} %)"
+              f"   both {100 * ((server_cpu + kernel_cpu) / (base_server + base_kernel) - 1):+5.1f} %")
 
 
 def main() -> None:

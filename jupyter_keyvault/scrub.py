@@ -29,13 +29,16 @@ Overlapping matches are merged into one redaction covering all of them (no part 
 secret survives), labelled by the best member: a known value beats a pattern, then the
 longest, then the earliest.
 
-Known values change with ``add_known`` / ``forget`` / ``forget_name`` / ``replace_known``.
-A scan uses an immutable snapshot (``prepare`` builds one, ``install`` swaps it in), so
-adding values from one thread while another scrubs is safe. With ``build_on_scrub=True``
-(kernel, CLI) the next scrub after a change rebuilds, once for any number of changes; a
-server sets it False and awaits ``rebuild_async()`` (a worker thread), so scrubbing on its
-event loop never pays a build: values added since are found by a plain search over just
-those, forgotten ones stay redacted until the swap.
+Known values change with ``add_known`` / ``forget`` / ``forget_name`` / ``replace_known``,
+each O(that value): an added value is found at once by a plain search over the values added
+since the last build; a forgotten one is hidden at once (its forms go into a set that each
+hit is checked against). Builds are layered: a full build, then builds of only the values
+changed since (the delta layer, one quick plan, no patterns), until those exceed half of the
+full build. A scan uses an immutable snapshot of the layers (``prepare`` builds, ``install``
+swaps it in), so changing values from one thread while another scrubs is safe. With
+``build_on_scrub=True`` (kernel, CLI) the next scrub after a change builds; a server sets it
+False and awaits ``rebuild_async()`` (a worker thread that steps aside for the event loop
+every millisecond), so scrubbing on its event loop never pays a build.
 
 **Encoded forms** (``find_deep`` / ``scrub_deep`` / ``scrub_bytes``, used by the notebook
 walk and the server's message filter): a second engine knows, besides the values, their
@@ -60,8 +63,9 @@ import logging
 import re
 import string
 import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -155,6 +159,26 @@ for _u in string.ascii_uppercase:
 
 def _weight(ch: str) -> float:
     return _FREQ.get(ch, 0.5)
+
+
+# A build in a server's worker thread holds the GIL for Python work; CPython hands it to the
+# event loop's thread only every 5 ms (the switch interval), and a request waits for it at every
+# socket call. So such a build steps aside briefly after each millisecond of work, which keeps
+# what it costs the event loop per hand-over under a millisecond however large the vault is.
+_BREATHE_EVERY = 0.001  # seconds of work between pauses
+_BREATHE_FOR = 0.0002  # a pause long enough for a waiting thread to take the GIL
+_breathing = threading.local()
+
+
+def _breathe() -> None:
+    """Called from build loops; a no-op unless the build runs with ``breathing`` on."""
+    last = getattr(_breathing, "last", None)
+    if last is None:
+        return
+    now = time.perf_counter()
+    if now - last >= _BREATHE_EVERY:
+        time.sleep(_BREATHE_FOR)
+        _breathing.last = time.perf_counter()
 
 
 class _Span(NamedTuple):
@@ -282,6 +306,7 @@ def _build_locators(prefixes: Iterable[str]) -> list[tuple[re.Pattern[str], tupl
 
 _SENTINEL = "\x01"
 _ANCHORS = (5, 6, 7, 8)  # characters per anchor in the sampled text (each is tried)
+_QUICK_ANCHOR = 6  # the one tried by a quick build
 _CALIBRATE = 5  # the plans with the best estimates that are timed on sample output; the fastest wins
 _MAX_STEP = 8
 _CHUNK = 1 << 18  # long texts are sampled in pieces of this many characters
@@ -302,13 +327,14 @@ def _plan(values: dict[str, str], k: int, anchor: int) -> _Plan:
     """Anchors for sampling every k-th character, and their estimated cost."""
     seqs = []  # (value, name, phase, sampled characters as latin-1, anchor start candidates)
     for value, name in values.items():
+        _breathe()
         for r in range(min(k, len(value))):
             sampled = value[r::k].encode("latin-1", "replace").decode("latin-1")
             seqs.append((value, name, r, sampled, set(sampled[: len(sampled) - anchor + 1])))
     # Anchors start with a rare character, folded into one sentinel (upper-case letters and
     # the like), so the automaton's root has a single edge. Values whose samples have none
     # start their anchor with a raw character chosen greedily (an extra root edge each).
-    fold = {c for seq in seqs for c in seq[4] if _weight(c) <= _FOLDABLE}
+    fold = {c for c in set().union(*(seq[4] for seq in seqs)) if _weight(c) <= _FOLDABLE}
     roots: list[str] = []
     uncovered = [seq[4] for seq in seqs if not (seq[4] & fold)]
     while uncovered:
@@ -319,15 +345,18 @@ def _plan(values: dict[str, str], k: int, anchor: int) -> _Plan:
     str_table = {ord(c): _SENTINEL for c in fold}
     anchors: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
     for value, name, r, sampled, starts in seqs:
+        _breathe()
         folded = sampled.translate(str_table)
         best_j, best_cost = None, None
-        for j in range(len(sampled) - anchor + 1):
-            if sampled[j] in fold:
-                cost = folded.count(_SENTINEL, j + 1, j + anchor)  # folded characters carry little
-                if best_cost is None or cost < best_cost:
-                    best_j, best_cost = j, cost
-                    if cost == 0:
-                        break
+        limit = len(sampled) - anchor + 1
+        j = folded.find(_SENTINEL, 0, limit)  # where a folded (rare) character starts an anchor
+        while j >= 0:
+            cost = folded.count(_SENTINEL, j + 1, j + anchor)  # folded characters carry little
+            if best_cost is None or cost < best_cost:
+                best_j, best_cost = j, cost
+                if cost == 0:
+                    break
+            j = folded.find(_SENTINEL, j + 1, limit)
         if best_j is None:
             root = next(c for c in roots if c in starts)
             best_j = sampled.index(root)
@@ -363,6 +392,7 @@ def _calibration_text() -> str:
     parts = []
     size = 0
     while size < 128_000:
+        _breathe()
         kind = rng.randrange(7)
         if kind == 0:
             line = " ".join(rng.choices(words, k=rng.randrange(6, 16))) + "."
@@ -389,15 +419,18 @@ def _calibration_text() -> str:
 class _SampledAutomaton:
     """Finds known values by Aho–Corasick over every k-th character of the text (see module doc)."""
 
-    def __init__(self, values: dict[str, str]):
+    def __init__(self, values: dict[str, str], quick: bool = False):
+        """`quick`: one plan (the largest step for one anchor length), not timed: for the delta
+        layer, rebuilt often and small, where the build's cost matters more than the scan's."""
         shortest = min(len(v) for v in values)
         self.min_len = shortest
         self.max_len = max(len(v) for v in values)
         plans = []
-        for anchor in _ANCHORS:
+        for anchor in (_QUICK_ANCHOR,) if quick else _ANCHORS:
             largest = max(1, min(_MAX_STEP, shortest // (anchor + 1)))
             if shortest >= anchor:
-                plans.extend(_plan(values, k, anchor) for k in range(largest, max(0, largest - 4), -1))
+                steps = range(largest, max(0, largest - (1 if quick else 4)), -1)
+                plans.extend(_plan(values, k, anchor) for k in steps)
         if not plans:  # only if MIN_KNOWN_LENGTH were lowered below the anchor length
             plans.append(_plan(values, 1, shortest))
         plans.sort(key=lambda p: p.cost)
@@ -421,6 +454,7 @@ class _SampledAutomaton:
         if automaton is None:
             automaton = ahocorasick.Automaton()
             for key, entries in plan.anchors.items():
+                _breathe()
                 automaton.add_word(key, (len(key), tuple(entries)))
             automaton.make_automaton()
         self.automaton = automaton
@@ -467,6 +501,10 @@ class _RegexKnown:
         self.min_len = min(len(v) for v in values)
         alternation = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
         self.regex = re.compile(f"(?=({alternation}))")  # a look-ahead, so overlapping values are all seen
+        # The regex reports the longest value at a position; the shorter ones starting there are
+        # its prefixes, reported too (the longer one may have been forgotten since, see `hidden`).
+        lengths = sorted({len(v) for v in values})
+        self.shorter = {v: [v[:n] for n in lengths if n < len(v) and v[:n] in values] for v in values}
 
     def find(self, text: str, out: list[_Span], make) -> None:
         if len(text) < self.min_len:
@@ -474,6 +512,8 @@ class _RegexKnown:
         for m in self.regex.finditer(text):
             value = m.group(1)
             out.append(make(m.start(), value, self.values[value]))
+            for shorter in self.shorter[value]:
+                out.append(make(m.start(), shorter, self.values[shorter]))
 
 
 def _known_span(p: int, value: str, name: str) -> _Span:
@@ -483,10 +523,14 @@ def _known_span(p: int, value: str, name: str) -> _Span:
 class _Engine:
     """An immutable snapshot of the known values and patterns, ready to scan."""
 
-    def __init__(self, known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool):
+    def __init__(self, known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool,
+                 quick: bool = False):
         self.known = known
         self.patterns = patterns
-        wrapped = [re.compile(f"(?<![{_TOK}])(?:{p.regex})(?![{_TOK}])") for p in patterns]
+        wrapped = []
+        for p in patterns:
+            _breathe()  # compiling a pattern is Python work too (the first build compiles them all)
+            wrapped.append(re.compile(f"(?<![{_TOK}])(?:{p.regex})(?![{_TOK}])"))
         by_prefix: dict[str, list[int]] = defaultdict(list)
         self.unanchored: list[tuple[re.Pattern[str], SecretPattern]] = []
         for i, p in enumerate(patterns):
@@ -538,13 +582,15 @@ class _Engine:
         self.locators = _build_locators(set(self.prefix_patterns) | set(self.buckets))
         self.rest = None
         if rest:
-            self.rest = _SampledAutomaton(rest) if use_automaton and ahocorasick is not None else _RegexKnown(rest)
+            self.rest = (_SampledAutomaton(rest, quick) if use_automaton and ahocorasick is not None
+                         else _RegexKnown(rest))
         self.max_known = max((len(v) for v in known), default=0)
         self.has_whitespace = any(any(c.isspace() for c in v) for v in known)
         self._stream_index = None
 
     # -- scanning
-    def spans(self, text: str) -> list[_Span]:
+    def spans(self, text: str, hidden: Container[str] = frozenset()) -> list[_Span]:
+        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped."""
         out: list[_Span] = []
         if not text:
             return out
@@ -563,6 +609,8 @@ class _Engine:
                     out.append(_Span(m.start(), m.end(), 1, pattern.label, GENERIC_MARKER))
         if self.rest is not None:
             self.rest.find(text, out, _known_span)
+        if hidden and out:  # forgotten since this engine was built: a set lookup per hit, no rebuild
+            out = [sp for sp in out if sp.rank or text[sp.start:sp.end] not in hidden]
         return _merge(out)
 
     def _at_prefix(self, text: str, s: int, prefix: str, out: list[_Span]) -> None:
@@ -772,6 +820,7 @@ def _derived_forms(known: dict[str, str]) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for value, name in known.items():
+        _breathe()
         for core in base64_cores(value):
             out.setdefault(core, name)
         escaped = json.dumps(value, ensure_ascii=False)[1:-1]
@@ -787,8 +836,9 @@ class _EngineSet:
     main one (``prepare``) or, for scrubbers that build on scrub, on first use."""
 
     def __init__(self, main: _Engine, derived: _Engine | None, generation: int,
-                 known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool):
+                 known: dict[str, str], patterns: list[SecretPattern], use_automaton: bool, quick: bool = False):
         self.main = main
+        self._quick = quick
         self._derived = derived
         self.generation = generation
         self._known = known
@@ -802,8 +852,35 @@ class _EngineSet:
             with self._lock:
                 if self._derived is None:
                     self._derived = _Engine({**_derived_forms(self._known), **self._known}, self._patterns,
-                                            self._use_automaton)
+                                            self._use_automaton, self._quick)
         return self._derived
+
+
+# When a build covers everything again: once the values changed since the last full build
+# (added, renamed or forgotten) exceed both of these. Between full builds only those values are
+# built (the delta layer), so each value is built a bounded number of times on average.
+_DELTA_MIN = 128
+_DELTA_FRACTION = 0.5
+
+
+class _Layers(NamedTuple):
+    """The installed matchers, swapped as one reference: `base` over every value known at its
+    build, `delta` over the values added or renamed since (no patterns: base runs those)."""
+
+    base: _EngineSet
+    delta: _EngineSet | None
+    generation: int
+
+    def engines(self) -> tuple[_EngineSet, ...]:
+        return (self.base,) if self.delta is None else (self.delta, self.base)
+
+    def built(self, value: str) -> bool:
+        return value in self.base._known or (self.delta is not None and value in self.delta._known)
+
+
+def _forms(value: str) -> frozenset[str]:
+    """The value and every encoded form the derived engines know it by."""
+    return frozenset(_derived_forms({value: ""})) | {value}
 
 
 class Scrubber:
@@ -813,14 +890,23 @@ class Scrubber:
     like the built-ins they only match whole tokens. ``use_automaton=False`` forces the
     regex fallback for known values (what happens when pyahocorasick is not installed).
 
-    Known values change with ``add_known`` / ``forget`` / ``replace_known``. The matcher is
-    rebuilt from them as a whole (an immutable snapshot swapped in atomically):
+    Known values change with ``add_known`` / ``forget`` / ``replace_known``, each costing
+    O(that value) on the caller's thread:
 
-    - ``build_on_scrub=True`` (kernel, CLI): the next scrub after a change rebuilds.
-    - ``build_on_scrub=False`` (a server's event loop): scrubbing never rebuilds; the owner
-      calls ``await rebuild_async()`` (built in a worker thread) after a change. Until that
-      swap, values added since the last build are still found, by a plain search over those
-      few values, and forgotten ones are still redacted (the safe direction).
+    - an added value is found at once by a plain search over the values added since the
+      last build (the pending list), until a build takes it in;
+    - a forgotten value is no longer redacted at once: its forms go into a hidden set that
+      scans consult for each hit (a set lookup), until a build leaves it out.
+
+    Builds are layered: a full build (base) of every value, then builds of only the values
+    changed since (delta), until those exceed half the base; so a value is built a bounded
+    number of times on average, not once per write. Each build is an immutable snapshot
+    swapped in atomically:
+
+    - ``build_on_scrub=True`` (kernel, CLI): the next scrub after a change builds.
+    - ``build_on_scrub=False`` (a server's event loop): scrubbing never builds; the owner
+      calls ``await rebuild_async()`` (a worker thread that steps aside for the event loop
+      every millisecond).
     """
 
     def __init__(self, patterns: Iterable[SecretPattern] = DEFAULT_PATTERNS, *,
@@ -834,11 +920,14 @@ class Scrubber:
         self.build_on_scrub = build_on_scrub
         self._known: dict[str, str] = {}  # value -> name
         self._pending: dict[str, str] = {}  # added since the installed engines were built
+        self._by_name: dict[str, set[str]] = {}  # name -> its values, so forgetting a name costs its values only
+        self._hidden: dict[str, frozenset[str]] = {}  # forgotten values the installed engines may know -> forms
+        self._hidden_forms: dict[str, int] = {}  # every form of those -> how many of them have it
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._generation = 0  # bumped by every change
-        self._engines = _EngineSet(_Engine({}, self._patterns, use_automaton), None, 0, {}, self._patterns,
-                                   use_automaton)
+        empty = _EngineSet(_Engine({}, self._patterns, use_automaton), None, 0, {}, self._patterns, use_automaton)
+        self._layers = _Layers(empty, None, 0)
         self._rebuilding = None  # the asyncio task of a rebuild in flight
 
     # -- known values
@@ -849,24 +938,56 @@ class Scrubber:
             new = name or self._known.get(value, "")
             if self._known.get(value) == new:
                 return
+            old = self._known.get(value)
+            if old is not None:
+                self._unname(value, old)
             self._known[value] = new
+            self._by_name.setdefault(new, set()).add(value)
             self._pending[value] = new
+            self._unhide(value)
             self._generation += 1
+
+    def _unname(self, value: str, name: str) -> None:
+        values = self._by_name.get(name)
+        if values is not None:
+            values.discard(value)
+            if not values:
+                del self._by_name[name]
+
+    def _hide(self, value: str) -> None:
+        if value not in self._hidden:
+            forms = self._hidden[value] = _forms(value)
+            for form in forms:
+                self._hidden_forms[form] = self._hidden_forms.get(form, 0) + 1
+
+    def _unhide(self, value: str) -> None:
+        forms = self._hidden.pop(value, None)
+        for form in forms or ():
+            left = self._hidden_forms[form] - 1
+            if left:
+                self._hidden_forms[form] = left
+            else:
+                del self._hidden_forms[form]
+
+    def _forget_locked(self, value: str) -> None:
+        self._unname(value, self._known.pop(value))
+        self._pending.pop(value, None)
+        if self._layers.built(value) or self._rebuilding_now:
+            self._hide(value)
 
     def forget(self, value: str) -> None:
         """Stop redacting value (a deleted credential, or the old value of a replaced one)."""
         with self._lock:
-            if self._known.pop(value, None) is not None:
-                self._pending.pop(value, None)
+            if value in self._known:
+                self._forget_locked(value)
                 self._generation += 1
 
     def forget_name(self, name: str) -> int:
         """Forget every value known under name (a deleted credential). Returns how many."""
         with self._lock:
-            values = [v for v, n in self._known.items() if n == name]
+            values = list(self._by_name.get(name, ()))
             for value in values:
-                del self._known[value]
-                self._pending.pop(value, None)
+                self._forget_locked(value)
             if values:
                 self._generation += 1
             return len(values)
@@ -878,7 +999,7 @@ class Scrubber:
             self.forget(old)
         elif old is None and name:
             with self._lock:
-                stale = [v for v, n in self._known.items() if n == name and v != new]
+                stale = [v for v in self._by_name.get(name, ()) if v != new]
             for value in stale:
                 self.forget(value)
         self.add_known(new, name)
@@ -905,7 +1026,7 @@ class Scrubber:
     @property
     def dirty(self) -> bool:
         """True when the installed matcher predates the latest change."""
-        return self._engines.generation != self._generation
+        return self._layers.generation != self._generation
 
     @property
     def uses_automaton(self) -> bool:
@@ -914,49 +1035,88 @@ class Scrubber:
 
     @property
     def known_has_whitespace(self) -> bool:
-        return self._current().has_whitespace or any(any(c.isspace() for c in v) for v in self._pending)
+        return (any(e.main.has_whitespace for e in self._current_layers().engines())
+                or any(any(c.isspace() for c in v) for v in list(self._pending)))
 
     @property
     def window(self) -> int:
         """The most trailing characters a stream ever holds back (no secret is longer)."""
-        return max(256, self._current().max_known, max((len(v) for v in self._pending), default=0))
+        return self._window(self._current_layers())
+
+    def _window(self, layers: _Layers) -> int:
+        longest = layers.base.main.max_known
+        if layers.delta is not None:
+            longest = max(longest, layers.delta.main.max_known)
+        pending = self._pending
+        if pending and not self.build_on_scrub:
+            longest = max(longest, max(map(len, list(pending))))
+        return max(256, longest)
 
     # -- building
-    def prepare(self, *, derived: bool = True) -> _EngineSet:
+    _rebuilding_now = False  # a build has taken its snapshot and is not installed yet
+
+    def prepare(self, *, derived: bool = True, full: bool | None = None) -> _Layers:
         """Build matchers for the current values (slow: call it in a worker thread); pass the
-        result to ``install``. Safe to call while other threads scrub."""
+        result to ``install``. Safe to call while other threads scrub. `full`: build every
+        value (True), only those changed since the last full build (False), or decide (None)."""
         with self._lock:
             known = dict(self._known)
             generation = self._generation
+            base = self._layers.base
+            self._rebuilding_now = True
+        base_known = base._known
+        changed = {v: n for v, n in known.items() if base_known.get(v) != n}
+        gone = len(base_known) - (len(known) - len(changed))
+        if full is None:
+            full = not base_known or len(changed) + gone > max(_DELTA_MIN, _DELTA_FRACTION * len(base_known))
         # A build allocates millions of short-lived objects (freed by reference counting);
         # left on, the cycle collector would run full collections meanwhile, and those stop
         # every thread, the event loop included, for the whole process's heap.
         collecting = gc.isenabled()
         gc.disable()
+        if not self.build_on_scrub:
+            _breathing.last = time.perf_counter()
         try:
-            engines = _EngineSet(_Engine(known, self._patterns, self._use_automaton), None, generation,
-                                 known, self._patterns, self._use_automaton)
-            if derived:
-                engines.derived  # noqa: B018 - built here, off the caller's event loop
+            if full:
+                layers = _Layers(self._engine_set(known, self._patterns, generation, derived), None, generation)
+            else:
+                delta = self._engine_set(changed, [], generation, derived, quick=True) if changed else None
+                layers = _Layers(base, delta, generation)
         finally:
+            _breathing.last = None
             if collecting:
                 gc.enable()
+        return layers
+
+    def _engine_set(self, known: dict[str, str], patterns: list[SecretPattern], generation: int,
+                    derived: bool, quick: bool = False) -> _EngineSet:
+        engines = _EngineSet(_Engine(known, patterns, self._use_automaton, quick), None, generation, known, patterns,
+                             self._use_automaton, quick)
+        if derived:
+            engines.derived  # noqa: B018 - built here, off the caller's event loop
         return engines
 
-    def install(self, engines: _EngineSet) -> bool:
+    def install(self, layers: _Layers) -> bool:
         """Swap in what ``prepare`` built, unless something newer is installed already."""
         with self._lock:
-            if engines.generation < self._engines.generation:
+            self._rebuilding_now = False
+            current = self._layers
+            if layers.generation < current.generation or (
+                    layers.delta is not None and layers.base is not current.base
+                    and layers.base.generation < current.base.generation):
                 return False
-            self._engines = engines
-            if engines.generation == self._generation:
+            self._layers = layers
+            if layers.generation == self._generation:
                 self._pending = {}
+            # Forgotten values the new matchers no longer know need no hiding any more.
+            for value in [v for v in self._hidden if not layers.built(v)]:
+                self._unhide(value)
             return True
 
-    def rebuild(self) -> None:
+    def rebuild(self, *, full: bool | None = None) -> None:
         with self._build_lock:
-            if self.dirty:
-                self.install(self.prepare(derived=not self.build_on_scrub))
+            if self.dirty or full:
+                self.install(self.prepare(derived=not self.build_on_scrub, full=full))
 
     async def rebuild_async(self) -> None:
         """Rebuild in a worker thread and swap atomically; the event loop never pays the build.
@@ -970,27 +1130,31 @@ class Scrubber:
             await asyncio.shield(task)
 
     def _current(self) -> _Engine:
-        return self._current_set().main
+        return self._current_layers().base.main
 
-    def _current_set(self) -> _EngineSet:
+    def _current_layers(self) -> _Layers:
         if self.build_on_scrub and self.dirty:
             self.rebuild()
-        return self._engines
+        return self._layers
 
-    def _pending_hold(self, buf: str) -> int:
-        """Where a trailing proper prefix of a value added since the last build starts in `buf`
-        (len(buf) when none): the installed engine does not know those values yet, so it would not
-        hold such a prefix back at a chunk boundary."""
+    def _layer_hold(self, buf: str, layers: _Layers) -> int:
+        """Where a trailing proper prefix of a value the base engine does not know starts in
+        `buf` (len(buf) when none): values of the delta layer and pending ones."""
+        cut = len(buf)
+        if layers.delta is not None:
+            delta = layers.delta.main
+            found = delta._known_hold(buf, max(0, len(buf) - delta.max_known + 1))
+            if found is not None:
+                cut = found
         pending = self._pending
         if not pending or self.build_on_scrub:
-            return len(buf)
-        cut = len(buf)
+            return cut
         for value in list(pending):
             first, start = value[:1], max(0, len(buf) - len(value) + 1)
             at = buf.find(first, start)
-            while at >= 0:
+            while at >= 0 and at < cut:
                 if value.startswith(buf[at:]):
-                    cut = min(cut, at)
+                    cut = at
                     break
                 at = buf.find(first, at + 1)
         return cut
@@ -1007,10 +1171,21 @@ class Scrubber:
                 i = text.find(value, i + 1)
         return out
 
+    def _layer_spans(self, text: str, layers: _Layers, derived: bool) -> list[_Span]:
+        """Matches of every layer and the pending values, merged; the newest layer first, so a
+        renamed value is labelled by its new name."""
+        hidden = self._hidden_forms
+        if layers.delta is None:
+            spans = (layers.base.derived if derived else layers.base.main).spans(text, hidden)
+            extra = self._pending_spans(text)
+            return _merge(spans + extra) if extra else spans
+        spans = []
+        for engines in layers.engines():
+            spans += (engines.derived if derived else engines.main).spans(text, hidden)
+        return _merge(self._pending_spans(text) + spans)
+
     def _spans(self, text: str) -> list[_Span]:
-        spans = self._current().spans(text)
-        extra = self._pending_spans(text)
-        return _merge(spans + extra) if extra else spans
+        return self._layer_spans(text, self._current_layers(), False)
 
     # -- scrubbing
     def scrub(self, text: str) -> str:
@@ -1030,10 +1205,10 @@ class Scrubber:
 
     # -- encoded forms (outputs a browser renders, payloads a reader decodes)
     def _deep_spans(self, text: str) -> list[_Span]:
-        engines = self._current_set()
-        spans = engines.derived.spans(text) + self._pending_spans(text)
+        layers = self._current_layers()
+        spans = self._layer_spans(text, layers, True)
         if not _ENCODED_TOKEN.search(text):
-            return spans if len(spans) < 2 else _merge(spans)
+            return spans
         # First a quick look (the decoding done by regex substitution, no position maps: HTML
         # outputs are full of tags); the exact mapping back to the text only when it finds one.
         decoded_hit = None
@@ -1042,16 +1217,16 @@ class Scrubber:
             decoded = _decode_quick(current)
             if decoded == current:
                 break
-            found = engines.main.spans(decoded) + self._pending_spans(decoded)
+            found = self._layer_spans(decoded, layers, False)
             if found:
                 decoded_hit = found[0]
                 break
             current = decoded
         if decoded_hit is None:
-            return spans if len(spans) < 2 else _merge(spans)
+            return spans
         mapped = []
         for decoded, starts, ends in decoded_views(text):
-            for s in engines.main.spans(decoded) + self._pending_spans(decoded):
+            for s in self._layer_spans(decoded, layers, False):
                 mapped.append(s._replace(start=starts[s.start], end=ends[s.end - 1]))
         if not mapped:  # the two decoders disagree: withhold the whole text rather than guess
             mapped.append(_Span(0, len(text), decoded_hit.rank, decoded_hit.label, decoded_hit.marker))
@@ -1093,13 +1268,14 @@ class Scrubber:
         if not data:
             return False
         text = data.decode("latin-1")  # one character per byte: UTF-8 values are in the derived set
-        engines = self._current_set()
-        return bool(engines.derived.spans(text) or self._pending_spans(text))
+        return bool(self._layer_spans(text, self._current_layers(), True))
 
     def stream_would_hold(self, text: str) -> bool:
         """Whether a fresh stream fed `text` would hold back its tail (it may be the start of a secret)."""
-        engine = self._current()
-        return engine.hold_from(text, "", max(256, engine.max_known)) < len(text)
+        layers = self._current_layers()
+        engine = layers.base.main
+        hold = engine.hold_from(text, "", self._window(layers))
+        return min(hold, self._layer_hold(text, layers)) < len(text)
 
     def stream(self) -> StreamScrubber:
         return StreamScrubber(self)
@@ -1226,16 +1402,17 @@ class StreamScrubber:
         if not chunk:
             return ""
         buf = self._buffer + chunk
-        engine = self._scrubber._current()
-        window = max(256, engine.max_known)
-        cut = min(engine.hold_from(buf, self._context, window), self._scrubber._pending_hold(buf))
+        scrubber = self._scrubber
+        layers = scrubber._current_layers()
+        cut = min(layers.base.main.hold_from(buf, self._context, scrubber._window(layers)),
+                  scrubber._layer_hold(buf, layers))
         if cut <= 0:
             self._buffer = buf
             return ""
         ctx = self._context
         text = ctx + buf
         off = len(ctx)
-        spans = [s for s in self._scrubber._spans(text) if s.end > off]
+        spans = [s for s in scrubber._layer_spans(text, layers, False) if s.end > off]
         for s in spans:  # a secret that straddles the cut is held back whole
             if s.start < off + cut < s.end:
                 cut = max(0, s.start - off)

@@ -59,6 +59,41 @@ async def test_given_a_kernel_without_the_helper_when_it_prints_a_stored_value_t
     assert canary not in caplog.text  # the server log, at DEBUG, never saw it either
 
 
+async def store_opaque(jp_fetch, name, value):
+    resp = await jp_fetch("keyvault", "api", "credentials", name, method="PUT",
+                          body=json.dumps({"value": value, "type": "custom"}))
+    assert resp.code in (201, 204)
+
+
+async def test_given_opaque_values_stored_replaced_and_deleted_when_a_kernel_prints_them_next_then_only_the_current_ones_are_redacted(
+    jp_fetch, server_kernel, keyvault_app
+):
+    import secrets
+
+    # Opaque 40-hex tokens match no pattern: only the server's known-value engine can find them.
+    kept, replaced, deleted = (f"{secrets.token_hex(20)}" for _ in range(3))
+    await store_opaque(jp_fetch, "KEPT", kept)
+    await store_opaque(jp_fetch, "ROTATED", replaced)
+    await store_opaque(jp_fetch, "GONE", deleted)
+    kernel = await server_kernel("layers.ipynb")
+    printed = f"print({kept!r}, {replaced!r}, {deleted!r})"
+    first = await kernel.execute(printed)  # no wait for any scrubber build: the next output
+    assert first.stdout.split() == ["[REDACTED:KEPT]", "[REDACTED:ROTATED]", "[REDACTED:GONE]"]
+    for i in range(40):  # more values, so the later ones land in a delta layer over a built base
+        await store_opaque(jp_fetch, f"FILL_{i}", secrets.token_hex(20))
+    await keyvault_app.scrubber.rebuild_async()
+    fresh = secrets.token_hex(20)
+    await store_opaque(jp_fetch, "ROTATED", fresh)
+    resp = await jp_fetch("keyvault", "api", "credentials", "GONE", method="DELETE")
+    assert resp.code == 204
+    second = await kernel.execute(f"print({kept!r}, {replaced!r}, {deleted!r}, {fresh!r})")
+    assert second.stdout.split() == ["[REDACTED:KEPT]", replaced, deleted, "[REDACTED:ROTATED]"]
+    await keyvault_app.scrubber.rebuild_async()  # and the same once the builds have caught up
+    third = await kernel.execute(f"print({kept!r}, {replaced!r}, {deleted!r}, {fresh!r})")
+    assert third.stdout.split() == ["[REDACTED:KEPT]", replaced, deleted, "[REDACTED:ROTATED]"]
+    assert fresh not in json.dumps(second.messages) + json.dumps(third.messages)
+
+
 async def test_given_a_pattern_shaped_token_when_printed_then_it_is_redacted_by_pattern(jp_fetch, server_kernel, keyvault_app):
     kernel = await server_kernel("pattern.ipynb")
     result = await kernel.execute(f"print('token', {GITHUB_TOKEN[:10]!r} + {GITHUB_TOKEN[10:]!r})")

@@ -37,9 +37,9 @@ from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
 from .uses import CredentialUses, UseLog
 
-SCRUBBER_REBUILD_QUIET = 0.25  # seconds without a write before the scrubber is rebuilt
+SCRUBBER_REBUILD_QUIET = 0.25  # seconds without a write before the scrubber builds what changed
 SCRUBBER_REBUILD_MAX_WAIT = 2.0  # ... or this long after the first write of a burst
-SCRUBBER_MAX_PENDING = 256  # ... or this many values added since the last build
+SCRUBBER_MAX_PENDING = 64  # ... or this many values added since the last build (each scan searches them one by one)
 
 
 class KeyVaultManager(KeyVault, LoggingConfigurable):
@@ -195,9 +195,10 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.refresh_scrubber()
 
     def refresh_scrubber(self) -> None:
-        """Rebuild the scrubber in a worker thread once writes pause (one build for a burst of writes,
-        instead of one per write competing with the event loop); scrubbing meanwhile still finds
-        values added since the last build (Scrubber's pending list)."""
+        """Build what changed in the scrubber in a worker thread once writes pause (one build for a
+        burst of writes; usually only the values changed since its last full build, see Scrubber);
+        scrubbing meanwhile still finds values added since the last build (Scrubber's pending list)
+        and no longer redacts forgotten ones."""
         if self._rebuild_scheduled or not self.scrubber.dirty:
             return
         self._rebuild_scheduled = True
