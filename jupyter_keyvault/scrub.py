@@ -921,6 +921,7 @@ class Scrubber:
         self._known: dict[str, str] = {}  # value -> name
         self._pending: dict[str, str] = {}  # added since the installed engines were built
         self._by_name: dict[str, set[str]] = {}  # name -> its values, so forgetting a name costs its values only
+        self._holders: dict[str, set[str]] = {}  # value -> every name holding it (one value may serve two names)
         self._hidden: dict[str, frozenset[str]] = {}  # forgotten values the installed engines may know -> forms
         self._hidden_forms: dict[str, int] = {}  # every form of those -> how many of them have it
         self._lock = threading.Lock()
@@ -935,17 +936,31 @@ class Scrubber:
         if not isinstance(value, str) or len(value.strip()) < MIN_KNOWN_LENGTH:
             return
         with self._lock:
-            new = name or self._known.get(value, "")
-            if self._known.get(value) == new:
+            label = name or self._known.get(value, "")
+            holders = self._holders.setdefault(value, set())
+            holders.add(label)
+            self._by_name.setdefault(label, set()).add(value)
+            if self._known.get(value) == label:
                 return
-            old = self._known.get(value)
-            if old is not None:
-                self._unname(value, old)
-            self._known[value] = new
-            self._by_name.setdefault(new, set()).add(value)
-            self._pending[value] = new
+            self._known[value] = label  # redactions are labelled with the newest name
+            self._pending[value] = label
             self._unhide(value)
             self._generation += 1
+
+    def _release(self, value: str, name: str) -> bool:
+        """`name` no longer holds `value`; the value is forgotten once no name holds it (two
+        credentials may share one value: deleting one must not unredact the other)."""
+        holders = self._holders.get(value)
+        if holders is None:
+            return False
+        holders.discard(name)
+        self._unname(value, name)
+        if holders:
+            if self._known.get(value) == name:
+                self._known[value] = next(iter(sorted(holders)))
+            return False
+        self._forget_locked(value)
+        return True
 
     def _unname(self, value: str, name: str) -> None:
         values = self._by_name.get(name)
@@ -970,38 +985,38 @@ class Scrubber:
                 del self._hidden_forms[form]
 
     def _forget_locked(self, value: str) -> None:
-        self._unname(value, self._known.pop(value))
+        self._known.pop(value)
+        for name in self._holders.pop(value, ()):
+            self._unname(value, name)
         self._pending.pop(value, None)
         if self._layers.built(value) or self._rebuilding_now:
             self._hide(value)
 
     def forget(self, value: str) -> None:
-        """Stop redacting value (a deleted credential, or the old value of a replaced one)."""
+        """Stop redacting value, whoever holds it."""
         with self._lock:
             if value in self._known:
                 self._forget_locked(value)
                 self._generation += 1
 
     def forget_name(self, name: str) -> int:
-        """Forget every value known under name (a deleted credential). Returns how many."""
+        """`name` was deleted: forget its values that no other name still holds. Returns how many."""
         with self._lock:
-            values = list(self._by_name.get(name, ()))
-            for value in values:
-                self._forget_locked(value)
-            if values:
+            forgotten = sum(self._release(value, name) for value in list(self._by_name.get(name, ())))
+            if forgotten:
                 self._generation += 1
-            return len(values)
+            return forgotten
 
     def replace_known(self, old: str | None, new: str, name: str | None = None) -> None:
-        """A credential's value changed: redact the new one, forget the old one (by value, or,
-        when old is None, every other value known under the same name)."""
-        if old is not None and old != new:
+        """A credential's value changed: redact the new one, and release the old one (by value, or,
+        when old is None, every other value known under the same name) unless another name holds it."""
+        with self._lock:
+            stale = ([old] if old is not None else list(self._by_name.get(name or "", ()))) if name else []
+            changed = sum(self._release(value, name) for value in stale if value != new) if name else 0
+            if changed:
+                self._generation += 1
+        if old is not None and old != new and not name:
             self.forget(old)
-        elif old is None and name:
-            with self._lock:
-                stale = [v for v in self._by_name.get(name, ()) if v != new]
-            for value in stale:
-                self.forget(value)
         self.add_known(new, name)
 
     @property

@@ -94,6 +94,29 @@ async def test_given_opaque_values_stored_replaced_and_deleted_when_a_kernel_pri
     assert fresh not in json.dumps(second.messages) + json.dumps(third.messages)
 
 
+async def test_given_two_credentials_sharing_a_value_when_one_is_deleted_or_rotated_then_the_value_stays_redacted(
+    jp_fetch, server_kernel, keyvault_app
+):
+    import secrets
+
+    # The same token stored twice (a staging and a prod name, a copy for another notebook): each
+    # name's delete or rotation must leave the value redacted while the other still holds it.
+    shared = secrets.token_hex(20)
+    for name in ("TOKEN_PROD", "TOKEN_COPY", "TOKEN_OLD"):
+        await store_opaque(jp_fetch, name, shared)
+    kernel = await server_kernel("shared.ipynb")
+    resp = await jp_fetch("keyvault", "api", "credentials", "TOKEN_COPY", method="DELETE")
+    assert resp.code == 204
+    await store_opaque(jp_fetch, "TOKEN_OLD", secrets.token_hex(20))  # rotated away from the shared value
+    for _ in range(2):  # at once, and once the builds have caught up
+        out = await kernel.execute(f"print({shared!r})")
+        assert shared not in out.stdout and "[REDACTED:" in out.stdout, out.stdout
+        await keyvault_app.scrubber.rebuild_async()
+    resp = await jp_fetch("keyvault", "api", "credentials", "TOKEN_PROD", method="DELETE")
+    assert resp.code == 204  # the last holder gone: no longer a secret of this vault
+    assert (await kernel.execute(f"print({shared!r})")).stdout.split() == [shared]
+
+
 async def test_given_a_pattern_shaped_token_when_printed_then_it_is_redacted_by_pattern(jp_fetch, server_kernel, keyvault_app):
     kernel = await server_kernel("pattern.ipynb")
     result = await kernel.execute(f"print('token', {GITHUB_TOKEN[:10]!r} + {GITHUB_TOKEN[10:]!r})")
