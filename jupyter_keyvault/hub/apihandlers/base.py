@@ -41,6 +41,7 @@ class ServiceBase(HubAuthenticated, web.RequestHandler):
         return None
 
     async def prepare(self):
+        self.kv.in_flight.enter(self)  # graceful shutdown waits for this request (503 once draining)
         try:
             model = await self.hub_auth.get_user(self, sync=False)
             model = self.check_hub_user(model) if model else None
@@ -52,6 +53,13 @@ class ServiceBase(HubAuthenticated, web.RequestHandler):
             raise web.HTTPError(403, "only JupyterHub users (and their servers) use this service")
         self._hub_auth_user_cache = model
         self.username = model["name"]
+
+    def on_finish(self):
+        self.kv.in_flight.leave(self)
+
+    def on_connection_close(self):
+        self.kv.in_flight.leave(self)
+        super().on_connection_close()
 
     def get_current_user(self):
         return getattr(self, "_hub_auth_user_cache", None)

@@ -55,7 +55,7 @@ class CredentialHandler(ServiceBase):
         owner = personal_owner(self.username)
         info, created = await self.off_loop(self.kv.vault.set, owner, name, write.value, provider=write.provider,
                                             type=write.type, metadata=write.metadata, actor=self.username)
-        self.kv.invalidate(owner, name)
+        await self.kv.changed(owner, name)
         if created:
             self.set_header("Location", f"{self.kv.service_prefix}api/credentials/{name}")
             return self.write_json(info.to_json(), status=201)
@@ -71,14 +71,14 @@ class CredentialHandler(ServiceBase):
         owner = personal_owner(self.username)
         info = await self.off_loop(self.kv.vault.update_metadata, owner, name, metadata_object(body["metadata"]),
                                    actor=self.username)
-        self.kv.invalidate(owner, name)
+        await self.kv.changed(owner, name)
         self.write_json(info.to_json())
 
     async def delete(self, raw_name: str):
         name = self.name_from_path(raw_name)
         owner = personal_owner(self.username)
         await self.off_loop(self.kv.vault.delete, owner, name, actor=self.username)
-        self.kv.invalidate(owner, name)
+        await self.kv.changed(owner, name)
         self.set_status(204)
         self.finish()
 
