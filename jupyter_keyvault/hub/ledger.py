@@ -54,12 +54,7 @@ class UsageLedger:
                 events, self._events = self._events, []
             try:
                 if tokens:
-                    with self.store._write_lock, self.store._begin() as conn:
-                        for (day, user, source, cred), count in tokens.items():
-                            self.store.add_usage(conn, day, user, source, cred, 0, count)
-                            self.counters.add_tokens(conn, "user", user, day, count)
-                            if source == "shared":
-                                self.counters.add_tokens(conn, "shared", cred, day, count)
+                    self._write_tokens(tokens)
                     tokens = {}
                 if events:
                     self._write_audit(events)
@@ -70,3 +65,18 @@ class UsageLedger:
                         for key, count in tokens.items():
                             self._tokens[key] = self._tokens.get(key, 0) + count
                         self._events[:0] = events
+
+    def _write_tokens(self, tokens: dict[tuple[str, str, str, str], int]) -> None:
+        # Rows are locked in the order admissions lock them (users, then shared keys, then usage
+        # rows, each sorted), so a flush and admissions on other replicas never deadlock.
+        per_counter: dict[tuple[str, str, str], int] = {}
+        for (day, user, source, cred), count in tokens.items():
+            per_counter[("user", user, day)] = per_counter.get(("user", user, day), 0) + count
+            if source == "shared":
+                per_counter[("shared", cred, day)] = per_counter.get(("shared", cred, day), 0) + count
+        rank = {"user": 0, "shared": 1}
+        with self.store._write_lock, self.store._begin() as conn:
+            for (kind, subject, day), count in sorted(per_counter.items(), key=lambda kv: (rank[kv[0][0]], kv[0])):
+                self.counters.add_tokens(conn, kind, subject, day, count)
+            for (day, user, source, cred), count in sorted(tokens.items()):
+                self.store.add_usage(conn, day, user, source, cred, 0, count)
