@@ -131,3 +131,25 @@ def test_grants_and_limits_raise_the_change_generation_that_the_watcher_reports(
     watcher.poll()
     assert len(seen) == 2 and seen[1] > seen[0]
     assert watcher.healthy(max_age=5)
+
+
+def test_tokens_not_yet_flushed_on_this_replica_already_count_against_the_token_quota(store):
+    counters = Counters(store)
+    ledger = UsageLedger(store, counters, lambda events: None)
+    counters.admit([user("dave", tokens_per_day=100)], ("dave", "personal", "K"))
+    ledger.add("dave", "personal", "K", tokens=120)  # not flushed
+    pending = ledger.unflushed_tokens("user", "dave")
+    assert pending == 120
+    with pytest.raises(QuotaExceeded, match=r"daily token quota reached for user dave \(120/100"):
+        counters.admit([Subject("user", "user", "dave", Limits(tokens_per_day=100), pending)],
+                       ("dave", "personal", "K"))
+
+
+def test_a_rate_limit_set_after_unlimited_use_starts_with_a_full_bucket(store):
+    counters = Counters(store)
+    for _ in range(5):
+        counters.admit([user("dave")], ("dave", "personal", "K"))
+    for _ in range(2):
+        counters.admit([user("dave", rate_per_minute=2)], ("dave", "personal", "K"))
+    with pytest.raises(QuotaExceeded, match="rate limit of 2 requests/min"):
+        counters.admit([user("dave", rate_per_minute=2)], ("dave", "personal", "K"))

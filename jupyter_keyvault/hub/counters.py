@@ -37,13 +37,14 @@ class Subject:
     kind: str  # "user" | "shared"
     name: str
     limits: Limits
+    unflushed_tokens: int = 0  # this replica's tokens not yet in the database (they lower the token cap)
 
 
-def _level(bucket, bucket_at, rate_per_minute, burst, now):
-    """The bucket level at `now` (SQL expression or plain numbers alike)."""
+def _level(bucket, bucket_at, old_rate, rate_per_minute, burst, now):
+    """The bucket level at `now`, as an SQL expression: full when there was no rate limit before."""
     elapsed = sa.case((now > bucket_at, now - bucket_at), else_=0.0)
     refilled = bucket + elapsed * rate_per_minute / 60.0
-    return sa.case((refilled > burst, burst), else_=refilled)
+    return sa.case((old_rate <= 0, burst), (refilled > burst, burst), else_=refilled)
 
 
 class Counters:
@@ -52,6 +53,7 @@ class Counters:
     def __init__(self, store: HubStore, clock=time.time):
         self.store = store
         self.clock = clock
+        self._statements: dict[int, sa.Insert] = {}
 
     def admit(self, subjects: list[Subject], usage_key: tuple[str, str, str]) -> None:
         """Count one request for every subject and in the usage table, or raise QuotaExceeded
@@ -60,11 +62,33 @@ class Counters:
         now = self.clock()
         day = utc_day(now)
         rows = [self._row(s, day, now) for s in subjects]
-        put = self.store.insert(counters).values(rows)
+        params = {f"row{i}_{key}": value for i, row in enumerate(rows) for key, value in row.items()}
+        try:
+            with self.store._write_lock, self.store._begin() as conn:
+                if len(conn.execute(self._statement(len(rows)), params).fetchall()) < len(rows):
+                    raise _Refused  # rolls back: a row taken for the user is given back
+                user, source, credential = usage_key
+                self.store.add_usage(conn, day, user, source, credential, 1, 0)
+                return
+        except _Refused:
+            pass
+        with self.store._connect() as conn:
+            state = {(r.kind, r.subject): r for r in conn.execute(sa.select(counters).where(
+                sa.tuple_(counters.c.kind, counters.c.subject).in_([(s.kind, s.name) for s in subjects])))}
+        raise self._refusal(subjects, state, day, now)
+
+    def _statement(self, count: int):
+        """The admission upsert for `count` rows, built once (bound parameters `row<i>_<column>`)."""
+        stmt = self._statements.get(count)
+        if stmt is not None:
+            return stmt
+        columns = [c.name for c in counters.columns]
+        put = self.store.insert(counters).values([{c: sa.bindparam(f"row{i}_{c}") for c in columns}
+                                                  for i in range(count)])
         t, x = counters.c, put.excluded
         same_day = t.day == x.day
-        level = _level(t.bucket, t.bucket_at, x.rate_per_minute, x.burst, x.bucket_at)
-        stmt = put.on_conflict_do_update(
+        level = _level(t.bucket, t.bucket_at, t.rate_per_minute, x.rate_per_minute, x.burst, x.bucket_at)
+        stmt = self._statements[count] = put.on_conflict_do_update(
             index_elements=[t.kind, t.subject],
             set_={
                 "requests": sa.case((same_day, t.requests + 1), else_=1),
@@ -80,19 +104,7 @@ class Counters:
                 sa.or_(x.rate_per_minute <= 0, level >= 1),
             ),
         ).returning(t.kind)
-        try:
-            with self.store._write_lock, self.store._begin() as conn:
-                if len(conn.execute(stmt).fetchall()) < len(rows):
-                    raise _Refused  # rolls back: a row taken for the user is given back
-                user, source, credential = usage_key
-                self.store.add_usage(conn, day, user, source, credential, 1, 0)
-                return
-        except _Refused:
-            pass
-        with self.store._connect() as conn:
-            state = {(r.kind, r.subject): r for r in conn.execute(sa.select(counters).where(
-                sa.tuple_(counters.c.kind, counters.c.subject).in_([(s.kind, s.name) for s in subjects])))}
-        raise self._refusal(subjects, state, day, now)
+        return stmt
 
     @staticmethod
     def _row(s: Subject, day: str, now: float) -> dict:
@@ -100,7 +112,8 @@ class Counters:
         rate = float(lim.rate_per_minute or 0)
         burst = float(max(1, int(rate))) if rate else 1.0
         return {"kind": s.kind, "subject": s.name, "day": day, "requests": 1, "tokens": 0,
-                "requests_cap": lim.requests_per_day or UNLIMITED, "tokens_cap": lim.tokens_per_day or UNLIMITED,
+                "requests_cap": lim.requests_per_day or UNLIMITED,
+                "tokens_cap": (lim.tokens_per_day - s.unflushed_tokens) if lim.tokens_per_day else UNLIMITED,
                 "rate_per_minute": rate, "burst": burst, "bucket": burst - 1, "bucket_at": now}
 
     @staticmethod
@@ -114,10 +127,11 @@ class Counters:
             if row.day == day and lim.requests_per_day and row.requests >= lim.requests_per_day:
                 return QuotaExceeded(f"daily request quota reached for {who} ({row.requests}/{lim.requests_per_day} "
                                      "requests today); it resets at 00:00 UTC", seconds_to_midnight(now))
-            if row.day == day and lim.tokens_per_day and row.tokens >= lim.tokens_per_day:
-                return QuotaExceeded(f"daily token quota reached for {who} ({row.tokens}/{lim.tokens_per_day} "
+            tokens = row.tokens + s.unflushed_tokens
+            if row.day == day and lim.tokens_per_day and tokens >= lim.tokens_per_day:
+                return QuotaExceeded(f"daily token quota reached for {who} ({tokens}/{lim.tokens_per_day} "
                                      "tokens today); it resets at 00:00 UTC", seconds_to_midnight(now))
-            if lim.rate_per_minute:
+            if lim.rate_per_minute and row.rate_per_minute > 0:
                 elapsed = max(0.0, now - row.bucket_at)
                 level = min(row.burst, row.bucket + elapsed * lim.rate_per_minute / 60.0)
                 if level < 1:

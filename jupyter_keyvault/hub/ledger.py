@@ -43,6 +43,13 @@ class UsageLedger:
         with self._lock:
             self._events.append(event)
 
+    def unflushed_tokens(self, kind: str, subject: str) -> int:
+        """Tokens of `kind` ("user"/"shared") `subject` today that the next flush will write."""
+        day = utc_day()
+        with self._lock:
+            return sum(count for (d, user, source, cred), count in self._tokens.items()
+                       if d == day and (user == subject if kind == "user" else source == "shared" and cred == subject))
+
     def pending(self) -> int:
         with self._lock:
             return len(self._tokens) + len(self._events)

@@ -296,9 +296,14 @@ class KeyVaultHubService(Application):
     def check_limits(self, username: str, source: str, credential: str) -> None:
         """Raise QuotaExceeded (429) if this user, or the shared key, is over a limit; else count the
         request in the database (committed before the request goes upstream)."""
-        subjects = [Subject("user", "user", username, self.user_limits(username))]
+        user_limits = self.user_limits(username)
+        subjects = [Subject("user", "user", username, user_limits,
+                            self.ledger.unflushed_tokens("user", username) if user_limits.tokens_per_day else 0)]
         if source == "shared":
-            subjects.append(Subject("shared key", "shared", credential, self.limits_of("shared", credential) or Limits()))
+            shared_limits = self.limits_of("shared", credential) or Limits()
+            subjects.append(Subject("shared key", "shared", credential, shared_limits,
+                                    self.ledger.unflushed_tokens("shared", credential)
+                                    if shared_limits.tokens_per_day else 0))
         self.counters.admit(subjects, (username, source, credential))
 
     def base_url_for(self, provider: providers.Provider) -> str:
