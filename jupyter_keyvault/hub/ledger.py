@@ -5,7 +5,8 @@ anything goes upstream, so an acknowledged request is never lost. What a finishe
 reports (its tokens) and the use events of the audit log are queued here and written by the
 flusher every `interval` seconds (and before any usage or audit listing), one transaction per
 flush. A crash (SIGKILL, OOM) loses at most the tokens and use events of the last interval;
-admin events are written at once, not here. A failed flush keeps its batch for the next one.
+admin events are written at once, not here. A failed flush keeps its batch for the next one
+(up to MAX_QUEUED_EVENTS use events through a long outage).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Callable
 from ..store.model import AuditEvent
 from .counters import Counters
 from .db import HubStore, utc_day
+
+MAX_QUEUED_EVENTS = 100_000  # use events kept through a database outage; the oldest go first beyond this
 
 
 class UsageLedger:
@@ -72,6 +75,8 @@ class UsageLedger:
                         for key, count in tokens.items():
                             self._tokens[key] = self._tokens.get(key, 0) + count
                         self._events[:0] = events
+                        if len(self._events) > MAX_QUEUED_EVENTS:  # a long outage: memory stays bounded
+                            del self._events[:len(self._events) - MAX_QUEUED_EVENTS]
 
     def _write_tokens(self, tokens: dict[tuple[str, str, str, str], int]) -> None:
         # Rows are locked in the order admissions lock them (users, then shared keys, then usage

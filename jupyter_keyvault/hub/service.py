@@ -107,7 +107,8 @@ class KeyVaultHubService(Application):
     resolve_cache_seconds = Float(5.0, help="How long a decrypted key is reused by the proxy.").tag(config=True)
     policy_cache_seconds = Float(5.0, help="How long shared keys, grants and limits are cached (admin changes made "
                                            "through this service apply at once).").tag(config=True)
-    flush_interval = Float(1.0, help="Seconds between writes of usage counters and use-audit events.").tag(config=True)
+    flush_interval = Float(1.0, help="Seconds between writes of token counts and use-audit events (a crash loses at "
+                           "most this much of them; request counts are written before each request).").tag(config=True)
     proxy_read_timeout = Float(600.0, help="Seconds the proxy waits for the next upstream bytes.").tag(config=True)
     test_timeout = Float(10.0, help="Seconds to wait for a provider's test request.").tag(config=True)
     max_value_bytes = Int(16 * 1024, help="Largest credential value accepted, in bytes.").tag(config=True)
