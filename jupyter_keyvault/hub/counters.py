@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from .common import QuotaExceeded
 from .db import HubStore, Limits, counters, utc_day
 
+
 class _Refused(Exception):
     pass
 

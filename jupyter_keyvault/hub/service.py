@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from tornado import ioloop, web
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
@@ -151,6 +151,7 @@ class KeyVaultHubService(Application):
         self._epoch = 0
         self._policy: dict = {}
         self._identity_cache: dict[str, tuple[float, dict]] = {}
+        self._identity_lookups: dict[str, asyncio.Future] = {}
         self._resolved: dict[tuple[str, str], tuple[float, object, int]] = {}
         self._http = None
         self._flushing = False
@@ -164,14 +165,27 @@ class KeyVaultHubService(Application):
 
     # -- identity
     async def identity(self, hub_auth, username: str) -> dict:
-        """{'name', 'groups', 'admin'} of a hub user, asked of the hub with the service's own token."""
+        """{'name', 'groups', 'admin'} of a hub user, asked of the hub with the service's own token.
+        Requests of one user arriving during a lookup share it (one hub call, not one per request)."""
         hit = self._identity_cache.get(username)
-        now = time.monotonic()
-        if hit and hit[0] > now:
+        if hit and hit[0] > time.monotonic():
             return hit[1]
+        pending = self._identity_lookups.get(username)
+        if pending is None:
+            pending = self._identity_lookups[username] = asyncio.ensure_future(self._lookup_identity(hub_auth, username))
+            pending.add_done_callback(lambda _: self._identity_lookups.pop(username, None))
+        try:
+            return await asyncio.shield(pending)
+        except (HTTPClientError, OSError, asyncio.TimeoutError):
+            raise web.HTTPError(503, "JupyterHub's API did not answer the group lookup; retry shortly") from None
+
+    async def _lookup_identity(self, hub_auth, username: str) -> dict:
+        now = time.monotonic()
         req = HTTPRequest(f"{hub_auth.api_url.rstrip('/')}/users/{quote(username, safe='')}", headers={
             "Authorization": f"token {hub_auth.api_token}"}, request_timeout=15)
         resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        if resp.code == 599:  # no answer (timeout, refused): not "this user has no groups"
+            raise resp.error or HTTPClientError(599)
         if resp.code == 200:
             model = json.loads(resp.body)
             ident = {"name": username, "groups": sorted(model.get("groups") or []), "admin": bool(model.get("admin"))}
@@ -318,10 +332,13 @@ class KeyVaultHubService(Application):
 
     def _append_audit_batch(self, events) -> None:
         backend = self.vault.backend
-        if hasattr(backend, "_tx") and hasattr(backend, "_insert_audit"):  # SQLBackend: one transaction
+        if hasattr(backend, "_tx") and hasattr(backend, "_insert_audit"):  # SQLBackend: one executemany
+            from ..store.sql import _INSERT_AUDIT
+
             with backend._tx() as conn:
-                for event in events:
-                    backend._insert_audit(conn, event)
+                conn.execute(_INSERT_AUDIT, [
+                    {"at": e.at, "owner": e.owner, "actor": e.actor, "action": e.action, "target": e.target,
+                     "outcome": e.outcome, "detail": e.detail} for e in events])
         else:
             for event in events:
                 backend.append_audit(event)

@@ -106,7 +106,7 @@ class ServiceReplicas:
         return proc.wait(timeout)
 
     def stop(self) -> None:
-        for i, proc in enumerate(self.procs):
+        for proc in self.procs:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:

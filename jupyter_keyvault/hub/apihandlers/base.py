@@ -47,6 +47,11 @@ class ServiceBase(HubAuthenticated, web.RequestHandler):
             model = self.check_hub_user(model) if model else None
         except UserNotAllowed:
             raise web.HTTPError(403, f"this token may not use the {self.kv.service_name} service") from None
+        except web.HTTPError as exc:
+            if exc.status_code < 500:
+                raise
+            # HubAuth reports a hub that did not answer as 500: it is an outage, and retrying helps.
+            raise web.HTTPError(503, "JupyterHub's API did not answer the token check; retry shortly") from None
         if not model:
             raise web.HTTPError(401, "a JupyterHub token is required (Authorization: token ...)")
         if model.get("kind", "user") != "user":
