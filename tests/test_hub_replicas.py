@@ -28,6 +28,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 STREAM = {**CHAT, "stream": True}
 STUDENTS = [f"s{i}" for i in range(8)]
 REVOKE_BOUND = 1.0
+TOKEN_CACHE = 3
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def replicas(cluster):
     db_url = cluster.create_database()
     upstream = FakeUpstream(valid_keys=(SHARED, PERSONAL)).start()
     r = ServiceReplicas(3, db_url, admin_users=["carol"], extra_args=[
-        f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}"])
+        f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
+        f"--KeyVaultHubService.token_cache_seconds={TOKEN_CACHE}"])
     r.start()
     try:
         for name in ["alice", "bob", "erin", "frank", *STUDENTS]:
@@ -134,6 +136,23 @@ def test_an_admin_revoke_on_replica_1_is_enforced_by_replica_2_within_the_bound(
         assert status == 200 and waited <= REVOKE_BOUND, (status, waited)
     assert waited <= REVOKE_BOUND
     print(f"revoke enforced by another replica after {waited * 1000:.0f} ms")
+
+
+def test_a_token_deleted_in_jupyterhub_stops_working_on_every_replica_within_the_token_cache_bound(replicas):
+    r, _, _ = replicas
+    made = r.hub.api("POST", "users/alice/tokens", {"note": "to revoke"}, expect=201).json()
+    token = made["token"]
+    for i in range(3):  # cached on every replica now
+        assert http("GET", r.url(i) + "api/credentials", token=token).status == 200
+    r.hub.api("DELETE", f"users/alice/tokens/{made['id']}", expect=204)
+    deleted_at = time.monotonic()
+    pending = {0, 1, 2}
+    while pending:
+        for i in sorted(pending):
+            if http("GET", r.url(i) + "api/credentials", token=token).status in (401, 403):
+                pending.discard(i)
+        assert time.monotonic() - deleted_at <= TOKEN_CACHE + 1.5, pending
+        time.sleep(0.1)
 
 
 def start_streams(r, i, user, count):
