@@ -71,6 +71,17 @@ def db_scalar(db_url, sql, **params):
         engine.dispose()
 
 
+def test_health_endpoints_answer_without_a_token_and_say_nothing_but_their_state(replicas):
+    r, _, _ = replicas
+    for i in range(3):
+        for probe in ("live", "ready"):
+            res = http("GET", r.url(i) + f"health/{probe}")
+            assert res.status == 200 and res.json() == {"status": "ok"}
+            assert res.headers.get("Cache-Control") == "no-store"
+        assert http("POST", r.url(i) + "health/ready", body={}).status == 405  # read-only
+        assert http("GET", r.url(i) + "api/credentials").status == 401  # the API still needs a token
+
+
 @pytest.mark.parametrize("spread", [2, 3])
 def test_given_a_daily_quota_of_n_then_exactly_n_requests_succeed_over_all_replicas_and_the_rest_get_429(
         replicas, spread):
