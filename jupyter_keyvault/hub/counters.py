@@ -1,10 +1,10 @@
 """Rate limits and daily quotas as atomic counters in the database, shared by every replica.
 
-One admission is one transaction of two statements: a multi-row upsert of the counter rows
-involved (the user's, and the shared key's when a shared key is used) whose ON CONFLICT ...
-WHERE refuses a row over its daily cap or with an empty rate bucket, RETURNING the rows it
-took; then the usage row of that request. If fewer rows came back than were asked for, the
-transaction rolls back and nothing is counted. PostgreSQL locks each counter row for the
+One admission is one transaction: an upsert of each counter row involved (the user's, then
+the shared key's when a shared key is used) whose ON CONFLICT ... WHERE refuses a row over its
+daily cap or with an empty rate bucket, RETURNING the row it took; then the usage row of that
+request. If a row was refused, the transaction rolls back and nothing is counted. (One
+single-row statement per subject: SQLAlchemy caches its compiled form, not a multi-row one's.) PostgreSQL locks each counter row for the
 statement, so N replicas admitting at once still give exactly `requests_per_day` admissions;
 SQLite runs the same statements (one writer at a time). The user's row always comes first,
 so two admissions never lock two rows in opposite orders.
@@ -54,7 +54,7 @@ class Counters:
     def __init__(self, store: HubStore, clock=time.time):
         self.store = store
         self.clock = clock
-        self._statements: dict[int, sa.Insert] = {}
+        self._upsert: sa.Insert | None = None
 
     def admit(self, subjects: list[Subject], usage_key: tuple[str, str, str]) -> None:
         """Count one request for every subject and in the usage table, or raise QuotaExceeded
@@ -62,12 +62,12 @@ class Counters:
         request's usage record is then acknowledged, before anything goes upstream."""
         now = self.clock()
         day = utc_day(now)
-        rows = [self._row(s, day, now) for s in subjects]
-        params = {f"row{i}_{key}": value for i, row in enumerate(rows) for key, value in row.items()}
+        statement = self._statement()
         try:
             with self.store._write_lock, self.store._begin() as conn:
-                if len(conn.execute(self._statement(len(rows)), params).fetchall()) < len(rows):
-                    raise _Refused  # rolls back: a row taken for the user is given back
+                for subject in subjects:
+                    if conn.execute(statement, self._row(subject, day, now)).first() is None:
+                        raise _Refused  # rolls back: a row taken for the user is given back
                 user, source, credential = usage_key
                 self.store.add_usage(conn, day, user, source, credential, 1, 0)
                 return
@@ -78,18 +78,15 @@ class Counters:
                 sa.tuple_(counters.c.kind, counters.c.subject).in_([(s.kind, s.name) for s in subjects])))}
         raise self._refusal(subjects, state, day, now)
 
-    def _statement(self, count: int):
-        """The admission upsert for `count` rows, built once (bound parameters `row<i>_<column>`)."""
-        stmt = self._statements.get(count)
-        if stmt is not None:
-            return stmt
-        columns = [c.name for c in counters.columns]
-        put = self.store.insert(counters).values([{c: sa.bindparam(f"row{i}_{c}") for c in columns}
-                                                  for i in range(count)])
+    def _statement(self):
+        """The admission upsert of one counter row, built once (parameters: the row's columns)."""
+        if self._upsert is not None:
+            return self._upsert
+        put = self.store.insert(counters)
         t, x = counters.c, put.excluded
         same_day = t.day == x.day
         level = _level(t.bucket, t.bucket_at, t.rate_per_minute, x.rate_per_minute, x.burst, x.bucket_at)
-        stmt = self._statements[count] = put.on_conflict_do_update(
+        stmt = self._upsert = put.on_conflict_do_update(
             index_elements=[t.kind, t.subject],
             set_={
                 "requests": sa.case((same_day, t.requests + 1), else_=1),
