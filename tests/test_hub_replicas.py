@@ -139,9 +139,11 @@ def test_an_admin_revoke_on_replica_1_is_enforced_by_replica_2_within_the_bound(
     assert call(r, 0, "carol", "DELETE", "api/admin/shared/SOLO/grants/user/erin").status == 204
     revoked_at = time.monotonic()
     while True:
+        # A request sent within the bound may still pass; one sent after it must not (the time a
+        # busy machine takes to answer is not the enforcement delay, so count from the send).
+        waited = time.monotonic() - revoked_at
         status = http("POST", r.url(1) + "proxy/openai/v1/chat/completions", token=r.hub.user_token("erin"),
                       body=CHAT, headers=use).status
-        waited = time.monotonic() - revoked_at
         if status == 401:
             break
         assert status == 200 and waited <= REVOKE_BOUND, (status, waited)
@@ -160,9 +162,12 @@ def test_a_token_deleted_in_jupyterhub_stops_working_on_every_replica_within_the
     pending = {0, 1, 2}
     while pending:
         for i in sorted(pending):
-            if http("GET", r.url(i) + "api/credentials", token=token).status in (401, 403):
+            sent = time.monotonic() - deleted_at
+            status = http("GET", r.url(i) + "api/credentials", token=token).status
+            if status in (401, 403):
                 pending.discard(i)
-        assert time.monotonic() - deleted_at <= TOKEN_CACHE + 1.5, pending
+            else:  # still accepted: only while its cache entry may live (counted from the send)
+                assert status == 200 and sent <= TOKEN_CACHE + 1, (i, status, sent)
         time.sleep(0.1)
 
 
