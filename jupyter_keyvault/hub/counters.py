@@ -4,10 +4,11 @@ One admission is one transaction: an upsert of each counter row involved (the us
 the shared key's when a shared key is used) whose ON CONFLICT ... WHERE refuses a row over its
 daily cap or with an empty rate bucket, RETURNING the row it took; then the usage row of that
 request. If a row was refused, the transaction rolls back and nothing is counted. (One
-single-row statement per subject: SQLAlchemy caches its compiled form, not a multi-row one's.) PostgreSQL locks each counter row for the
-statement, so N replicas admitting at once still give exactly `requests_per_day` admissions;
-SQLite runs the same statements (one writer at a time). The user's row always comes first,
-so two admissions never lock two rows in opposite orders.
+single-row statement per subject: SQLAlchemy caches its compiled form, not a multi-row one's.)
+PostgreSQL locks each counter row until the transaction ends, so N replicas admitting at
+once still give exactly `requests_per_day` admissions; SQLite runs the same statements (one
+writer at a time). The user's row always comes first, and the flusher locks users before
+shared keys too, so no two transactions lock two rows in opposite orders.
 
 The rate limit is a token bucket (burst = the per-minute figure) kept in the same row: its
 level and the time it was last taken from. Time is the replica's clock (keep replicas on NTP).
