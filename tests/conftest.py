@@ -79,8 +79,9 @@ _MARKER_FIXTURES = {
 }
 _MARKER_MODULES = {
     "browser": {"test_browser_oauth_tokens", "test_browser_panel", "test_browser_sidebar"},
-    "hub": {"test_hub_e2e", "test_hub_lifetimes", "test_hub_per_user_e2e", "test_hub_harness", "test_hub_service_postgres"},
-    "postgres": {"test_hub_service_postgres", "test_store_sql_concurrency"},
+    "hub": {"test_hub_e2e", "test_hub_lifetimes", "test_hub_per_user_e2e", "test_hub_harness", "test_hub_service_postgres",
+            "test_hub_replicas"},
+    "postgres": {"test_hub_service_postgres", "test_store_sql_concurrency", "test_hub_replicas"},
     "e2e": {"test_binder", "test_examples_ui", "test_install", "test_kernel_e2e", "test_scrub_kernel",
             "test_terminal_env", "test_widgets_kernel", "test_widgets_oauth_kernel", "test_openapi_fuzz",
             "test_store_durability", "test_faults", "test_proxy", "test_cli", "test_scrub_iopub_channels",

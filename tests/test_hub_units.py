@@ -9,7 +9,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from jupyter_keyvault.hub.db import HubStore, Limits, schema_version
+from jupyter_keyvault.hub.db import HubStore, Limits, SchemaTooNew, schema_version
 from jupyter_keyvault.hub.usage import UsageMeter
 
 
@@ -92,7 +92,7 @@ def test_a_database_from_a_newer_version_is_refused_and_left_unchanged(tmp_path)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(schema_version.update().values(version=99))
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(SchemaTooNew, match="schema version 99, newer than .* refuses to start"):
         HubStore(url)
     with engine.connect() as conn:
         assert conn.execute(sa.select(schema_version.c.version)).scalar() == 99

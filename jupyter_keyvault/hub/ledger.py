@@ -1,10 +1,12 @@
-"""Usage counters and use-audit events of the proxy, kept in memory and written in batches.
+"""What the proxy learns after a response, written in batches off the request path.
 
-The service is one process, so today's totals per user and per shared key can be checked
-in memory (loaded from the database on first use) instead of with a query per request;
-increments and audit events are written by a flusher every `interval` seconds (and before
-any usage or audit listing), one transaction for all counters. A crash loses at most the
-last interval of counts and use events; admin events are written at once, not here.
+A request's count is not here: it is committed with its admission (counters.py) before
+anything goes upstream, so an acknowledged request is never lost. What a finished response
+reports (its tokens) and the use events of the audit log are queued here and written by the
+flusher every `interval` seconds (and before any usage or audit listing), one transaction per
+flush. A crash (SIGKILL, OOM) loses at most the tokens and use events of the last interval;
+admin events are written at once, not here. A failed flush keeps its batch for the next one
+(up to MAX_QUEUED_EVENTS use events through a long outage).
 """
 
 from __future__ import annotations
@@ -14,51 +16,29 @@ import time
 from typing import Callable
 
 from ..store.model import AuditEvent
+from .counters import Counters
 from .db import HubStore, utc_day
+
+MAX_QUEUED_EVENTS = 100_000  # use events kept through a database outage; the oldest go first beyond this
 
 
 class UsageLedger:
-    def __init__(self, store: HubStore, write_audit: Callable[[list[AuditEvent]], None]):
+    def __init__(self, store: HubStore, counters: Counters, write_audit: Callable[[list[AuditEvent]], None]):
         self.store = store
+        self.counters = counters
         self._write_audit = write_audit  # writes a batch of events
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._totals: dict[tuple[str, str, str], list[int]] = {}  # (kind, subject, day) -> [requests, tokens]
-        self._pending: dict[tuple[str, str, str, str], list[int]] = {}  # (day, user, source, credential)
+        self._tokens: dict[tuple[str, str, str, str], int] = {}  # (day, user, source, credential) -> tokens
         self._events: list[AuditEvent] = []
 
-    def _total(self, kind: str, subject: str, day: str) -> list[int]:
-        key = (kind, subject, day)
-        found = self._totals.get(key)
-        if found is None:
-            loader = self.store.user_totals if kind == "user" else self.store.shared_totals
-            requests, tokens = loader(subject, day)
-            # Pending deltas are not in the database yet.
-            for (pday, user, source, cred), (r, t) in self._pending.items():
-                if pday == day and ((kind == "user" and user == subject) or
-                                    (kind == "shared" and source == "shared" and cred == subject)):
-                    requests, tokens = requests + r, tokens + t
-            found = self._totals[key] = [requests, tokens]
-        return found
-
-    def totals(self, kind: str, subject: str) -> tuple[int, int]:
+    def add(self, user: str, source: str, credential: str, *, tokens: int) -> None:
+        """Tokens a finished response reported (its request was counted at admission)."""
+        if tokens <= 0:
+            return
+        key = (utc_day(), user, source, credential)
         with self._lock:
-            requests, tokens = self._total(kind, subject, utc_day())
-        return requests, tokens
-
-    def add(self, user: str, source: str, credential: str, *, requests: int = 0, tokens: int = 0) -> None:
-        day = utc_day()
-        with self._lock:
-            user_total = self._total("user", user, day)
-            shared_total = self._total("shared", credential, day) if source == "shared" else None
-            for total in filter(None, (user_total, shared_total)):
-                total[0] += requests
-                total[1] += tokens
-            delta = self._pending.setdefault((day, user, source, credential), [0, 0])
-            delta[0] += requests
-            delta[1] += tokens
-            if len(self._totals) > 100_000:  # yesterday's keys: drop, reload from the database if asked
-                self._totals = {k: v for k, v in self._totals.items() if k[2] == day}
+            self._tokens[key] = self._tokens.get(key, 0) + tokens
 
     def audit(self, owner: str, action: str, target: str | None, outcome: str, *, actor: str,
               detail: str | None = None) -> None:
@@ -66,13 +46,49 @@ class UsageLedger:
         with self._lock:
             self._events.append(event)
 
+    def unflushed_tokens(self, kind: str, subject: str) -> int:
+        """Tokens of `kind` ("user"/"shared") `subject` today that the next flush will write."""
+        day = utc_day()
+        with self._lock:
+            return sum(count for (d, user, source, cred), count in self._tokens.items()
+                       if d == day and (user == subject if kind == "user" else source == "shared" and cred == subject))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._tokens) + len(self._events)
+
     def flush(self) -> None:
         with self._flush_lock:
             with self._lock:
-                pending, self._pending = self._pending, {}
+                tokens, self._tokens = self._tokens, {}
                 events, self._events = self._events, []
-            if pending:
-                self.store.add_usage_batch([(day, user, source, cred, r, t)
-                                            for (day, user, source, cred), (r, t) in pending.items()])
-            if events:
-                self._write_audit(events)
+            try:
+                if tokens:
+                    self._write_tokens(tokens)
+                    tokens = {}
+                if events:
+                    self._write_audit(events)
+                    events = []
+            finally:
+                if tokens or events:  # not written (database down): back in the queue, before newer ones
+                    with self._lock:
+                        for key, count in tokens.items():
+                            self._tokens[key] = self._tokens.get(key, 0) + count
+                        self._events[:0] = events
+                        if len(self._events) > MAX_QUEUED_EVENTS:  # a long outage: memory stays bounded
+                            del self._events[:len(self._events) - MAX_QUEUED_EVENTS]
+
+    def _write_tokens(self, tokens: dict[tuple[str, str, str, str], int]) -> None:
+        # Rows are locked in the order admissions lock them (users, then shared keys, then usage
+        # rows, each sorted), so a flush and admissions on other replicas never deadlock.
+        per_counter: dict[tuple[str, str, str], int] = {}
+        for (day, user, source, cred), count in tokens.items():
+            per_counter[("user", user, day)] = per_counter.get(("user", user, day), 0) + count
+            if source == "shared":
+                per_counter[("shared", cred, day)] = per_counter.get(("shared", cred, day), 0) + count
+        rank = {"user": 0, "shared": 1}
+        with self.store._write_lock, self.store._begin() as conn:
+            for (kind, subject, day), count in sorted(per_counter.items(), key=lambda kv: (rank[kv[0][0]], kv[0])):
+                self.counters.add_tokens(conn, kind, subject, day, count)
+            for (day, user, source, cred), count in sorted(tokens.items()):
+                self.store.add_usage(conn, day, user, source, cred, 0, count)

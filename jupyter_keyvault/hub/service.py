@@ -17,21 +17,24 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from tornado import ioloop, web
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from .. import envguard, providers
 from .._version import __version__
-from ..ratelimit import RateLimiter
 from ..scrub import Scrubber, install_log_filter
 from ..settings import DEFAULT_SECRET_ENV_PATTERNS
-from ..store.errors import AccessDenied, MasterKeyError
+from ..store.errors import AccessDenied, MasterKeyError, VaultError
 from ..store.masterkey import ENV_MASTER_KEY, env_secret
 from ..vaults.local import LocalVault
+from ..web.errors import http_errors
 from ..web.relay import upstream_session
 from .common import SERVICE_NAME_DEFAULT, SHARED_OWNER, QuotaExceeded, personal_owner
+from .counters import Counters, Subject
 from .db import HubStore, Limits
+from .health import InFlight
+from .invalidation import ChangeWatcher
 from .ledger import UsageLedger
 
 
@@ -91,12 +94,21 @@ class KeyVaultHubService(Application):
                                           "keyvault.get). Shared keys are never returned, whatever this says.").tag(config=True)
     require_env_master_key = Bool(True, help="Refuse to start unless KEYVAULT_MASTER_KEY is in the environment "
                                              "(the service must not fall back to a key file next to its DB).").tag(config=True)
+    token_cache_seconds = Float(20.0, help="How long a JupyterHub token's owner is cached by each replica (JupyterHub's "
+                                "own default is 5 minutes): a revoked token or deleted user keeps access at most this "
+                                "long.").tag(config=True)
+    invalidation_interval = Float(0.25, help="Seconds between reads of the change generation: an admin change made "
+                                  "on one replica reaches the caches of the others within this (plus one "
+                                  "query).").tag(config=True)
+    shutdown_timeout = Float(30.0, help="On SIGTERM, seconds to let requests in flight (streams) finish before "
+                             "exiting; new requests get 503 meanwhile.").tag(config=True)
     groups_cache_seconds = Float(60.0, help="How long a user's groups and admin flag are cached (one hub API call per "
                                  "user per period).").tag(config=True)
     resolve_cache_seconds = Float(5.0, help="How long a decrypted key is reused by the proxy.").tag(config=True)
     policy_cache_seconds = Float(5.0, help="How long shared keys, grants and limits are cached (admin changes made "
                                            "through this service apply at once).").tag(config=True)
-    flush_interval = Float(1.0, help="Seconds between writes of usage counters and use-audit events.").tag(config=True)
+    flush_interval = Float(1.0, help="Seconds between writes of token counts and use-audit events (a crash loses at "
+                           "most this much of them; request counts are written before each request).").tag(config=True)
     proxy_read_timeout = Float(600.0, help="Seconds the proxy waits for the next upstream bytes.").tag(config=True)
     proxy_max_body_size = Int(512 * 1024 * 1024, help="Largest request body the proxy relays, in bytes (413 with a "
                               "JSON error above it, before any body is read when Content-Length says so). Bodies "
@@ -135,15 +147,25 @@ class KeyVaultHubService(Application):
         for entry in self.provider_base_urls:
             pid, _, url = entry.partition("=")
             self._base_urls[pid.strip()] = providers.validate_base_url(url.strip())
-        self.vault = self._open_vault(env)
+        try:
+            # The service's own tables first: a newer schema is refused before the vault touches anything.
+            self.store = HubStore(self.db_url)
+            self.vault = self._open_vault(env)
+        except VaultError as exc:
+            self.exit(f"jupyter-keyvault hub service: {exc}")
         # Nothing this process starts may inherit the master key.
         envguard.remove_secret_env(os.environ, DEFAULT_SECRET_ENV_PATTERNS, set(), ["JUPYTERHUB_API_TOKEN"])
-        self.store = HubStore(self.db_url)
-        self.ledger = UsageLedger(self.store, self._append_audit_batch)
+        self.counters = Counters(self.store)
+        self.ledger = UsageLedger(self.store, self.counters, self._append_audit_batch)
+        self.in_flight = InFlight()
+        self.watcher: ChangeWatcher | None = None
+        # Caches below are valid only in the epoch they were loaded in; any change (here, or seen
+        # in the database's change generation) starts a new epoch.
+        self._epoch = 0
         self._policy: dict = {}
         self._identity_cache: dict[str, tuple[float, dict]] = {}
-        self._resolved: dict[tuple[str, str], tuple[float, object]] = {}
-        self._limiters: dict[tuple, RateLimiter] = {}
+        self._identity_lookups: dict[str, asyncio.Future] = {}
+        self._resolved: dict[tuple[str, str], tuple[float, object, int]] = {}
         self._http = None
         self._flushing = False
         self._heartbeats: dict[str, float] = {}  # user -> time.monotonic() of their server's last heartbeat
@@ -157,14 +179,27 @@ class KeyVaultHubService(Application):
 
     # -- identity
     async def identity(self, hub_auth, username: str) -> dict:
-        """{'name', 'groups', 'admin'} of a hub user, asked of the hub with the service's own token."""
+        """{'name', 'groups', 'admin'} of a hub user, asked of the hub with the service's own token.
+        Requests of one user arriving during a lookup share it (one hub call, not one per request)."""
         hit = self._identity_cache.get(username)
-        now = time.monotonic()
-        if hit and hit[0] > now:
+        if hit and hit[0] > time.monotonic():
             return hit[1]
+        pending = self._identity_lookups.get(username)
+        if pending is None:
+            pending = self._identity_lookups[username] = asyncio.ensure_future(self._lookup_identity(hub_auth, username))
+            pending.add_done_callback(lambda _: self._identity_lookups.pop(username, None))
+        try:
+            return await asyncio.shield(pending)
+        except (HTTPClientError, OSError, asyncio.TimeoutError):
+            raise web.HTTPError(503, "JupyterHub's API did not answer the group lookup; retry shortly") from None
+
+    async def _lookup_identity(self, hub_auth, username: str) -> dict:
+        now = time.monotonic()
         req = HTTPRequest(f"{hub_auth.api_url.rstrip('/')}/users/{quote(username, safe='')}", headers={
             "Authorization": f"token {hub_auth.api_token}"}, request_timeout=15)
         resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        if resp.code == 599:  # no answer (timeout, refused): not "this user has no groups"
+            raise resp.error or HTTPClientError(599)
         if resp.code == 200:
             model = json.loads(resp.body)
             ident = {"name": username, "groups": sorted(model.get("groups") or []), "admin": bool(model.get("admin"))}
@@ -180,15 +215,25 @@ class KeyVaultHubService(Application):
 
     # -- policy (shared keys, grants, limits): cached briefly, dropped at once by any admin change here
     def policy_changed(self) -> None:
+        """Drop every cached policy and decrypted key (a change here, or one another replica made)."""
+        self._epoch += 1
         self._policy.clear()
+        self._resolved.clear()
+
+    async def changed(self, owner: str, name: str) -> None:
+        """After a credential write: drop it here, and tell the other replicas (before answering)."""
+        self.invalidate(owner, name)
+        with http_errors():
+            await asyncio.to_thread(self.store.bump)
 
     def _cached(self, key, load):
         now = time.monotonic()
         hit = self._policy.get(key)
-        if hit and hit[0] > now:
+        if hit and hit[0] > now and hit[2] == self._epoch:
             return hit[1]
+        epoch = self._epoch  # read before loading: a change during the load makes the entry stale at once
         value = load()
-        self._policy[key] = (now + self.policy_cache_seconds, value)
+        self._policy[key] = (now + self.policy_cache_seconds, value, epoch)
         return value
 
     def shared_keys(self) -> dict:
@@ -205,7 +250,7 @@ class KeyVaultHubService(Application):
         """(provider, type) of the user's own credential `name`, or None when they have none."""
         owner = personal_owner(username)
         hit = self._resolved.get((owner, name))
-        if hit and hit[0] > time.monotonic():
+        if hit and hit[0] > time.monotonic() and hit[2] == self._epoch:
             return hit[1].provider, hit[1].type
         rec = self.vault.lookup_record(owner, name)  # session-only values too
         return (rec.provider, rec.type) if rec is not None else None
@@ -235,10 +280,12 @@ class KeyVaultHubService(Application):
         key = (owner, name)
         hit = self._resolved.get(key)
         now = time.monotonic()
-        if hit and hit[0] > now and not (hit[1].expires_at is not None and hit[1].expires_at <= time.time()):
+        if hit and hit[0] > now and hit[2] == self._epoch and not (
+                hit[1].expires_at is not None and hit[1].expires_at <= time.time()):
             return hit[1]
+        epoch = self._epoch
         resolved = self.vault.resolve(owner, name, actor=actor, purpose="proxy")  # each use is audited by the proxy
-        self._resolved[key] = (now + self.resolve_cache_seconds, resolved)
+        self._resolved[key] = (now + self.resolve_cache_seconds, resolved, epoch)
         return resolved
 
     def invalidate(self, owner: str, name: str) -> None:
@@ -276,36 +323,18 @@ class KeyVaultHubService(Application):
                 or Limits(self.user_rate_per_minute or None, self.user_requests_per_day or None,
                           self.user_tokens_per_day or None))
 
-    def _limiter(self, kind: str, subject: str, per_minute: float) -> RateLimiter:
-        key = (kind, subject, per_minute)
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            limiter = self._limiters[key] = RateLimiter(per_minute, burst=max(1, int(per_minute)))
-        return limiter
-
     def check_limits(self, username: str, source: str, credential: str) -> None:
-        """Raise QuotaExceeded (429) if this user, or the shared key, is over a limit; else count the request."""
-        checks = [("user", "user", username, self.user_limits(username))]
+        """Raise QuotaExceeded (429) if this user, or the shared key, is over a limit; else count the
+        request in the database (committed before the request goes upstream)."""
+        user_limits = self.user_limits(username)
+        subjects = [Subject("user", "user", username, user_limits,
+                            self.ledger.unflushed_tokens("user", username) if user_limits.tokens_per_day else 0)]
         if source == "shared":
-            checks.append(("shared key", "shared", credential, self.limits_of("shared", credential) or Limits()))
-        for label, kind, subject, lim in checks:
-            if not (lim.requests_per_day or lim.tokens_per_day):
-                continue
-            requests, tokens = self.ledger.totals(kind, subject)
-            who = f"{label} {subject}"
-            if lim.requests_per_day and requests >= lim.requests_per_day:
-                raise QuotaExceeded(f"daily request quota reached for {who} ({requests}/{lim.requests_per_day} "
-                                    "requests today); it resets at 00:00 UTC", _seconds_to_midnight())
-            if lim.tokens_per_day and tokens >= lim.tokens_per_day:
-                raise QuotaExceeded(f"daily token quota reached for {who} ({tokens}/{lim.tokens_per_day} tokens "
-                                    "today); it resets at 00:00 UTC", _seconds_to_midnight())
-        for label, _, subject, lim in checks:
-            if lim.rate_per_minute:
-                wait = self._limiter(label, subject, lim.rate_per_minute).take(subject)
-                if wait:
-                    raise QuotaExceeded(f"rate limit of {lim.rate_per_minute:g} requests/min reached for {label} "
-                                        f"{subject}; retry in {RateLimiter.retry_after_header(wait)} s", wait)
-        self.ledger.add(username, source, credential, requests=1)
+            shared_limits = self.limits_of("shared", credential) or Limits()
+            subjects.append(Subject("shared key", "shared", credential, shared_limits,
+                                    self.ledger.unflushed_tokens("shared", credential)
+                                    if shared_limits.tokens_per_day else 0))
+        self.counters.admit(subjects, (username, source, credential))
 
     def base_url_for(self, provider: providers.Provider) -> str:
         # Only configuration decides where keys are sent (not the service's environment).
@@ -318,10 +347,13 @@ class KeyVaultHubService(Application):
 
     def _append_audit_batch(self, events) -> None:
         backend = self.vault.backend
-        if hasattr(backend, "_tx") and hasattr(backend, "_insert_audit"):  # SQLBackend: one transaction
+        if hasattr(backend, "_tx") and hasattr(backend, "_insert_audit"):  # SQLBackend: one executemany
+            from ..store.sql import _INSERT_AUDIT
+
             with backend._tx() as conn:
-                for event in events:
-                    backend._insert_audit(conn, event)
+                conn.execute(_INSERT_AUDIT, [
+                    {"at": e.at, "owner": e.owner, "actor": e.actor, "action": e.action, "target": e.target,
+                     "outcome": e.outcome, "detail": e.detail} for e in events])
         else:
             for event in events:
                 backend.append_audit(event)
@@ -398,7 +430,8 @@ class KeyVaultHubService(Application):
 
         from .apihandlers import make_handlers
 
-        hub_auth = HubAuth(parent=self)  # API: JupyterHub tokens only (no cookies, so no CSRF)
+        # API: JupyterHub tokens only (no cookies, so no CSRF); a token's owner is cached token_cache_seconds.
+        hub_auth = HubAuth(parent=self, cache_max_age=int(max(0, self.token_cache_seconds)))
         hub_oauth = HubOAuth(parent=self, cache_max_age=60)  # the admin page in a browser
         return web.Application(
             make_handlers(self.service_prefix),
@@ -416,33 +449,45 @@ class KeyVaultHubService(Application):
     def start(self):
         url = urlsplit(self.service_url)
         app = self.make_app()
-        app.listen(url.port or 80, address=self.ip or url.hostname or "127.0.0.1", xheaders=True)
+        server = app.listen(url.port or 80, address=self.ip or url.hostname or "127.0.0.1", xheaders=True)
         status = self.vault.status()
         self.log.info("jupyter-keyvault hub service %s on %s%s (db %s, master key from %s)", __version__,
                       self.service_url, self.service_prefix, urlsplit(self.db_url).scheme,
                       status["protection"]["source"])
+        self.watcher = ChangeWatcher(self.store, self.policy_changed, self.invalidation_interval)
+        self.watcher.start()
         loop = ioloop.IOLoop.current()
         flusher = ioloop.PeriodicCallback(self.flush_soon, self.flush_interval * 1000)
         flusher.start()
         lifetimes = ioloop.PeriodicCallback(self.lifetime_soon, self.expiry_check_seconds * 1000)
         lifetimes.start()
 
+        async def shutdown():
+            # Graceful: not ready, no new connections, new requests on open ones get 503, streams finish.
+            if self.in_flight.draining:
+                return
+            self.in_flight.draining = True
+            server.stop()
+            deadline = time.monotonic() + self.shutdown_timeout
+            while self.in_flight.count > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.in_flight.count:
+                self.log.warning("keyvault: %d request(s) still in flight after %g s; exiting", self.in_flight.count,
+                                 self.shutdown_timeout)
+            loop.stop()
+
         def stop(*_):
-            loop.add_callback_from_signal(loop.stop)
+            loop.add_callback_from_signal(lambda: asyncio.ensure_future(shutdown()))
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         loop.start()
         flusher.stop()
         lifetimes.stop()
-        self.ledger.flush()
+        self.watcher.stop()
+        self._flush_logged()
         self.store.close()
         self.vault.close()
-
-
-def _seconds_to_midnight() -> float:
-    now = time.time()
-    return 86400 - (now % 86400)
 
 
 def main(argv=None):

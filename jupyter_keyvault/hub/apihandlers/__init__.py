@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import health
 from ..common import GRANT_KINDS
 from . import admin, credentials, page, proxy
 
@@ -30,6 +31,8 @@ def make_handlers(prefix: str) -> list:
         (rf"{p}/api/admin/audit/?", admin.AdminAuditHandler),
         (rf"{p}/proxy/openai/v1/realtime/?", proxy.RealtimeProxyHandler),
         (rf"{p}/proxy/(?P<provider_id>[a-z_]+)(?P<path>/.*)?", proxy.ProxyHandler),
+        (rf"{p}/health/live", health.LiveHandler),
+        (rf"{p}/health/ready", health.ReadyHandler),
         (rf"{p}/admin/?", page.AdminPageHandler),
         (rf"{p}/oauth_callback", page.OAuthCallbackHandler),
     ]

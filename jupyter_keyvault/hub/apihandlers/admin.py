@@ -63,7 +63,7 @@ class SharedHandler(ServiceBase):
         info, created = await self.off_loop(self.kv.vault.set, SHARED_OWNER, name, write.value,
                                             provider=write.provider, type=write.type, metadata=write.metadata,
                                             actor=self.username, expires_at=expires_at)
-        self.kv.invalidate(SHARED_OWNER, name)
+        await self.kv.changed(SHARED_OWNER, name)
         if created:
             self.set_header("Location", f"{self.kv.service_prefix}api/admin/shared/{name}")
             return self.write_json(shared_json(info), status=201)
@@ -75,8 +75,7 @@ class SharedHandler(ServiceBase):
         name = self.name_from_path(raw_name)
         await self.off_loop(self.kv.vault.delete, SHARED_OWNER, name, actor=self.username)
         await self.off_loop(self.kv.store.revoke_all, name)
-        self.kv.policy_changed()
-        self.kv.invalidate(SHARED_OWNER, name)
+        await self.kv.changed(SHARED_OWNER, name)
         self.set_status(204)
         self.finish()
 

@@ -41,17 +41,30 @@ class ServiceBase(HubAuthenticated, web.RequestHandler):
         return None
 
     async def prepare(self):
+        self.kv.in_flight.enter(self)  # graceful shutdown waits for this request (503 once draining)
         try:
             model = await self.hub_auth.get_user(self, sync=False)
             model = self.check_hub_user(model) if model else None
         except UserNotAllowed:
             raise web.HTTPError(403, f"this token may not use the {self.kv.service_name} service") from None
+        except web.HTTPError as exc:
+            if exc.status_code < 500:
+                raise
+            # HubAuth reports a hub that did not answer as 500: it is an outage, and retrying helps.
+            raise web.HTTPError(503, "JupyterHub's API did not answer the token check; retry shortly") from None
         if not model:
             raise web.HTTPError(401, "a JupyterHub token is required (Authorization: token ...)")
         if model.get("kind", "user") != "user":
             raise web.HTTPError(403, "only JupyterHub users (and their servers) use this service")
         self._hub_auth_user_cache = model
         self.username = model["name"]
+
+    def on_finish(self):
+        self.kv.in_flight.leave(self)
+
+    def on_connection_close(self):
+        self.kv.in_flight.leave(self)
+        super().on_connection_close()
 
     def get_current_user(self):
         return getattr(self, "_hub_auth_user_cache", None)

@@ -80,7 +80,7 @@ class CredentialHandler(ServiceBase):
                                             session=write.session, expires_at=write.expires_at)
         if write.session:  # held while the user's server beats (or until it says it stopped)
             self.kv.heartbeat(self.username)
-        self.kv.invalidate(owner, name)
+        await self.kv.changed(owner, name)
         if created:
             self.set_header("Location", f"{self.kv.service_prefix}api/credentials/{name}")
             return self.write_json(info.to_json(), status=201)
@@ -97,14 +97,14 @@ class CredentialHandler(ServiceBase):
             info = await self.off_loop(self.kv.vault.update_metadata, owner, name, patch.metadata, actor=self.username)
         if patch.expiry_given:
             info = await self.off_loop(self.kv.vault.set_expiry, owner, name, patch.expires_at, actor=self.username)
-        self.kv.invalidate(owner, name)
+        await self.kv.changed(owner, name)
         self.write_json(info.to_json())
 
     async def delete(self, raw_name: str):
         name = self.name_from_path(raw_name)
         owner = personal_owner(self.username)
         await self.off_loop(self.kv.vault.delete, owner, name, actor=self.username)
-        self.kv.invalidate(owner, name)
+        await self.kv.changed(owner, name)
         self.set_status(204)
         self.finish()
 

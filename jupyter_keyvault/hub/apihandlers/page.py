@@ -85,7 +85,7 @@ class AdminPageHandler(HubOAuthenticated, web.RequestHandler):
                     raise web.HTTPError(422, "unknown provider")
                 await asyncio.to_thread(self.kv.vault.set, SHARED_OWNER, name, self.get_body_argument("value", ""),
                                         provider=provider, actor=actor)
-                self.kv.invalidate(SHARED_OWNER, name)
+                await self.kv.changed(SHARED_OWNER, name)
             elif op in ("grant", "revoke"):
                 kind = self.get_body_argument("kind", "")
                 if kind not in GRANT_KINDS:
