@@ -51,17 +51,36 @@ def json_object(raw: bytes | None, *, max_bytes: int, content_type: str | None,
 
 
 class BoundedBodyMixin:
-    """For a `@web.stream_request_body` handler with a small JSON body: a body over the cap is
-    refused from its Content-Length (call `refuse_declared_oversize` in prepare), or as soon as it
-    passes the cap, never read whole. `body_bytes` is the body once the method runs."""
+    """For a `@web.stream_request_body` handler with a small JSON body: a body over the cap is never
+    kept, and is refused with 413 once it has been read and dropped, so the client (which reads the
+    answer only after sending) and any proxy in front see that answer. A body past DRAIN_FACTOR
+    times the cap is not read at all: refused from its Content-Length (call
+    `refuse_declared_oversize` in prepare) or as soon as it passes that limit, and the connection is
+    closed. `body_bytes` is the body once the method runs."""
 
+    DRAIN_FACTOR = 2
     max_body_bytes: int
     _body: bytearray | None = None
+    _received = 0
+    _oversize = False
+
+    def _too_large(self) -> web.HTTPError:
+        return web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
 
     def refuse_declared_oversize(self) -> None:
-        declared = self.request.headers.get("Content-Length")  # type: ignore[attr-defined]
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
-            raise web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
+        declared = self.request.headers.get("Content-Length", "").strip()  # type: ignore[attr-defined]
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            if int(declared) > self.max_body_bytes * self.DRAIN_FACTOR:
+                raise self._too_large()
+            self._oversize = True
+            self._answer_after_body(self._too_large())
+
+    def _answer_after_body(self, error: web.HTTPError) -> None:
+        async def answer(*_args: Any, **_kwargs: Any) -> None:
+            raise error
+
+        # tornado calls the method named by the request once the body is in: it raises instead.
+        setattr(self, self.request.method.lower(), answer)  # type: ignore[attr-defined]
 
     async def checks_answered_after_body(self, checks: Awaitable[Any] | None) -> None:
         """Await `checks` (auth, XSRF). A refusal is answered once the (capped) body has been read:
@@ -71,16 +90,11 @@ class BoundedBodyMixin:
             if checks is not None:
                 await checks
         except web.HTTPError as refusal:
-            error = refusal  # the `as` name is unbound when the except block ends
-
-            async def answer_refusal(*_args: Any, **_kwargs: Any) -> None:
-                raise error
-
-            # tornado calls the method named by the request once the body is in: it raises instead.
-            setattr(self, self.request.method.lower(), answer_refusal)  # type: ignore[attr-defined]
+            if not self._oversize:
+                self._answer_after_body(refusal)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # A reply before the body was read (a 413 from Content-Length, a 405 for an unknown method):
+        # A reply before the body was read (a body far over the cap, a 405 for an unknown method):
         # tornado closes the connection after it, so say so and no client or proxy reuses it.
         body_read = getattr(self.request, "_body_future", None)  # type: ignore[attr-defined]
         if body_read is not None and not body_read.done():
@@ -90,12 +104,16 @@ class BoundedBodyMixin:
     def data_received(self, chunk: bytes) -> None:
         if self._finished:  # type: ignore[attr-defined]
             return  # refused already; tornado closes the connection after the reply
-        body = self._body if self._body is not None else bytearray()
-        if len(body) + len(chunk) > self.max_body_bytes:
+        self._received += len(chunk)
+        if self._received > self.max_body_bytes and not self._oversize:
+            self._oversize = True  # dropped from here on, and answered with 413 once read
+            self._answer_after_body(self._too_large())
+        if self._oversize:
             self._body = None
-            error = web.HTTPError(413, f"request body is larger than {self.max_body_bytes} bytes")
-            self.send_error(413, exc_info=(web.HTTPError, error, None))  # type: ignore[attr-defined]
+            if self._received > self.max_body_bytes * self.DRAIN_FACTOR:
+                self.send_error(413, exc_info=(web.HTTPError, self._too_large(), None))  # type: ignore[attr-defined]
             return
+        body = self._body if self._body is not None else bytearray()
         body += chunk
         self._body = body
 
