@@ -53,6 +53,21 @@ def jp_fetch(jp_fetch):
     return fetch
 
 
+@pytest.fixture
+def rest(server_url, jp_serverapp):
+    """An async client of /keyvault/api/ on the test server, with its token; 4xx answers are returned."""
+    import httpx
+
+    token = jp_serverapp.identity_provider.token
+
+    async def call(method: str, path: str, body=None) -> httpx.Response:
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+            return await client.request(method, server_url + "keyvault/api/" + path,
+                                        headers={"Authorization": f"token {token}"}, json=body)
+
+    return call
+
+
 # scripts/test.sh installs chromium, PostgreSQL and configurable-http-proxy, so there a skip for a
 # missing real part would hide an unproven "Must show": KEYVAULT_STRICT_SKIPS=1 turns it into a failure.
 _EXPECTED_SKIP_REASONS = ("root reads through permission bits", "external server")

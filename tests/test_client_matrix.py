@@ -29,18 +29,6 @@ def stored_canary(canary, fake_upstream):
     return canary
 
 
-@pytest.fixture
-def rest(server_url, jp_serverapp):
-    token = jp_serverapp.identity_provider.token
-
-    async def call(method: str, path: str, body=None) -> httpx.Response:
-        async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
-            return await client.request(method, server_url + "keyvault/api/" + path,
-                                        headers={"Authorization": f"token {token}"}, json=body)
-
-    return call
-
-
 async def store(rest, name: str, value: str, provider: str, **extra) -> None:
     response = await rest("PUT", f"credentials/{name}", {"value": value, "provider": provider, **extra})
     assert response.status_code in (200, 201), response.text

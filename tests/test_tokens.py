@@ -40,19 +40,6 @@ def server_log(caplog, jp_serverapp):
     jp_serverapp.log.removeHandler(keep)
 
 
-@pytest.fixture
-def rest(server_url, jp_serverapp):
-    """An async REST client authenticated with the server's token (no raise on 4xx)."""
-    token = jp_serverapp.identity_provider.token
-
-    async def call(method: str, path: str, body=None) -> httpx.Response:
-        async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
-            return await client.request(method, server_url + "keyvault/api/" + path,
-                                        headers={"Authorization": f"token {token}"}, json=body)
-
-    return call
-
-
 async def setup_key(rest, name="OPENAI_API_KEY", value=VALID_OPENAI_KEY):
     assert (await rest("PUT", f"credentials/{name}", {"value": value, "provider": "openai"})).status_code == 201
 
