@@ -13,12 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "jupyter_keyvault"
 
 # Higher layers may import lower ones, never the reverse (README, "Architecture").
-CORE = {"store", "providers", "scrub", "nbscrub", "kernel_auth", "envguard", "ratelimit", "dotenv", "oauth",
+CORE = {"cache", "store", "providers", "scrub", "nbscrub", "kernel_auth", "envguard", "ratelimit", "dotenv", "oauth",
         "_version"}
 FORBIDDEN = {
     # layer: (internal packages it must not import, third-party roots it must not import)
     "store": ({"providers", "scrub", "nbscrub", "oauth", "settings", "vaults", "web", "server", "kernel", "hub",
                "cli", "testing"}, {"tornado", "jupyter_server", "jupyterhub", "aiohttp"}),
+    "cache": ({"store", "providers", "scrub", "settings", "vaults", "web", "server", "kernel", "hub", "cli",
+               "testing"}, {"tornado", "jupyter_server", "jupyterhub", "aiohttp"}),
     "scrub": ({"settings", "vaults", "web", "server", "kernel", "hub", "cli"}, {"tornado", "jupyter_server"}),
     "providers": ({"settings", "vaults", "web", "server", "kernel", "hub", "cli"}, {"tornado", "jupyter_server"}),
     "isolation": ({"settings", "vaults", "web", "server", "kernel", "hub", "cli", "store", "scrub"},

@@ -217,3 +217,35 @@ def requests_in(event) -> int:
         if part.startswith("requests="):
             return int(part.partition("=")[2])
     return 1
+
+
+async def test_given_a_cold_cache_when_a_burst_of_requests_arrives_then_the_key_is_read_once_and_every_use_counted(
+        jp_serverapp, kernel, proxy_url, http, store, master_key, keyvault_config, monkeypatch):
+    # 60 concurrent requests on a cache that has just been emptied (what happens every few seconds
+    # under load): one vault read between them, not 60 decryptions queued on worker threads.
+    from jupyter_keyvault.store import SQLiteBackend, Vault
+
+    kv = manager(jp_serverapp)
+    await store("OPENAI_API_KEY", VALID_OPENAI_KEY)
+    reads = []
+    original = kv.vault.upstream
+
+    def counted_upstream(*args, **kwargs):
+        reads.append(1)
+        time.sleep(0.05)  # a slow disk: the burst arrives while the first read runs
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kv.vault, "upstream", counted_upstream)
+    kv.invalidate("OPENAI_API_KEY")
+
+    answers = await asyncio.gather(*(proxied(http, proxy_url, kernel.headers()) for _ in range(60)))
+
+    assert [a.status_code for a in answers] == [200] * 60
+    assert len(reads) == 1
+    await kv.close()
+    vault = Vault(SQLiteBackend(keyvault_config["vault_path"]), env={"KEYVAULT_MASTER_KEY": master_key})
+    try:
+        uses = [e for e in vault.audit_events(kv.owner, 1000) if e.action == "use" and e.target == "OPENAI_API_KEY"]
+    finally:
+        vault.close()
+    assert sum(requests_in(e) for e in uses) == 60  # the read's own use plus 59 served from it

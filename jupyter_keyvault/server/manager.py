@@ -22,6 +22,7 @@ import aiohttp
 from traitlets.config import LoggingConfigurable
 
 from .. import envguard, providers
+from ..cache import LoadingCache
 from ..isolation import IsolationPolicy, default_policy, isolation_status
 from ..kernel_auth import KernelAuthenticator
 from ..nbscrub import scrub_notebook
@@ -74,12 +75,12 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.token_failure_limiter = RateLimiter(self.token_failures_per_minute,
                                                  burst=max(1, int(self.token_failures_per_minute)))
         self._token_blocked_until: dict[str, float] = {}
-        self._upstreams: dict[tuple[str, str], tuple[float, Upstream]] = {}
-        self._metadata: dict[str, tuple[float, dict]] = {}
-        self._verified_tokens: dict[bytes, tuple[float, Any]] = {}  # sha256(token) -> (until, TokenInfo)
-        # Bumped by every write through this server: a vault read that began before a write must not
-        # put what it read into a cache the write has just emptied.
-        self._generation = 0
+        # What every proxied request looks up, read once per burst (writes through this server empty
+        # them at once; a read begun before a write is not kept).
+        ttl = lambda: self.resolve_cache_seconds  # noqa: E731
+        self._upstreams: LoadingCache[tuple[str, str], Upstream] = LoadingCache(ttl)
+        self._metadata: LoadingCache[str, dict] = LoadingCache(ttl)
+        self._verified_tokens: LoadingCache[tuple[bytes, str], Any] = LoadingCache(ttl)  # (sha256(token), name)
         self.uses = UseLog(self._write_uses)
         self._http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Future] = set()
@@ -153,46 +154,38 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
     # -- credentials
     async def credential_metadata(self, name: str) -> dict:
         """A credential's metadata (e.g. its notebook globs) without decrypting it, cached briefly."""
-        hit = self._metadata.get(name)
-        now = time.monotonic()
-        if hit and hit[0] > now:
-            return hit[1]
-        generation = self._generation
-        try:
-            metadata = dict((await asyncio.to_thread(self.vault.info, self.owner, name)).metadata)
-        except (NotFound, InvalidInput):
-            metadata = {}  # env-sourced or missing: resolution reports it
-        if generation == self._generation:
-            self._metadata[name] = (now + self.resolve_cache_seconds, metadata)
+        async def load() -> dict:
+            try:
+                return dict((await asyncio.to_thread(self.vault.info, self.owner, name)).metadata)
+            except (NotFound, InvalidInput):
+                return {}  # env-sourced or missing: resolution reports it
+
+        metadata, _ = await self._metadata.get(name, load)
         return metadata
 
     async def upstream(self, provider: providers.Provider, name: str, *, actor: str) -> Upstream:
         """Where the proxy sends a request for `name`, cached briefly so a burst decrypts once. A use
         served from the cache is counted in memory and written by `self.uses` off the request path
         (the vault audits a use that decrypts, and the service audits uses it injects)."""
-        key = (provider.id, name)
-        hit = self._upstreams.get(key)
-        now = time.monotonic()
-        if hit and hit[0] > now and not (hit[1].expires_at is not None and hit[1].expires_at <= time.time()):
-            if hit[1].injected is not None:
-                self.uses.credential(name, actor)
-            return hit[1]
-        generation = self._generation
-        upstream = await asyncio.to_thread(self.vault.upstream, self.owner, provider, name, actor=actor)
-        if generation == self._generation:
-            self._upstreams[key] = (now + self.resolve_cache_seconds, upstream)
+        upstream, loaded = await self._upstreams.get(
+            (provider.id, name),
+            lambda: asyncio.to_thread(self.vault.upstream, self.owner, provider, name, actor=actor),
+            lifetime=_time_left)
+        if not loaded and upstream.injected is not None:
+            self.uses.credential(name, actor)
         return upstream
 
     def invalidate(self, name: str, *, deleted: bool = False) -> None:
         """A write through this server: forget what was cached about `name` at once, and bring the
         scrubber up to date off the event loop (a deleted value is no longer redacted)."""
-        self._generation += 1
-        self._metadata.pop(name, None)
-        for key in [k for k in self._upstreams if k[1] == name]:
-            self._upstreams.pop(key, None)
+        self._forget_credential(name)
         if deleted:
             self.scrubber.forget_name(name)
         self.refresh_scrubber()
+
+    def _forget_credential(self, name: str) -> None:
+        self._metadata.discard(lambda key: key == name)
+        self._upstreams.discard(lambda key: key[1] == name)
 
     def refresh_scrubber(self) -> None:
         """Build what changed in the scrubber in a worker thread once writes pause (one build for a
@@ -275,16 +268,12 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             raise RateLimited("too many failed token attempts", blocked - time.monotonic())
         # A token verified moments ago is not read and decrypted again (revocation here empties the cache).
         digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
-        kernel_bound = self.kernel_tokens.holds(token)  # checked in memory, and dead with its kernel: never cached
-        hit = None if kernel_bound else self._verified_tokens.get(digest)
-        if hit and hit[0] > time.monotonic() and credential in hit[1].credentials:
-            self.uses.token(hit[1].id)
-            return hit[1]
-        generation = self._generation
         try:
-            if kernel_bound:
+            if self.kernel_tokens.holds(token):  # checked in memory, and dead with its kernel: never cached
                 return self.kernel_tokens.verify(token, None if default_scope else credential, self.kernel_alive)
-            info = await asyncio.to_thread(self.tokens.verify, self.owner, token, credential)
+            info, loaded = await self._verified_tokens.get(
+                (digest, credential), lambda: asyncio.to_thread(self.tokens.verify, self.owner, token, credential),
+                lifetime=_time_left)
         except TokenScopeError:
             await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "denied",
                                     actor="token", detail="out of scope")
@@ -299,16 +288,12 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             if isinstance(exc, TokenRefused):
                 raise
             raise TokenRefused("vault access token refused") from None
-        if generation == self._generation:
-            if len(self._verified_tokens) >= 1024:
-                self._verified_tokens.clear()
-            lifetime = min(self.resolve_cache_seconds, (info.expires_at or 0) - time.time())
-            self._verified_tokens[digest] = (time.monotonic() + lifetime, info)
+        if not loaded:
+            self.uses.token(info.id)  # a verification that read the vault recorded its own use
         return info
 
     def forget_tokens(self) -> None:
         """A token was created or revoked through this server: verify every token afresh."""
-        self._generation += 1
         self._verified_tokens.clear()
 
     def _write_uses(self, credentials: CredentialUses, token_ids: set[str]) -> None:
@@ -391,9 +376,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         purged = [name for _, name in await asyncio.to_thread(self.vault.purge_expired, self.owner)]
         for name in purged:
             # The destroyed value stays known to the scrubber: it is still a secret if seen again.
-            self._metadata.pop(name, None)
-            for key in [k for k in self._upstreams if k[1] == name]:
-                self._upstreams.pop(key, None)
+            self._forget_credential(name)
             self.log.info("jupyter-keyvault: %s expired; its value was destroyed", name)
         return purged
 
@@ -494,3 +477,9 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             await self._http.close()
         await asyncio.to_thread(self._stop_lifetimes)
         self.vault.close()
+
+
+def _time_left(item: Any) -> float:
+    """Seconds until a cached key or token expires (infinite when it does not)."""
+    expires_at = getattr(item, "expires_at", None)
+    return float("inf") if expires_at is None else expires_at - time.time()
