@@ -1468,6 +1468,10 @@ class RedactingFilter(logging.Filter):
         self.scrubber = scrubber
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not _will_be_emitted(record):
+            # jupyter_server's loggers are at DEBUG with quiet handlers: every request makes a debug
+            # record that no handler writes. Nothing to redact in what is never written.
+            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
@@ -1484,6 +1488,23 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = self.scrubber.scrub(record.stack_info)
         return True
+
+
+def _will_be_emitted(record: logging.LogRecord) -> bool:
+    """Whether a handler of the record's logger (or of the loggers it propagates to) takes its level;
+    True when in doubt (a logger made outside logging.getLogger)."""
+    logger = logging.Logger.manager.loggerDict.get(record.name)
+    if not isinstance(logger, logging.Logger):
+        return True
+    found = False
+    while logger is not None:
+        for handler in logger.handlers:
+            found = True
+            if record.levelno >= handler.level:
+                return True
+        logger = logger.parent if logger.propagate else None  # type: ignore[assignment]
+    last_resort = logging.lastResort
+    return not found and last_resort is not None and record.levelno >= last_resort.level
 
 
 def install_log_filter(scrubber: Scrubber, loggers: Iterable[str | logging.Logger]) -> RedactingFilter:

@@ -595,6 +595,27 @@ def test_given_a_record_with_bad_args_when_filtering_then_it_still_passes_redact
     assert "bad-args-secret-1" not in record.getMessage()
 
 
+def test_given_quiet_handlers_when_a_later_handler_takes_debug_then_its_records_are_redacted_too(captured_logger):
+    """Records no handler writes are let through unread (jupyter_server makes a debug record per
+    request); the moment a handler takes them, they are redacted again."""
+    logger, lines = captured_logger
+    logger.handlers[0].setLevel(logging.WARNING)
+    s = Scrubber()
+    s.add_known("quiet-debug-secret-42", "QD")
+    install_log_filter(s, [logger])
+    logger.debug("not written: %s", "quiet-debug-secret-42")
+    assert lines == []
+    late_lines: list[str] = []
+
+    class LateHandler(logging.Handler):
+        def emit(self, record):
+            late_lines.append(self.format(record))
+
+    logger.addHandler(LateHandler(logging.DEBUG))  # added after install_log_filter: no filter of its own
+    logger.debug("now written: %s", "quiet-debug-secret-42")
+    assert lines == [] and late_lines == ["now written: [REDACTED:QD]"]
+
+
 def test_given_a_named_logger_when_installing_then_its_handlers_get_the_filter_too():
     name = f"keyvault-handlers-{time.monotonic_ns()}"
     logger = logging.getLogger(name)
