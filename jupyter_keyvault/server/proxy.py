@@ -8,14 +8,21 @@ before any key is decrypted or any upstream connection is made; the request body
 upstream as it arrives (never held whole), up to `c.KeyVault.proxy_max_body_size`. Only the
 configured base URL is ever contacted, and only end-to-end headers that carry no credential of
 this server go upstream (web/headers.py).
+
+The HTTP proxies are plain tornado handlers, not JupyterHandlers: they accept no Jupyter login
+(cookie or token) and authenticate every request themselves, so jupyter_server's per-request
+identity lookup, host and CORS handling would only cost time on the hot path (and a proxy answer
+carries no CORS header, so no web page can read one).
 """
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.handlers import log as jupyter_log
 from tornado import web
 from tornado.websocket import WebSocketHandler
 
@@ -28,8 +35,17 @@ from .base import CallerMixin
 
 
 @web.stream_request_body
-class ProxyHandler(CallerMixin, RelayMixin, JupyterHandler):
+class ProxyHandler(CallerMixin, RelayMixin, web.RequestHandler):
     auth_resource = "keyvault"
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.get("base_url", "/")
+
+    @property
+    def log(self) -> logging.Logger:
+        """jupyter_server's access log writes here, as for its own handlers."""
+        return jupyter_log()
 
     def compute_etag(self):
         return None
@@ -43,9 +59,7 @@ class ProxyHandler(CallerMixin, RelayMixin, JupyterHandler):
         self.finish(provider_error_body(status_code, error_message(self, kwargs)))
 
     async def prepare(self):
-        await super().prepare()
-        if not self._finished:
-            await self.check_and_start(**self.path_kwargs)
+        await self.check_and_start(**self.path_kwargs)
 
     async def check_and_start(self, **path_kwargs: str) -> None:
         raise NotImplementedError
