@@ -517,12 +517,16 @@ def test_given_a_temp_root_that_holds_protected_dirs_then_the_kernel_gets_a_priv
     (venv / "lib").mkdir(parents=True)
     (venv / "lib" / "sitecustomize.py").write_text("# server's\n")
     private = world.home / ".local/share/jupyter-keyvault-kernel/tmp"
-    KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(
-        notebook_root=world.root, extra_denied=[runtime], extra_read_only=[venv])
-    try:
-        kernel = Kernel(world, isolated=True, extra_env={"TMPDIR": str(temp_root)})
-    finally:
-        KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(notebook_root=world.root)
+
+    def start() -> Kernel:
+        KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(
+            notebook_root=world.root, extra_denied=[runtime], extra_read_only=[venv])
+        try:
+            return Kernel(world, isolated=True, extra_env={"TMPDIR": str(temp_root)})
+        finally:
+            KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(notebook_root=world.root)
+
+    kernel = start()
     try:
         out = kernel.run(
             "import os, subprocess, tempfile\n"
@@ -540,9 +544,19 @@ def test_given_a_temp_root_that_holds_protected_dirs_then_the_kernel_gets_a_priv
             "new_entry_in_old_root": f"open({str(temp_root / 'new.txt')!r}, 'w').write('x')",
         }
         results = _run_attacks(kernel, attacks)
+        # the temp dir is the kernels' to write: one points it at the protected runtime dir for the next
+        out = kernel.run(f"import os, shutil\nshutil.rmtree({str(private)!r})\nos.symlink({str(runtime)!r}, {str(private)!r})\n"
+                         "print('planted')")
+        assert out.strip() == "planted" and private.is_symlink()
     finally:
         kernel.close()
     assert results == dict.fromkeys(attacks, "DENIED:PermissionError"), results
+    kernel = start()  # the launcher (unconfined) replaces the link, never follows it
+    try:
+        out = kernel.run("import tempfile\nwith tempfile.NamedTemporaryFile() as f:\n    print(f.name)").strip()
+    finally:
+        kernel.close()
+    assert not private.is_symlink() and private.is_dir() and out.startswith(str(private) + "/")
     assert sorted(p.name for p in temp_root.iterdir()) == ["jupyter-runtime", "venv"]
     assert sorted(p.name for p in runtime.iterdir()) == ["jpserver-1.json"]
     assert (venv / "lib" / "sitecustomize.py").read_text() == "# server's\n" and len(list(venv.rglob("*"))) == 2
