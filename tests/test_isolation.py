@@ -502,6 +502,25 @@ def test_given_protected_paths_inside_a_temp_root_then_kernels_do_not_write_free
     assert writes_freely(free, root)
 
 
+def test_given_a_kernel_temp_root_with_protected_paths_then_the_launcher_sets_a_private_tmpdir_and_status_says_so(
+        tmp_path, monkeypatch):
+    from jupyter_keyvault.isolation.launch import kernel_env_changes
+
+    root = tmp_path / "temp-root"
+    (root / "runtime").mkdir(parents=True)
+    state = tmp_path / "state"
+    monkeypatch.setenv("TMPDIR", str(root))
+    policy = build_policy(runtime_dir=root / "runtime", kernel_state_dir=state, protect_interpreter=False)
+    assert any(f"TMPDIR={state / 'tmp'}" in note and str(root) in note for note in policy.notes), policy.notes
+    env = kernel_env_changes(policy, ["/opt/other-env/bin/python", "-m", "ipykernel_launcher"])
+    assert env["TMPDIR"] == str(state / "tmp") and (state / "tmp").stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))  # a temp root that does not exist is no better
+    assert kernel_env_changes(policy, ["/opt/other-env/bin/python"])["TMPDIR"] == str(state / "tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "state"))  # a usable one is left as it is
+    assert "TMPDIR" not in kernel_env_changes(policy, ["/opt/other-env/bin/python"])
+    assert not any("TMPDIR" in note for note in build_policy(kernel_state_dir=state, protect_interpreter=False).notes)
+
+
 @pytest.mark.e2e
 @needs_landlock
 def test_given_a_temp_root_that_holds_protected_dirs_then_the_kernel_gets_a_private_temp_dir_and_they_stay_protected(world):
