@@ -161,7 +161,7 @@ def kernel_env_changes(policy: IsolationPolicy, argv: list[str]) -> dict[str, st
         env["IPYTHONDIR"] = policy.kernel_ipython_dir()
     temp_dir = private_temp_dir(policy)
     if temp_dir:
-        env["TMPDIR"] = temp_dir  # first for Python's tempfile, and for mktemp, gcc, R, Julia...
+        env["TMPDIR"] = temp_dir  # looked at first by Python's tempfile, mktemp and most tools
     exe = shutil.which(argv[0]) or argv[0]
     exe = os.path.abspath(exe)
     if any(exe.startswith(p.rstrip("/") + "/") for p in policy.read_only_prefixes):
