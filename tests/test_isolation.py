@@ -33,6 +33,7 @@ from jupyter_keyvault.isolation.policy import (
     build_policy,
     default_policy,
     plan_rules,
+    writes_freely,
 )
 from jupyter_keyvault.isolation.provisioner import (
     PROVISIONER_NAME,
@@ -438,14 +439,17 @@ def test_given_the_servers_own_interpreter_then_its_kernels_get_the_pip_target_a
 @needs_landlock
 def test_given_isolation_on_then_ordinary_notebook_work_still_works(world, isolated, tmp_path):
     marker = secrets.token_hex(8)
-    # files in the notebook root (the kernel's cwd) and /tmp: create, read, delete
+    # /tmp, unless protected paths live in it (a checkout and its venv under /tmp, as on some CI): then
+    # the kernels' own temp dir (the layout is reproduced on purpose in the temp-root test below)
+    temp_dir = "/tmp" if writes_freely(default_policy(notebook_root=world.root), "/tmp") else \
+        str(world.home / ".local/share/jupyter-keyvault-kernel/tmp")
+    # files in the notebook root (the kernel's cwd) and the temp dir: create, read, delete
     out = isolated.run(
-        f"import os\nopen('made-by-kernel-{marker}.txt', 'w').write('{marker}')\nos.makedirs('sub-{marker}/deep')\n"
-        f"open('/tmp/kernel-{marker}', 'w').write('{marker}')\n"
-        f"print(open('made-by-kernel-{marker}.txt').read(), open('/tmp/kernel-{marker}').read())\n"
-        f"os.unlink('/tmp/kernel-{marker}')\n"
+        f"import os, tempfile\nopen('made-by-kernel-{marker}.txt', 'w').write('{marker}')\nos.makedirs('sub-{marker}/deep')\n"
+        f"t = os.path.join(tempfile.gettempdir(), 'kernel-{marker}')\nopen(t, 'w').write('{marker}')\n"
+        f"print(open('made-by-kernel-{marker}.txt').read(), open(t).read(), tempfile.gettempdir())\nos.unlink(t)\n"
     )
-    assert out.strip() == f"{marker} {marker}"
+    assert out.split() == [marker, marker, temp_dir]
     assert (world.root / f"made-by-kernel-{marker}.txt").read_text() == marker
 
     # TCP to a local server on 127.0.0.1
@@ -477,6 +481,105 @@ def test_given_isolation_on_then_ordinary_notebook_work_still_works(world, isola
     out = isolated.run(f"import {name}\nprint({name}.MARKER, {name}.__file__)")
     assert out.split()[0] == marker and out.split()[1].startswith(target), out
     assert not list(world.site_packages.glob(f"{name}*"))  # the server's environment is untouched
+
+
+def test_given_protected_paths_inside_a_temp_root_then_kernels_do_not_write_freely_there(tmp_path):
+    """The layout CI met with its checkout under /tmp: the server's venv (read-only to kernels) and
+    a runtime dir inside the temp root make the root an ancestor, where nothing can be created."""
+    root = tmp_path / "temp-root"
+    for d in ("venv", "runtime", "scratch"):
+        (root / d).mkdir(parents=True)
+    policy = build_policy(runtime_dir=root / "runtime", extra_read_only=[root / "venv"], extra_writable=[root],
+                          kernel_state_dir=tmp_path / "state", protect_interpreter=False, create_missing=False)
+    assert not writes_freely(policy, root)  # an ancestor of protected dirs: listing only
+    assert not writes_freely(policy, root / "runtime") and not writes_freely(policy, root / "venv")
+    assert not writes_freely(policy, root / "missing")  # nothing to write in
+    assert writes_freely(policy, root / "scratch")
+    (tmp_path / "state").mkdir()
+    assert writes_freely(policy, tmp_path / "state")
+    free = build_policy(extra_writable=[root / "scratch"], kernel_state_dir=tmp_path / "state",
+                        protect_interpreter=False, create_missing=False)
+    assert writes_freely(free, root)
+
+
+def test_given_a_kernel_temp_root_with_protected_paths_then_the_launcher_sets_a_private_tmpdir_and_status_says_so(
+        tmp_path, monkeypatch):
+    from jupyter_keyvault.isolation.launch import kernel_env_changes
+
+    root = tmp_path / "temp-root"
+    (root / "runtime").mkdir(parents=True)
+    state = tmp_path / "state"
+    monkeypatch.setenv("TMPDIR", str(root))
+    policy = build_policy(runtime_dir=root / "runtime", kernel_state_dir=state, protect_interpreter=False)
+    assert any(f"TMPDIR={state / 'tmp'}" in note and str(root) in note for note in policy.notes), policy.notes
+    env = kernel_env_changes(policy, ["/opt/other-env/bin/python", "-m", "ipykernel_launcher"])
+    assert env["TMPDIR"] == str(state / "tmp") and (state / "tmp").stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))  # a temp root that does not exist is no better
+    assert kernel_env_changes(policy, ["/opt/other-env/bin/python"])["TMPDIR"] == str(state / "tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "state"))  # a usable one is left as it is
+    assert "TMPDIR" not in kernel_env_changes(policy, ["/opt/other-env/bin/python"])
+    assert not any("TMPDIR" in note for note in build_policy(kernel_state_dir=state, protect_interpreter=False).notes)
+
+
+@pytest.mark.e2e
+@needs_landlock
+def test_given_a_temp_root_that_holds_protected_dirs_then_the_kernel_gets_a_private_temp_dir_and_they_stay_protected(world):
+    """A kernel whose temp root (TMPDIR, else /tmp) holds the runtime dir or the server's venv could
+    create nothing there: no cell ran ("No usable temporary directory"). The launcher then gives it
+    TMPDIR in the kernels' own state dir; the protected dirs in the old root stay out of reach."""
+    marker = secrets.token_hex(8)
+    temp_root = world.base / f"temp-root-{marker}"
+    runtime = temp_root / "jupyter-runtime"  # denied, as a runtime dir under /tmp is
+    venv = temp_root / "venv"  # read-only, as a checkout's .venv under /tmp is
+    runtime.mkdir(parents=True)
+    (runtime / "jpserver-1.json").write_text(json.dumps({"token": world.canary}))
+    (venv / "lib").mkdir(parents=True)
+    (venv / "lib" / "sitecustomize.py").write_text("# server's\n")
+    private = world.home / ".local/share/jupyter-keyvault-kernel/tmp"
+
+    def start() -> Kernel:
+        KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(
+            notebook_root=world.root, extra_denied=[runtime], extra_read_only=[venv])
+        try:
+            return Kernel(world, isolated=True, extra_env={"TMPDIR": str(temp_root)})
+        finally:
+            KeyVaultIsolatedProvisioner.policy_factory = lambda prov, kw: default_policy(notebook_root=world.root)
+
+    kernel = start()
+    try:
+        out = kernel.run(
+            "import os, subprocess, tempfile\n"
+            "with tempfile.NamedTemporaryFile('w', delete=False) as f:\n"
+            f"    f.write('{marker}')\n"
+            "made = subprocess.run(['mktemp'], capture_output=True, text=True).stdout.strip()\n"
+            "print(tempfile.gettempdir(), os.environ['TMPDIR'], open(f.name).read(), os.path.dirname(made))\n"
+            "os.unlink(f.name); os.unlink(made)\n").split()
+        assert out == [str(private), str(private), marker, str(private)], out
+        attacks = {
+            "read_runtime": f"open({str(runtime / 'jpserver-1.json')!r}).read()",
+            "plant_in_runtime": f"open({str(runtime / 'kernel-planted.json')!r}, 'w').write('x')",
+            "plant_in_venv": f"open({str(venv / 'lib' / 'usercustomize.py')!r}, 'w').write('x')",
+            "edit_venv": f"open({str(venv / 'lib' / 'sitecustomize.py')!r}, 'a').write('x')",
+            "new_entry_in_old_root": f"open({str(temp_root / 'new.txt')!r}, 'w').write('x')",
+        }
+        results = _run_attacks(kernel, attacks)
+        # the temp dir is the kernels' to write: one points it at the protected runtime dir for the next
+        out = kernel.run(f"import os, shutil\nshutil.rmtree({str(private)!r})\nos.symlink({str(runtime)!r}, {str(private)!r})\n"
+                         "print('planted')")
+        assert out.strip() == "planted" and private.is_symlink()
+    finally:
+        kernel.close()
+    assert results == dict.fromkeys(attacks, "DENIED:PermissionError"), results
+    kernel = start()  # the launcher (unconfined) replaces the link, never follows it
+    try:
+        out = kernel.run("import tempfile\nwith tempfile.NamedTemporaryFile() as f:\n    print(f.name)").strip()
+    finally:
+        kernel.close()
+    assert not private.is_symlink() and private.is_dir() and out.startswith(str(private) + "/")
+    assert sorted(p.name for p in temp_root.iterdir()) == ["jupyter-runtime", "venv"]
+    assert sorted(p.name for p in runtime.iterdir()) == ["jpserver-1.json"]
+    assert (venv / "lib" / "sitecustomize.py").read_text() == "# server's\n" and len(list(venv.rglob("*"))) == 2
+    assert private.stat().st_mode & 0o777 == 0o700
 
 
 @pytest.mark.e2e

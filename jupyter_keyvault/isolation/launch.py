@@ -18,7 +18,7 @@ import stat
 import sys
 
 from . import landlock as ll
-from .policy import IsolationPolicy, PolicyError, plan_rules, rights_for
+from .policy import IsolationPolicy, PolicyError, kernel_temp_root, plan_rules, rights_for, writes_freely
 
 REFUSAL_EXIT = 78  # EX_CONFIG: the kernel was not started because isolation was required and impossible
 _CONFIG_SUFFIX = "_config.py"
@@ -137,12 +137,31 @@ def mirror_ipython_dir(real_dir: str, mirror_dir: str) -> None:
         os.close(mirror_fd)
 
 
+def private_temp_dir(policy: IsolationPolicy) -> str | None:
+    """The kernels' own temp dir (made 0700, a planted link replaced), when their temp root is not
+    theirs to write: a protected path inside it (the runtime dir, a venv under /tmp) leaves it only
+    listing, and then no cell runs ("No usable temporary directory"). None when the root is fine."""
+    if not policy.kernel_state_dir or writes_freely(policy, kernel_temp_root(os.environ)):
+        return None
+    os.makedirs(policy.kernel_state_dir, mode=0o700, exist_ok=True)
+    state_fd = os.open(policy.kernel_state_dir, _DIR_FLAGS)
+    try:
+        os.close(_own_dir(state_fd, os.path.basename(policy.kernel_temp_dir())))
+    finally:
+        os.close(state_fd)
+    return policy.kernel_temp_dir()
+
+
 def kernel_env_changes(policy: IsolationPolicy, argv: list[str]) -> dict[str, str]:
-    """Environment the confined kernel needs: its IPython dir, and a pip target when its own
-    interpreter is read-only to it (the server's environment), so `%pip install` still works."""
+    """Environment the confined kernel needs: its IPython dir, a temp dir it may write when its own
+    is not, and a pip target when its interpreter is read-only to it (the server's environment), so
+    `%pip install` still works."""
     env: dict[str, str] = {}
     if policy.ipython_dir:
         env["IPYTHONDIR"] = policy.kernel_ipython_dir()
+    temp_dir = private_temp_dir(policy)
+    if temp_dir:
+        env["TMPDIR"] = temp_dir  # looked at first by Python's tempfile, mktemp and most tools
     exe = shutil.which(argv[0]) or argv[0]
     exe = os.path.abspath(exe)
     if any(exe.startswith(p.rstrip("/") + "/") for p in policy.read_only_prefixes):

@@ -26,6 +26,7 @@ import os
 import site
 import sys
 import sysconfig
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from . import landlock as ll
@@ -96,6 +97,15 @@ class IsolationPolicy:
     def kernel_ipython_dir(self) -> str:
         return os.path.join(self.kernel_state_dir, "ipython")
 
+    def kernel_temp_dir(self) -> str:
+        """TMPDIR of kernels whose own temp root holds protected paths (see `writes_freely`)."""
+        return os.path.join(self.kernel_state_dir, "tmp")
+
+
+def kernel_temp_root(env: Mapping[str, str]) -> str:
+    """The directory a process with `env` writes temp files to first, as Python's tempfile picks it."""
+    return next((env[name] for name in ("TMPDIR", "TEMP", "TMP") if env.get(name)), "/tmp")  # noqa: S108
+
 
 def _real(path: str | os.PathLike) -> str:
     return os.path.realpath(os.path.expanduser(os.fspath(path)))
@@ -120,6 +130,19 @@ def classify(policy: IsolationPolicy) -> dict[str, str]:
             raise PolicyError(f"{p} cannot be {'writable' if c == FULL else 'readable'} to kernels: "
                               f"it is inside the protected {next(d for d in denied if _is_within(p, d))}")
     return classes
+
+
+def writes_freely(policy: IsolationPolicy, path: str | os.PathLike) -> bool:
+    """Whether kernels may create and delete entries in the directory `path` and everywhere beneath
+    it: its class is full and no protected path lies inside it (that would make it an ancestor)."""
+    real = _real(path)
+    if not os.path.isdir(real):
+        return False
+    classes = classify(policy)
+    owner = max((p for p in classes if _is_within(real, p)), key=len, default=None)
+    if owner is not None and classes[owner] != FULL:
+        return False
+    return not any(c != FULL and p != real and _is_within(p, real) for p, c in classes.items())
 
 
 def plan_rules(policy: IsolationPolicy) -> list[tuple[str, str]]:
@@ -266,6 +289,10 @@ def limitations(policy: IsolationPolicy) -> list[str]:
         if inner:
             notes.append(f"kernels cannot create or delete entries directly in {p} (it contains protected "
                          f"{', '.join(inner)}); existing entries and subdirectories stay usable")
+    temp_root = kernel_temp_root(os.environ)  # the server's; kernels inherit it unless their env says otherwise
+    if policy.kernel_state_dir and not writes_freely(policy, temp_root):
+        notes.append(f"kernels get TMPDIR={policy.kernel_temp_dir()}, which is not cleaned at boot: {temp_root} "
+                     "is not theirs to write; code that names it directly still cannot create entries there")
     return notes
 
 
@@ -338,4 +365,5 @@ __all__ = [
     "plan_rules",
     "rights_for",
     "resolve_mode",
+    "writes_freely",
 ]
