@@ -55,3 +55,26 @@ def test_given_a_plain_wheel_installed_into_a_fresh_venv_when_labextensions_are_
                          timeout=300, env=env)
     lines = [line for line in (out.stdout + out.stderr).splitlines() if "jupyter-keyvault" in line]
     assert any("enabled" in line and "OK" in line for line in lines), out.stdout + out.stderr
+
+
+def test_given_a_started_server_when_it_settles_then_its_startup_heap_is_frozen_unless_configured_not_to():
+    """Full collections of the startup heap stalled every proxied stream for 100-200 ms
+    (benchmarks/bench_peers.py); frozen, they skip it. A setting turns it off."""
+    import re
+    import time
+
+    for setting, expect_frozen in (("True", True), ("False", False)):
+        server = JupyterServer(f"--KeyVault.freeze_startup_heap={setting}")
+        with server:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "startup objects frozen" not in server.log_path.read_text():
+                if not expect_frozen and "jupyter_keyvault | extension was successfully loaded" in \
+                        server.log_path.read_text():
+                    time.sleep(2)  # time enough for a freeze that should not happen
+                    break
+                time.sleep(0.2)
+        frozen = re.search(r"jupyter-keyvault: (\d+) startup objects frozen", server.log_path.read_text())
+        if expect_frozen:
+            assert frozen and int(frozen.group(1)) > 50_000, server.log_path.read_text()[-2000:]
+        else:
+            assert frozen is None

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
+import time
 from functools import partial
 
 from jupyter_server.extension.application import ExtensionApp
@@ -53,10 +55,25 @@ class KeyVaultApp(ExtensionApp):
         self.settings["keyvault_manager"] = manager
         self._guard_kernel_env(manager)
         self._install_output_filters(manager)
-        server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.learn_values()))
+        server.io_loop.call_later(0, partial(asyncio.ensure_future, self._settle(manager)))
         if manager.jupyter_ai_secrets:  # once every extension (jupyter-ai's among them) has set its settings
             server.io_loop.call_later(0, jupyter_ai.install, server.web_app.settings, manager, self.log)
         server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.start_lifetimes()))
+
+    async def _settle(self, manager: KeyVaultManager) -> None:
+        """Once running: teach the scrubber every stored value, then freeze the startup heap."""
+        try:
+            await manager.learn_values()
+        finally:
+            if manager.freeze_startup_heap:
+                self._freeze_heap()
+
+    def _freeze_heap(self) -> None:
+        started = time.perf_counter()
+        gc.collect()
+        gc.freeze()
+        self.log.info("jupyter-keyvault: %d startup objects frozen in %.0f ms (c.KeyVault.freeze_startup_heap)",
+                      gc.get_freeze_count(), (time.perf_counter() - started) * 1e3)
 
     def initialize_handlers(self):
         self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)

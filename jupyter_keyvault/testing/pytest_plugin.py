@@ -99,6 +99,9 @@ def keyvault_config(request, tmp_path, fake_upstream):
             "openai_compatible": fake_upstream.openai_base_url,
         },
         "test_timeout": 5.0,
+        # The server runs inside pytest's own process: freezing its heap would keep every earlier
+        # test's cyclic garbage for the rest of the session.
+        "freeze_startup_heap": False,
     }
     marker = request.node.get_closest_marker("keyvault")
     if marker:
