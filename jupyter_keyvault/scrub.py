@@ -308,7 +308,6 @@ _ANCHORS = (3, 4, 5)  # sampled characters per anchor (each is tried)
 _QUICK_ANCHOR = 4  # the one tried by a quick build
 _STEPS_TRIED = 2  # the largest sampling steps an anchor length allows, tried in turn
 _MAX_STEP = 8
-_CHUNK = 1 << 20  # long texts are sampled in pieces of this many characters
 # A DFA scans the sample fastest, at about 2 KB of memory per anchor; beyond this many anchors
 # (large vaults, the derived forms) the compact automaton's memory is worth its slower scan.
 _DFA_MAX_ANCHORS = 2500
@@ -429,31 +428,26 @@ class _SampledAutomaton:
         self.find(sample, [], _known_span)
         return time.perf_counter() - start
 
-    def find(self, text: str, out: list[_Span], make) -> None:
-        n = len(text)
-        if n < self.min_len:
+    def find(self, text: str, out: list[_Span], make, data: bytes | None = None) -> None:
+        """`data`: text as latin-1 bytes (``_latin1``), when the caller has it already."""
+        if len(text) < self.min_len:
             return
-        if n <= 2 * _CHUNK:
-            self._find(text, 0, n, out, make)
-            return
-        # Long texts go in pieces (overlapping by a value's length), which bounds the sample's
-        # memory and keeps pieces without non-ASCII characters in the compact one-byte form.
-        step = _CHUNK - _CHUNK % self.step
-        overlap = self.max_len - 1
-        for a in range(0, n, step):
-            self._find(text[a:a + step + overlap], a, step, out, make)
-
-    def _find(self, text: str, offset: int, limit: int, out: list[_Span], make) -> None:
         k = self.step
-        sample = (text[::k] if k > 1 else text).encode("latin-1", "replace")  # one byte per sampled character
+        if data is None:
+            data = _latin1(text)
         entries = self.entries
         startswith = text.startswith
-        for index, start, _ in self.automaton.find_matches_as_indexes(sample, overlapping=True):
+        for index, start, _ in self.automaton.find_matches_as_indexes(data[::k] if k > 1 else data, overlapping=True):
             for value, name, r, j in entries[index]:
                 p = (start - j) * k - r
-                if 0 <= p < limit and startswith(value, p):
-                    out.append(make(p + offset, value, name))
+                if p >= 0 and startswith(value, p):
+                    out.append(make(p, value, name))
 
+
+def _latin1(text: str) -> bytes:
+    """One byte per character (others become ``?``), so offsets in the bytes are offsets in text;
+    a copy for text that is ASCII or latin-1 already."""
+    return text.encode("latin-1", "replace")
 
 
 class _RegexKnown:
@@ -469,7 +463,7 @@ class _RegexKnown:
         lengths = sorted({len(v) for v in values})
         self.shorter = {v: [v[:n] for n in lengths if n < len(v) and v[:n] in values] for v in values}
 
-    def find(self, text: str, out: list[_Span], make) -> None:
+    def find(self, text: str, out: list[_Span], make, data: bytes | None = None) -> None:
         if len(text) < self.min_len:
             return
         for m in self.regex.finditer(text):
@@ -542,7 +536,22 @@ class _Engine:
             for value, name in sorted(items, key=lambda vn: -len(vn[0])):
                 table[value[:width]].append((value, name))
             self.buckets[prefix] = (width, dict(table))
-        self.locators = _build_locators(set(self.prefix_patterns) | set(self.buckets))
+        located = sorted(set(self.prefix_patterns) | set(self.buckets))
+        self.locators = _build_locators(located)
+        self.prefix_finder = None
+        if use_automaton and ahocorasick_rs is not None and located:
+            # Leftmost-first search of a few literals runs a SIMD prefilter (Teddy) over the bytes:
+            # one pass instead of a regex per anchor character. It reports no occurrence that
+            # starts inside an earlier one, so those are checked explicitly (`prefix_overlaps`).
+            encoded = [_latin1(prefix) for prefix in located]
+            self.prefix_finder = ahocorasick_rs.BytesAhoCorasick(encoded, matchkind=ahocorasick_rs.MatchKind.LeftmostFirst)
+            self.prefix_list = located
+            # (d, other): `other` may start d characters into an occurrence of this one (at d = 0:
+            # two prefixes whose non-latin-1 characters both became `?`).
+            self.prefix_overlaps = [tuple((d, other) for d in range(len(mine))
+                                          for j, (other, theirs) in enumerate(zip(located, encoded))
+                                          if (d or j != i) and (theirs.startswith(mine[d:]) or mine[d:].startswith(theirs)))
+                                    for i, mine in enumerate(encoded)]
         self.rest = None
         if rest:
             self.rest = (_SampledAutomaton(rest, quick) if use_automaton and ahocorasick_rs is not None
@@ -557,21 +566,34 @@ class _Engine:
         out: list[_Span] = []
         if not text:
             return out
-        for regex, shapes in self.locators:
-            for m in regex.finditer(text):
-                i = m.start()
-                for offset, length, prefixes in shapes:
-                    s = i - offset
-                    if s >= 0:
-                        prefix = text[s:s + length]
-                        if prefix in prefixes:
-                            self._at_prefix(text, s, prefix, out)
+        finder = self.prefix_finder
+        data = _latin1(text) if finder is not None or self.rest is not None else None
+        if finder is not None:
+            located, overlaps = self.prefix_list, self.prefix_overlaps
+            startswith = text.startswith
+            for index, s, _ in finder.find_matches_as_indexes(data):
+                prefix = located[index]
+                if startswith(prefix, s):
+                    self._at_prefix(text, s, prefix, out)
+                for d, other in overlaps[index]:
+                    if startswith(other, s + d):
+                        self._at_prefix(text, s + d, other, out)
+        else:
+            for regex, shapes in self.locators:
+                for m in regex.finditer(text):
+                    i = m.start()
+                    for offset, length, prefixes in shapes:
+                        s = i - offset
+                        if s >= 0:
+                            prefix = text[s:s + length]
+                            if prefix in prefixes:
+                                self._at_prefix(text, s, prefix, out)
         for regex, pattern in self.unanchored:
             for m in regex.finditer(text):
                 if m.end() > m.start():
                     out.append(_Span(m.start(), m.end(), 1, pattern.label, GENERIC_MARKER))
         if self.rest is not None:
-            self.rest.find(text, out, _known_span)
+            self.rest.find(text, out, _known_span, data)
         if hidden and out:  # forgotten since this engine was built: a set lookup per hit, no rebuild
             out = [sp for sp in out if sp.rank or text[sp.start:sp.end] not in hidden]
         return _merge(out)
