@@ -561,13 +561,15 @@ class _Engine:
         self._stream_index = None
 
     # -- scanning
-    def spans(self, text: str, hidden: Container[str] = frozenset()) -> list[_Span]:
-        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped."""
+    def spans(self, text: str, hidden: Container[str] = frozenset(), data: bytes | None = None) -> list[_Span]:
+        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped.
+        `data`: text as latin-1 bytes, when the caller has them (raw message bytes)."""
         out: list[_Span] = []
         if not text:
             return out
         finder = self.prefix_finder
-        data = _latin1(text) if finder is not None or self.rest is not None else None
+        if data is None and (finder is not None or self.rest is not None):
+            data = _latin1(text)
         if finder is not None:
             located, overlaps = self.prefix_list, self.prefix_overlaps
             startswith = text.startswith
@@ -1168,17 +1170,17 @@ class Scrubber:
                 i = text.find(value, i + 1)
         return out
 
-    def _layer_spans(self, text: str, layers: _Layers, derived: bool) -> list[_Span]:
+    def _layer_spans(self, text: str, layers: _Layers, derived: bool, data: bytes | None = None) -> list[_Span]:
         """Matches of every layer and the pending values, merged; the newest layer first, so a
         renamed value is labelled by its new name."""
         hidden = self._hidden_forms
         if layers.delta is None:
-            spans = (layers.base.derived if derived else layers.base.main).spans(text, hidden)
+            spans = (layers.base.derived if derived else layers.base.main).spans(text, hidden, data)
             extra = self._pending_spans(text)
             return _merge(spans + extra) if extra else spans
         spans = []
         for engines in layers.engines():
-            spans += (engines.derived if derived else engines.main).spans(text, hidden)
+            spans += (engines.derived if derived else engines.main).spans(text, hidden, data)
         return _merge(self._pending_spans(text) + spans)
 
     def _spans(self, text: str) -> list[_Span]:
@@ -1265,7 +1267,7 @@ class Scrubber:
         if not data:
             return False
         text = data.decode("latin-1")  # one character per byte: UTF-8 values are in the derived set
-        return bool(self._layer_spans(text, self._current_layers(), True))
+        return bool(self._layer_spans(text, self._current_layers(), True, bytes(data)))
 
     def stream_would_hold(self, text: str) -> bool:
         """Whether a fresh stream fed `text` would hold back its tail (it may be the start of a secret)."""
