@@ -394,34 +394,34 @@ class _SampledAutomaton:
         shortest = min(len(v) for v in values)
         self.min_len = shortest
         self.max_len = max(len(v) for v in values)
-        plans = []
+        candidates = []  # (step, anchor length)
         for anchor in (_QUICK_ANCHOR,) if quick else _ANCHORS:
             largest = min(_MAX_STEP, (shortest + 1) // (anchor + 1))
-            for k in range(largest, max(0, largest - (1 if quick else _STEPS_TRIED)), -1):
-                plans.append(_plan(values, k, anchor))
-        if not plans:  # only if MIN_KNOWN_LENGTH were lowered below the anchor lengths
-            plans.append(_plan(values, 1, shortest))
+            candidates += [(k, anchor) for k in range(largest, max(0, largest - (1 if quick else _STEPS_TRIED)), -1)]
+        if not candidates:  # only if MIN_KNOWN_LENGTH were lowered below the anchor lengths
+            candidates.append((1, shortest))
         # How often anchors of hex or upper-case values hit ordinary output is hard to estimate,
-        # so the candidates are timed on a sample of ordinary output (a few ms each, in the build).
-        best = None
-        sample = _calibration_text() if len(plans) > 1 else ""
-        for plan in plans:
-            self._use(plan)
-            seconds = min(self._time(sample) for _ in range(2)) if sample else 0.0
-            if best is None or seconds < best[0]:
-                best = (seconds, plan, self.automaton)
-        _, plan, automaton = best
-        self._use(plan, automaton)
+        # so the candidates are timed on a sample of ordinary output (a few ms each, in the build),
+        # one at a time, and the winner is built again last: what the engine keeps is then not
+        # scattered among the freed candidates (which would keep their memory mapped).
+        if len(candidates) > 1:
+            sample = _calibration_text()
+            timed = []
+            for k, anchor in candidates:
+                self._use(_plan(values, k, anchor))
+                timed.append((min(self._time(sample) for _ in range(2)), k, anchor))
+                self.entries = self.automaton = None
+            _, k, anchor = min(timed)
+            candidates = [(k, anchor)]
+        self._use(_plan(values, *candidates[0]))
 
-    def _use(self, plan: _Plan, automaton=None) -> None:
+    def _use(self, plan: _Plan) -> None:
         self.step = plan.step
         self.anchor = plan.anchor
         self.entries = plan.entries
-        if automaton is None:
-            kind = (ahocorasick_rs.Implementation.DFA if len(plan.keys) <= _DFA_MAX_ANCHORS
-                    else ahocorasick_rs.Implementation.ContiguousNFA)
-            automaton = ahocorasick_rs.BytesAhoCorasick(plan.keys, implementation=kind)  # builds without the GIL
-        self.automaton = automaton
+        kind = (ahocorasick_rs.Implementation.DFA if len(plan.keys) <= _DFA_MAX_ANCHORS
+                else ahocorasick_rs.Implementation.ContiguousNFA)
+        self.automaton = ahocorasick_rs.BytesAhoCorasick(plan.keys, implementation=kind)  # builds without the GIL
 
     def _time(self, sample: str) -> float:
         start = time.perf_counter()
