@@ -58,8 +58,8 @@ from __future__ import annotations
 
 import bisect
 import gc
-import math
 import logging
+import math
 import re
 import string
 import threading
@@ -549,7 +549,7 @@ class _Engine:
             # (d, other): `other` may start d characters into an occurrence of this one (at d = 0:
             # two prefixes whose non-latin-1 characters both became `?`).
             self.prefix_overlaps = [tuple((d, other) for d in range(len(mine))
-                                          for j, (other, theirs) in enumerate(zip(located, encoded))
+                                          for j, (other, theirs) in enumerate(zip(located, encoded, strict=True))
                                           if (d or j != i) and (theirs.startswith(mine[d:]) or mine[d:].startswith(theirs)))
                                     for i, mine in enumerate(encoded)]
         self.rest = None
