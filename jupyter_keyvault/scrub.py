@@ -3,21 +3,23 @@
 One engine serves every use (kernel outputs, pre-save hook, log filters, the CLI).
 Pure Python plus the compiled `ahocorasick-rs` (optional: a regex fallback); imports nothing else of ours.
 
-How a scan works (``Scrubber.find``), in three parts whose results are merged:
+How a scan works (``Scrubber.find``), in three parts whose results are merged. The two compiled
+passes run over one latin-1 copy of the text (a byte a character, so offsets carry over;
+characters beyond latin-1 read as ``?``, so every hit is confirmed on the text itself):
 
 1. **Prefix locators.** Every provider pattern starts with a literal prefix (``sk-``,
-   ``gsk_``, ``AKIA`` …). The prefixes are grouped by one character they share (``-``,
-   ``_`` and ``A`` for the built-ins) and each group becomes one regex that starts with that
-   literal character, so the regex engine skips text with its literal-scan fast path and
-   checks the rest of the prefix with fixed-width look-arounds: three passes over the text
-   for all built-in patterns. Only at a real prefix occurrence does Python run the full
-   patterns, with token boundaries, so a pattern never matches inside a longer identifier.
+   ``gsk_``, ``AKIA`` …). One leftmost-first ``ahocorasick-rs`` search finds them all (a few
+   literals: it runs a SIMD prefilter); it reports no occurrence that starts inside an earlier
+   one, so at each hit the prefixes that could start inside it are checked explicitly. Without
+   ``ahocorasick-rs``, the prefixes are grouped by one character they share and each group is
+   one regex starting with that literal character. Only at a real prefix occurrence does
+   Python run the full patterns, with token boundaries, so a pattern never matches inside a
+   longer identifier.
 2. **Known values that start with such a prefix** (most stored keys: ``sk-proj-…``,
    ``hf_…``) ride on the same occurrences: a dict lookup on the next few characters.
 3. **Other known values** go through an Aho–Corasick automaton (``ahocorasick-rs``, compiled,
-   a DFA for up to a few thousand anchors) run over a *sample* of the text: every k-th
-   character, as latin-1 bytes (one byte a character, so offsets carry over; other characters
-   become ``?``). k is chosen from the shortest value (at most 8) by timing a few plans on
+   a DFA for up to a few thousand anchors) run over a *sample* of the text: every k-th byte
+   of that copy. k is chosen from the shortest value (at most 8) by timing a few plans on
    sample output. Each value is entered once per phase (k times) as an anchor of 3 to 5 of its
    own sampled characters, the rarest run of them, so every occurrence of the value shows up
    as an anchor in the sample while ordinary text seldom does; each hit is confirmed on the
@@ -50,8 +52,8 @@ percent-encoding, ``\\u``/``\\x`` escapes, tags or invisible characters is also 
 64-bit chunks of each value, computed by a server per kernel, let a kernel's history
 scrubber find a value it was never given.
 
-Throughput: see benchmarks/bench_scrub.py and the README's Performance section; the
-prefix locators' three regex passes over the text are now the largest part of a scan.
+Throughput: see benchmarks/bench_scrub.py and the README's Performance section; the latin-1
+copy, the sampled scan and the Python work at prefix occurrences now cost about the same.
 """
 
 from __future__ import annotations
