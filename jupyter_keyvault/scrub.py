@@ -1,29 +1,30 @@
 """The redaction engine: exact known values and provider key patterns, streaming-safe.
 
 One engine serves every use (kernel outputs, pre-save hook, log filters, the CLI).
-Pure Python plus the optional `pyahocorasick` C extension; imports nothing else of ours.
+Pure Python plus the compiled `ahocorasick-rs` (optional: a regex fallback); imports nothing else of ours.
 
-How a scan works (``Scrubber.find``), in three parts whose results are merged:
+How a scan works (``Scrubber.find``), in three parts whose results are merged. The two compiled
+passes run over one latin-1 copy of the text (a byte a character, so offsets carry over;
+characters beyond latin-1 read as ``?``, so every hit is confirmed on the text itself):
 
 1. **Prefix locators.** Every provider pattern starts with a literal prefix (``sk-``,
-   ``gsk_``, ``AKIA`` …). The prefixes are grouped by one character they share (``-``,
-   ``_`` and ``A`` for the built-ins) and each group becomes one regex that starts with that
-   literal character, so the regex engine skips text with its literal-scan fast path and
-   checks the rest of the prefix with fixed-width look-arounds: three passes over the text
-   for all built-in patterns. Only at a real prefix occurrence does Python run the full
-   patterns, with token boundaries, so a pattern never matches inside a longer identifier.
+   ``gsk_``, ``AKIA`` …). One leftmost-first ``ahocorasick-rs`` search finds them all (a few
+   literals: it runs a SIMD prefilter); it reports no occurrence that starts inside an earlier
+   one, so at each hit the prefixes that could start inside it are checked explicitly. Without
+   ``ahocorasick-rs``, the prefixes are grouped by one character they share and each group is
+   one regex starting with that literal character. Only at a real prefix occurrence does
+   Python run the full patterns, with token boundaries, so a pattern never matches inside a
+   longer identifier.
 2. **Known values that start with such a prefix** (most stored keys: ``sk-proj-…``,
    ``hf_…``) ride on the same occurrences: a dict lookup on the next few characters.
-3. **Other known values** go through an Aho–Corasick automaton (``pyahocorasick``) run over
-   a *sample* of the text, every k-th character (k chosen from the shortest value with a
-   small cost model, at most 8). Each value is entered once per alignment (k times) as a
-   short anchor taken from its own sampled characters, so every occurrence of the value
-   shows up as an anchor in the sample; each hit is verified on the real text with
-   ``str.startswith``. Anchors begin with a character that is rare in ordinary output
-   (upper-case letters and the like), and those characters are folded into one sentinel,
-   so the automaton's root has one edge and most sampled characters cost one comparison.
-   Without ``pyahocorasick`` these values are found by one regex alternation (correct,
-   much slower).
+3. **Other known values** go through an Aho–Corasick automaton (``ahocorasick-rs``, compiled,
+   a DFA for up to a few thousand anchors) run over a *sample* of the text: every k-th byte
+   of that copy. k is chosen from the shortest value (at most 8) by timing a few plans on
+   sample output. Each value is entered once per phase (k times) as an anchor of 3 to 5 of its
+   own sampled characters, the rarest run of them, so every occurrence of the value shows up
+   as an anchor in the sample while ordinary text seldom does; each hit is confirmed on the
+   real text with ``str.startswith``. Without ``ahocorasick-rs`` these values are found by one
+   regex alternation (correct, much slower).
 
 Overlapping matches are merged into one redaction covering all of them (no part of any
 secret survives), labelled by the best member: a known value beats a pattern, then the
@@ -51,8 +52,8 @@ percent-encoding, ``\\u``/``\\x`` escapes, tags or invisible characters is also 
 64-bit chunks of each value, computed by a server per kernel, let a kernel's history
 scrubber find a value it was never given.
 
-Throughput: see benchmarks/bench_scrub.py and the README's Performance section; the
-sampled automaton's per-character cost in pyahocorasick bounds the known-value part.
+Throughput: see benchmarks/bench_scrub.py and the README's Performance section; the latin-1
+copy, the sampled scan and the Python work at prefix occurrences now cost about the same.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from __future__ import annotations
 import bisect
 import gc
 import logging
+import math
 import re
 import string
 import threading
@@ -69,10 +71,10 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-try:  # a C extension; without it known values are matched by one regex (correct, slower)
-    import ahocorasick
+try:  # a compiled extension; without it known values are matched by one regex (correct, slower)
+    import ahocorasick_rs
 except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
-    ahocorasick = None
+    ahocorasick_rs = None
 
 GENERIC_MARKER = "[REDACTED]"
 MIN_KNOWN_LENGTH = 8  # shorter values would redact ordinary words
@@ -304,74 +306,43 @@ def _build_locators(prefixes: Iterable[str]) -> list[tuple[re.Pattern[str], tupl
     return locators
 
 
-_SENTINEL = "\x01"
-_ANCHORS = (5, 6, 7, 8)  # characters per anchor in the sampled text (each is tried)
-_QUICK_ANCHOR = 6  # the one tried by a quick build
-_CALIBRATE = 5  # the plans with the best estimates that are timed on sample output; the fastest wins
+_ANCHORS = (3, 4, 5)  # sampled characters per anchor (each is tried)
+_QUICK_ANCHOR = 4  # the one tried by a quick build
+_STEPS_TRIED = 2  # the largest sampling steps an anchor length allows, tried in turn
 _MAX_STEP = 8
-_CHUNK = 1 << 18  # long texts are sampled in pieces of this many characters
-_FOLDABLE = 3.0  # characters at most this frequent (per mille) may be folded into the sentinel
-# Cost model (ns, measured with pyahocorasick 2.x) used to choose the sampling step: per
-# sampled character, per extra root edge, per walk down the trie, per candidate verified.
-_COST_CHAR, _COST_ROOT, _COST_DESCENT, _COST_CANDIDATE = 6.5, 0.4, 70.0, 900.0
+# A DFA scans the sample fastest, at about 2 KB of memory per anchor; beyond this many anchors
+# (large vaults, the derived forms) the compact automaton's memory is worth its slower scan.
+_DFA_MAX_ANCHORS = 2500
 
 
 class _Plan(NamedTuple):
-    cost: float  # estimated ns per character of text
     step: int
-    fold: frozenset
-    anchors: dict
+    anchor: int
+    keys: list[bytes]  # the anchors, as latin-1 bytes of sampled characters
+    entries: list[tuple[tuple[str, str, int, int], ...]]  # per anchor: (value, name, phase, offset in sample)
 
 
 def _plan(values: dict[str, str], k: int, anchor: int) -> _Plan:
-    """Anchors for sampling every k-th character, and their estimated cost."""
-    seqs = []  # (value, name, phase, sampled characters as latin-1, anchor start candidates)
+    """Anchors for sampling every k-th character: for each value and each phase r (where the
+    value starts relative to the sampled positions), the rarest `anchor` consecutive sampled
+    characters, so ordinary text seldom looks like an anchor. Needs k * (anchor + 1) <= len + 1
+    for every value, so every phase has that many sampled characters."""
+    by_key: dict[bytes, list[tuple[str, str, int, int]]] = defaultdict(list)
     for value, name in values.items():
         _breathe()
-        for r in range(min(k, len(value))):
-            sampled = value[r::k].encode("latin-1", "replace").decode("latin-1")
-            seqs.append((value, name, r, sampled, set(sampled[: len(sampled) - anchor + 1])))
-    # Anchors start with a rare character, folded into one sentinel (upper-case letters and
-    # the like), so the automaton's root has a single edge. Values whose samples have none
-    # start their anchor with a raw character chosen greedily (an extra root edge each).
-    fold = {c for c in set().union(*(seq[4] for seq in seqs)) if _weight(c) <= _FOLDABLE}
-    roots: list[str] = []
-    uncovered = [seq[4] for seq in seqs if not (seq[4] & fold)]
-    while uncovered:
-        counts = Counter(c for starts in uncovered for c in starts)
-        best = max(counts, key=lambda c: (counts[c] / _weight(c), c))
-        roots.append(best)
-        uncovered = [starts for starts in uncovered if best not in starts]
-    str_table = {ord(c): _SENTINEL for c in fold}
-    anchors: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
-    for value, name, r, sampled, starts in seqs:
-        _breathe()
-        folded = sampled.translate(str_table)
-        best_j, best_cost = None, None
-        limit = len(sampled) - anchor + 1
-        j = folded.find(_SENTINEL, 0, limit)  # where a folded (rare) character starts an anchor
-        while j >= 0:
-            cost = folded.count(_SENTINEL, j + 1, j + anchor)  # folded characters carry little
-            if best_cost is None or cost < best_cost:
-                best_j, best_cost = j, cost
-                if cost == 0:
-                    break
-            j = folded.find(_SENTINEL, j + 1, limit)
-        if best_j is None:
-            root = next(c for c in roots if c in starts)
-            best_j = sampled.index(root)
-        anchors[folded[best_j:best_j + anchor]].append((value, name, r, best_j))
-    density = min(1.0, sum(_weight(c) for c in fold) / 1000)
-    # How often a sampled position of ordinary text looks like some anchor (then verified).
-    false_hits = 0.0
-    for key in anchors:
-        prob = 1.0
-        for c in key:
-            prob *= density if c == _SENTINEL else _weight(c) / 1000
-        false_hits += prob
-    descents = density + sum(_weight(c) for c in roots) / 1000
-    cost = (_COST_CHAR + _COST_ROOT * len(roots) + _COST_DESCENT * descents + _COST_CANDIDATE * false_hits) / k
-    return _Plan(cost, k, frozenset(fold), dict(anchors))
+        for r in range(k):
+            chars = value[r::k]
+            rarity = [math.log(_weight(c)) for c in chars]
+            window = sum(rarity[:anchor])
+            best_j, best = 0, window
+            for j in range(1, len(chars) - anchor + 1):
+                window += rarity[j + anchor - 1] - rarity[j - 1]
+                if window < best:
+                    best_j, best = j, window
+            key = chars[best_j:best_j + anchor].encode("latin-1", "replace")  # as the text is sampled
+            by_key[key].append((value, name, r, best_j))
+    return _Plan(k, anchor, list(by_key), [tuple(e) for e in by_key.values()])
+
 
 
 _CALIBRATION: list[str] = []
@@ -425,76 +396,64 @@ class _SampledAutomaton:
         shortest = min(len(v) for v in values)
         self.min_len = shortest
         self.max_len = max(len(v) for v in values)
-        plans = []
+        candidates = []  # (step, anchor length)
         for anchor in (_QUICK_ANCHOR,) if quick else _ANCHORS:
-            largest = max(1, min(_MAX_STEP, shortest // (anchor + 1)))
-            if shortest >= anchor:
-                steps = range(largest, max(0, largest - (1 if quick else 4)), -1)
-                plans.extend(_plan(values, k, anchor) for k in steps)
-        if not plans:  # only if MIN_KNOWN_LENGTH were lowered below the anchor length
-            plans.append(_plan(values, 1, shortest))
-        plans.sort(key=lambda p: p.cost)
-        # The cost model ranks plans well enough to shortlist them, not to pick one: how often
-        # anchors of hex or upper-case values hit ordinary output is hard to estimate. So the
-        # shortlist is timed on a sample of ordinary output (a few ms per plan, in the build).
-        best = None
-        sample = _calibration_text() if len(plans) > 1 else ""
-        for plan in plans[:_CALIBRATE]:
-            self._use(plan)
-            seconds = min(self._time(sample) for _ in range(2)) if sample else 0.0
-            if best is None or seconds < best[0]:
-                best = (seconds, plan, self.automaton)
-        _, plan, automaton = best
-        self._use(plan, automaton)
+            largest = min(_MAX_STEP, (shortest + 1) // (anchor + 1))
+            candidates += [(k, anchor) for k in range(largest, max(0, largest - (1 if quick else _STEPS_TRIED)), -1)]
+        if not candidates:  # only if MIN_KNOWN_LENGTH were lowered below the anchor lengths
+            candidates.append((1, shortest))
+        # How often anchors of hex or upper-case values hit ordinary output is hard to estimate,
+        # so the candidates are timed on a sample of ordinary output (a few ms each, in the build),
+        # one at a time, and the winner is built again last: what the engine keeps is then not
+        # scattered among the freed candidates (which would keep their memory mapped).
+        if len(candidates) > 1:
+            sample = _calibration_text()
+            timed = []
+            for k, anchor in candidates:
+                self._use(_plan(values, k, anchor))
+                timed.append((min(self._time(sample) for _ in range(2)), k, anchor))
+                self.entries = self.automaton = None
+            _, k, anchor = min(timed)
+            candidates = [(k, anchor)]
+        self._use(_plan(values, *candidates[0]))
 
-    def _use(self, plan: _Plan, automaton=None) -> None:
+    def _use(self, plan: _Plan) -> None:
         self.step = plan.step
-        self.estimated_ns_per_char = plan.cost
-        self.table = bytes(1 if chr(b) in plan.fold else b for b in range(256))
-        if automaton is None:
-            automaton = ahocorasick.Automaton()
-            for key, entries in plan.anchors.items():
-                _breathe()
-                automaton.add_word(key, (len(key), tuple(entries)))
-            automaton.make_automaton()
-        self.automaton = automaton
+        self.anchor = plan.anchor
+        self.entries = plan.entries
+        kind = (ahocorasick_rs.Implementation.DFA if len(plan.keys) <= _DFA_MAX_ANCHORS
+                else ahocorasick_rs.Implementation.ContiguousNFA)
+        self.automaton = ahocorasick_rs.BytesAhoCorasick(plan.keys, implementation=kind)  # builds without the GIL
 
     def _time(self, sample: str) -> float:
-        import time
-
         start = time.perf_counter()
         self.find(sample, [], _known_span)
         return time.perf_counter() - start
 
-    def find(self, text: str, out: list[_Span], make) -> None:
-        n = len(text)
-        if n < self.min_len:
+    def find(self, text: str, out: list[_Span], make, data: bytes | None = None) -> None:
+        """`data`: text as latin-1 bytes (``_latin1``), when the caller has it already."""
+        if len(text) < self.min_len:
             return
-        if n <= 2 * _CHUNK:
-            self._find(text, 0, n, out, make)
-            return
-        # Long texts go in cache-sized pieces (overlapping by a value's length), which also
-        # keeps pieces without non-ASCII characters in the compact one-byte form.
-        step = _CHUNK - _CHUNK % self.step
-        overlap = self.max_len - 1
-        for a in range(0, n, step):
-            self._find(text[a:a + step + overlap], a, step, out, make)
-
-    def _find(self, text: str, offset: int, limit: int, out: list[_Span], make) -> None:
         k = self.step
-        sample = text[::k] if k > 1 else text
-        sample = sample.encode("latin-1", "replace").translate(self.table).decode("latin-1")
+        if data is None:
+            data = _latin1(text)
+        entries = self.entries
         startswith = text.startswith
-        for end, (length, entries) in self.automaton.iter(sample):
-            base = end - length + 1
-            for value, name, r, j in entries:
-                p = (base - j) * k - r
-                if 0 <= p < limit and startswith(value, p):
-                    out.append(make(p + offset, value, name))
+        for index, start, _ in self.automaton.find_matches_as_indexes(data[::k] if k > 1 else data, overlapping=True):
+            for value, name, r, j in entries[index]:
+                p = (start - j) * k - r
+                if p >= 0 and startswith(value, p):
+                    out.append(make(p, value, name))
+
+
+def _latin1(text: str) -> bytes:
+    """One byte per character (others become ``?``), so offsets in the bytes are offsets in text;
+    a copy for text that is ASCII or latin-1 already."""
+    return text.encode("latin-1", "replace")
 
 
 class _RegexKnown:
-    """Fallback without pyahocorasick: one alternation, tried at every position (slow)."""
+    """Fallback without ahocorasick-rs: one alternation, tried at every position (slow)."""
 
     def __init__(self, values: dict[str, str]):
         self.values = values
@@ -506,7 +465,7 @@ class _RegexKnown:
         lengths = sorted({len(v) for v in values})
         self.shorter = {v: [v[:n] for n in lengths if n < len(v) and v[:n] in values] for v in values}
 
-    def find(self, text: str, out: list[_Span], make) -> None:
+    def find(self, text: str, out: list[_Span], make, data: bytes | None = None) -> None:
         if len(text) < self.min_len:
             return
         for m in self.regex.finditer(text):
@@ -579,36 +538,66 @@ class _Engine:
             for value, name in sorted(items, key=lambda vn: -len(vn[0])):
                 table[value[:width]].append((value, name))
             self.buckets[prefix] = (width, dict(table))
-        self.locators = _build_locators(set(self.prefix_patterns) | set(self.buckets))
+        located = sorted(set(self.prefix_patterns) | set(self.buckets))
+        self.locators = _build_locators(located)
+        self.prefix_finder = None
+        if use_automaton and ahocorasick_rs is not None and located:
+            # Leftmost-first search of a few literals runs a SIMD prefilter (Teddy) over the bytes:
+            # one pass instead of a regex per anchor character. It reports no occurrence that
+            # starts inside an earlier one, so those are checked explicitly (`prefix_overlaps`).
+            encoded = [_latin1(prefix) for prefix in located]
+            self.prefix_finder = ahocorasick_rs.BytesAhoCorasick(encoded, matchkind=ahocorasick_rs.MatchKind.LeftmostFirst)
+            self.prefix_list = located
+            # (d, other): `other` may start d characters into an occurrence of this one (at d = 0:
+            # two prefixes whose non-latin-1 characters both became `?`).
+            self.prefix_overlaps = [tuple((d, other) for d in range(len(mine))
+                                          for j, (other, theirs) in enumerate(zip(located, encoded, strict=True))
+                                          if (d or j != i) and (theirs.startswith(mine[d:]) or mine[d:].startswith(theirs)))
+                                    for i, mine in enumerate(encoded)]
         self.rest = None
         if rest:
-            self.rest = (_SampledAutomaton(rest, quick) if use_automaton and ahocorasick is not None
+            self.rest = (_SampledAutomaton(rest, quick) if use_automaton and ahocorasick_rs is not None
                          else _RegexKnown(rest))
         self.max_known = max((len(v) for v in known), default=0)
         self.has_whitespace = any(any(c.isspace() for c in v) for v in known)
         self._stream_index = None
 
     # -- scanning
-    def spans(self, text: str, hidden: Container[str] = frozenset()) -> list[_Span]:
-        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped."""
+    def spans(self, text: str, hidden: Container[str] = frozenset(), data: bytes | None = None) -> list[_Span]:
+        """Every match in text, overlaps merged; known values (or forms) in `hidden` are skipped.
+        `data`: text as latin-1 bytes, when the caller has them (raw message bytes)."""
         out: list[_Span] = []
         if not text:
             return out
-        for regex, shapes in self.locators:
-            for m in regex.finditer(text):
-                i = m.start()
-                for offset, length, prefixes in shapes:
-                    s = i - offset
-                    if s >= 0:
-                        prefix = text[s:s + length]
-                        if prefix in prefixes:
-                            self._at_prefix(text, s, prefix, out)
+        finder = self.prefix_finder
+        if data is None and (finder is not None or self.rest is not None):
+            data = _latin1(text)
+        if finder is not None:
+            located, overlaps = self.prefix_list, self.prefix_overlaps
+            startswith = text.startswith
+            for index, s, _ in finder.find_matches_as_indexes(data):
+                prefix = located[index]
+                if startswith(prefix, s):
+                    self._at_prefix(text, s, prefix, out)
+                for d, other in overlaps[index]:
+                    if startswith(other, s + d):
+                        self._at_prefix(text, s + d, other, out)
+        else:
+            for regex, shapes in self.locators:
+                for m in regex.finditer(text):
+                    i = m.start()
+                    for offset, length, prefixes in shapes:
+                        s = i - offset
+                        if s >= 0:
+                            prefix = text[s:s + length]
+                            if prefix in prefixes:
+                                self._at_prefix(text, s, prefix, out)
         for regex, pattern in self.unanchored:
             for m in regex.finditer(text):
                 if m.end() > m.start():
                     out.append(_Span(m.start(), m.end(), 1, pattern.label, GENERIC_MARKER))
         if self.rest is not None:
-            self.rest.find(text, out, _known_span)
+            self.rest.find(text, out, _known_span, data)
         if hidden and out:  # forgotten since this engine was built: a set lookup per hit, no rebuild
             out = [sp for sp in out if sp.rank or text[sp.start:sp.end] not in hidden]
         return _merge(out)
@@ -638,11 +627,8 @@ class _Engine:
             values = tuple(sorted(self.known))
             heads = frozenset(v[:3] for v in values)
             finder = None
-            if ahocorasick is not None:
-                finder = ahocorasick.Automaton()
-                for head in heads:
-                    finder.add_word(head, None)
-                finder.make_automaton()
+            if ahocorasick_rs is not None:
+                finder = ahocorasick_rs.AhoCorasick(sorted(heads))
             self._stream_index = (values, heads, frozenset(v[:2] for v in values), frozenset(v[0] for v in values),
                                   "".join(sorted({c for v in values for c in v})), finder)
         return self._stream_index
@@ -655,7 +641,7 @@ class _Engine:
         if start >= n:
             return None
         if finder is not None and n - start > 24:
-            candidates = sorted({end - 2 for end, _ in finder.iter(buf, start)})
+            candidates = sorted({start + at for _, at, _ in finder.find_matches_as_indexes(buf[start:], overlapping=True)})
         else:  # a short trailing run: cheaper than starting the automaton
             candidates = [i for i in range(start, n - 2) if buf[i:i + 3] in heads]
         if start <= n - 2 and buf[n - 2:] in heads2:
@@ -888,7 +874,7 @@ class Scrubber:
 
     ``extra_patterns``: more regexes (or ``SecretPattern``) to redact, e.g. from config;
     like the built-ins they only match whole tokens. ``use_automaton=False`` forces the
-    regex fallback for known values (what happens when pyahocorasick is not installed).
+    regex fallback for known values (what happens when ahocorasick-rs is not installed).
 
     Known values change with ``add_known`` / ``forget`` / ``replace_known``, each costing
     O(that value) on the caller's thread:
@@ -1045,8 +1031,8 @@ class Scrubber:
 
     @property
     def uses_automaton(self) -> bool:
-        """True when known values are matched by Aho–Corasick (pyahocorasick is installed)."""
-        return self._use_automaton and ahocorasick is not None
+        """True when known values are matched by Aho–Corasick (ahocorasick-rs is installed)."""
+        return self._use_automaton and ahocorasick_rs is not None
 
     @property
     def known_has_whitespace(self) -> bool:
@@ -1186,17 +1172,17 @@ class Scrubber:
                 i = text.find(value, i + 1)
         return out
 
-    def _layer_spans(self, text: str, layers: _Layers, derived: bool) -> list[_Span]:
+    def _layer_spans(self, text: str, layers: _Layers, derived: bool, data: bytes | None = None) -> list[_Span]:
         """Matches of every layer and the pending values, merged; the newest layer first, so a
         renamed value is labelled by its new name."""
         hidden = self._hidden_forms
         if layers.delta is None:
-            spans = (layers.base.derived if derived else layers.base.main).spans(text, hidden)
+            spans = (layers.base.derived if derived else layers.base.main).spans(text, hidden, data)
             extra = self._pending_spans(text)
             return _merge(spans + extra) if extra else spans
         spans = []
         for engines in layers.engines():
-            spans += (engines.derived if derived else engines.main).spans(text, hidden)
+            spans += (engines.derived if derived else engines.main).spans(text, hidden, data)
         return _merge(self._pending_spans(text) + spans)
 
     def _spans(self, text: str) -> list[_Span]:
@@ -1283,7 +1269,7 @@ class Scrubber:
         if not data:
             return False
         text = data.decode("latin-1")  # one character per byte: UTF-8 values are in the derived set
-        return bool(self._layer_spans(text, self._current_layers(), True))
+        return bool(self._layer_spans(text, self._current_layers(), True, bytes(data)))
 
     def stream_would_hold(self, text: str) -> bool:
         """Whether a fresh stream fed `text` would hold back its tail (it may be the start of a secret)."""
