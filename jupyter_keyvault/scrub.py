@@ -1482,15 +1482,20 @@ def _will_be_emitted(record: logging.LogRecord) -> bool:
     logger = logging.Logger.manager.loggerDict.get(record.name)
     if not isinstance(logger, logging.Logger):
         return True
-    found = False
-    while logger is not None:
-        for handler in logger.handlers:
-            found = True
-            if record.levelno >= handler.level:
-                return True
-        logger = logger.parent if logger.propagate else None  # type: ignore[assignment]
-    last_resort = logging.lastResort
-    return not found and last_resort is not None and record.levelno >= last_resort.level
+    return record.levelno >= lowest_written_level(logger)
+
+
+def lowest_written_level(logger: logging.Logger) -> int:
+    """The lowest level any handler that `logger`'s records reach writes (logging's last resort
+    handler when there is none)."""
+    levels = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        levels += [handler.level for handler in current.handlers]
+        current = current.parent if current.propagate else None
+    if levels:
+        return min(levels)
+    return logging.lastResort.level if logging.lastResort is not None else logging.CRITICAL + 1
 
 
 def install_log_filter(scrubber: Scrubber, loggers: Iterable[str | logging.Logger]) -> RedactingFilter:

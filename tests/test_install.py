@@ -78,3 +78,35 @@ def test_given_a_started_server_when_it_settles_then_its_startup_heap_is_frozen_
             assert frozen and int(frozen.group(1)) > 50_000, server.log_path.read_text()[-2000:]
         else:
             assert frozen is None
+
+
+def test_given_each_log_level_when_proxying_then_the_access_log_writes_what_that_level_shows(fake_upstream):
+    """The proxy's access log records a request only at a level a handler writes: nothing for a
+    success at the default level (jupyter_server made a debug record per request that nobody wrote),
+    the success line with --debug, and refusals at every level."""
+    import urllib.error
+    import urllib.request
+
+    from jupyter_keyvault.store import SQLiteBackend, Vault
+    from jupyter_keyvault.store.tokens import TokenStore
+    from jupyter_keyvault.testing.pytest_plugin import VALID_OPENAI_KEY
+
+    for level in ("INFO", "DEBUG"):
+        server = JupyterServer(f"--ServerApp.log_level={level}", "--KeyVault.owner=logs",
+                               f"--KeyVault.provider_base_urls=openai={fake_upstream.openai_base_url}")
+        vault = Vault(SQLiteBackend(server.vault_path), env={"KEYVAULT_MASTER_KEY": server.master_key})
+        vault.set("logs", "OPENAI_API_KEY", VALID_OPENAI_KEY, provider="openai")
+        token, _ = TokenStore(vault).create("logs", "ci", ["OPENAI_API_KEY"], 3600)
+        vault.close()
+        with server:
+            url = server.url + "/keyvault/proxy/openai/v1/models"
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})):
+                pass
+            try:
+                urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer kvt1_nope"}))
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401
+        log = server.log_path.read_text()
+        assert "401 GET /keyvault/proxy/openai/v1/models" in log
+        assert ("200 GET /keyvault/proxy/openai/v1/models" in log) is (level == "DEBUG"), log[-3000:]
+        assert token not in log
