@@ -66,7 +66,7 @@ def kvhub(tmp_path_factory):
     service, roles, user_env = keyvault_service_config(
         port=free_port(), master_key=master_key, data_dir=str(data_dir), name=SERVICE,
         extra_args=[f"--KeyVaultHubService.provider_base_urls=openai={upstream.openai_base_url}",
-                    "--KeyVaultHubService.groups_cache_seconds=0"])
+                    "--KeyVaultHubService.groups_cache_seconds=0", "--log-level=INFO"])
     hub = JupyterHubHarness(services=[service], load_roles=roles, user_env=user_env, admin_users=["carol"],
                             # Direct mode is off by default where kernels are isolated; this hub opts in to test it.
                             singleuser_config='c.KeyVault.backend = "hub"\nc.KeyVault.allow_direct_access = True\n')
@@ -480,3 +480,18 @@ def test_erin_pages_through_personal_and_granted_shared_keys_each_once_via_the_s
     for bad in ("limit=0", "cursor=c1.%21"):
         assert kvhub.service("erin", "GET", f"api/credentials?{bad}").status == 400
         assert kvhub.server("erin", "GET", f"keyvault/api/credentials?{bad}").status == 400
+
+
+def test_the_service_and_each_users_server_freeze_their_startup_heap(kvhub):
+    """Full collections of a startup heap stalled every proxied stream (bench_peers); both processes
+    that proxy, the service and a user's server, freeze theirs once started."""
+    import time
+
+    hub = kvhub.hub
+    hub.start_server("erin")
+    deadline = time.monotonic() + 30
+    wanted = ("(c.KeyVaultHubService.freeze_startup_heap)", "(c.KeyVault.freeze_startup_heap)")
+    while time.monotonic() < deadline and not all(w in hub.log_path.read_text() for w in wanted):
+        time.sleep(0.3)
+    log = hub.log_path.read_text()
+    assert all(w in log for w in wanted), log[-3000:]

@@ -29,6 +29,7 @@ from ..store.errors import AccessDenied, MasterKeyError, VaultError
 from ..store.masterkey import ENV_MASTER_KEY, env_secret
 from ..vaults.local import LocalVault
 from ..web.errors import http_errors
+from ..web.lifecycle import freeze_startup_heap
 from ..web.relay import upstream_session
 from .common import SERVICE_NAME_DEFAULT, SHARED_OWNER, QuotaExceeded, personal_owner
 from .counters import Counters, Subject
@@ -104,6 +105,10 @@ class KeyVaultHubService(Application):
                              "exiting; new requests get 503 meanwhile.").tag(config=True)
     groups_cache_seconds = Float(60.0, help="How long a user's groups and admin flag are cached (one hub API call per "
                                  "user per period).").tag(config=True)
+    freeze_startup_heap = Bool(True, help="Once started, move every object the service holds to the garbage "
+                               "collector's permanent generation (gc.freeze), so full collections of the startup "
+                               "heap do not stall requests and streams (see c.KeyVault.freeze_startup_heap)."
+                               ).tag(config=True)
     resolve_cache_seconds = Float(5.0, help="How long a decrypted key is reused by the proxy.").tag(config=True)
     policy_cache_seconds = Float(5.0, help="How long shared keys, grants and limits are cached (admin changes made "
                                            "through this service apply at once).").tag(config=True)
@@ -481,6 +486,8 @@ class KeyVaultHubService(Application):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if self.freeze_startup_heap:
+            loop.add_callback(freeze_startup_heap, self.log, "c.KeyVaultHubService.freeze_startup_heap")
         loop.start()
         flusher.stop()
         lifetimes.stop()

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
-import time
 from functools import partial
 
 from jupyter_server.extension.application import ExtensionApp
@@ -20,6 +18,7 @@ from ..isolation import IsolationPolicy, set_non_dumpable
 from ..isolation.provisioner import KernelSpecNotWrappable, KeyVaultIsolatedProvisioner, isolated_spec
 from ..scrub import install_log_filter
 from ..settings import KERNEL_ENV_ALLOWLIST
+from ..web.lifecycle import freeze_startup_heap
 from . import jupyter_ai, kernel_api, oauth_pages, proxy, rest
 from .iopub import scrubbing_connection_class
 from .manager import KeyVaultManager
@@ -66,14 +65,7 @@ class KeyVaultApp(ExtensionApp):
             await manager.learn_values()
         finally:
             if manager.freeze_startup_heap:
-                self._freeze_heap()
-
-    def _freeze_heap(self) -> None:
-        started = time.perf_counter()
-        gc.collect()
-        gc.freeze()
-        self.log.info("jupyter-keyvault: %d startup objects frozen in %.0f ms (c.KeyVault.freeze_startup_heap)",
-                      gc.get_freeze_count(), (time.perf_counter() - started) * 1e3)
+                freeze_startup_heap(self.log, "c.KeyVault.freeze_startup_heap")
 
     def initialize_handlers(self):
         self.handlers.extend(rest.handlers + kernel_api.handlers + oauth_pages.handlers + proxy.handlers)
