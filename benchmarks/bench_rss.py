@@ -1,0 +1,199 @@
+"""The server's memory: a bare jupyter server and one with jupyter-keyvault, started the same way, side by side.
+
+Both servers are the same `jupyter server` command from the same environment (every other installed
+extension loads in both); the only difference is `jpserver_extensions={"jupyter_keyvault": ...}`.
+RSS (and its anonymous and file-backed parts, from /proc/<pid>/smaps_rollup) is read:
+
+- idle, a few seconds after start;
+- after N sequential requests: ours proxies an openai chat POST (vault token) to a fake upstream in
+  its own process; the bare server answers its own `GET /api/contents` (the nearest thing it has);
+- after 100 and after 500 concurrent streams: ours relays 10-chunk SSE streams, 20 ms apart; the
+  bare server gets the same number of concurrent connections, each a `GET /api/contents`;
+- after `--settle` seconds (the proxy's idle upstream connections expire after 60 s).
+
+    python benchmarks/bench_rss.py [--requests 300] [--settle 65] [--ports 9600-9699]
+    python benchmarks/bench_rss.py --imports   # what loading the extension imports, and what each costs
+
+The figure the issue asks for (#16: growth over a bare jupyter server <= 20 MiB) is ours minus bare
+at each step; "ours after load minus bare idle" is printed too, as bench_peers.py reports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_peers  # noqa: E402  (free_port, wait_http, the fake upstream's key)
+
+STREAM_BODY = bench_peers.STREAM_BODY
+SMALL_BODY = json.dumps({"model": bench_peers.MODEL, "messages": bench_peers.MESSAGES}).encode()
+
+
+def memory(pid: int) -> dict[str, float]:
+    """RSS, and how much of it is anonymous (heap, stacks, copied-on-write pages) vs file-backed, in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        fields[name.rstrip(":")] = int(value) / 1024
+    return {"rss": fields["Rss"], "anon": fields["Anonymous"], "file": fields["Rss"] - fields["Anonymous"]}
+
+
+async def sequential(url: str, n: int, headers: dict, body: bytes | None) -> int:
+    errors = 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            method = "POST" if body is not None else "GET"
+            async with session.request(method, url, data=body, headers=headers) as r:
+                await r.read()
+                errors += r.status != 200
+    return errors
+
+
+async def concurrent(url: str, n: int, headers: dict, body: bytes | None, expect_chunks: int) -> int:
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one() -> None:
+            nonlocal errors
+            try:
+                method = "POST" if body is not None else "GET"
+                async with session.request(method, url, data=body, headers=headers) as r:
+                    got = await r.read()
+                    if r.status != 200 or got.count(b'"content"') < expect_chunks:
+                        errors += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                errors += 1
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    return errors
+
+
+def imports_report() -> None:
+    """In a fresh interpreter that has what a bare server imports, load the extension the way
+    jupyter_server does and attribute the RSS it adds to the packages it pulls in."""
+    code = r"""
+import gc, importlib, json, sys
+def anon():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("Anonymous:"): return int(line.split()[1]) / 1024
+def rss():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("Rss:"): return int(line.split()[1]) / 1024
+import jupyter_server.serverapp, jupyterlab, jupyter_lsp, jupyter_server_terminals, notebook_shim  # noqa
+before = set(sys.modules); gc.collect(); r0, a0 = rss(), anon()
+steps = [("pycares", "aiodns"), ("aiohttp",), ("cryptography.hazmat.primitives.ciphers.aead",),
+         ("ahocorasick", "jupyter_keyvault.scrub"), ("jupyter_keyvault.store",),
+         ("jupyter_keyvault.server.app",)]
+rows = []
+for step in steps:
+    gc.collect(); r, a, n = rss(), anon(), len(sys.modules)
+    for m in step:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            pass
+    gc.collect()
+    rows.append((" + ".join(step), rss() - r, anon() - a, len(sys.modules) - n))
+new = sorted({m.split(".")[0] for m in set(sys.modules) - before})
+print(json.dumps({"rows": rows, "total": [rss() - r0, anon() - a0], "packages": new}))
+"""
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout)
+    print("| imported (in this order, over a bare server's modules) | RSS | anonymous | modules |")
+    print("|---|---|---|---|")
+    for name, rss, anon, count in out["rows"]:
+        print(f"| {name} | +{rss:.1f} MiB | +{anon:.1f} MiB | {count} |")
+    print(f"| **the extension's load, total** | **+{out['total'][0]:.1f} MiB** | +{out['total'][1]:.1f} MiB | |")
+    print("top-level packages the load adds:", ", ".join(out["packages"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=300, help="sequential requests before the second reading")
+    ap.add_argument("--settle", type=float, default=65, help="seconds to wait before the last reading (0: skip)")
+    ap.add_argument("--ports", default="9600-9699", help="port range for the servers this benchmark starts")
+    ap.add_argument("--imports", action="store_true", help="only attribute the extension's imports")
+    args = ap.parse_args()
+    if args.imports:
+        imports_report()
+        return
+    low, high = (int(x) for x in args.ports.split("-"))
+    bench_peers.PORTS = range(low, high + 1)
+    free_port = bench_peers.free_port
+
+    from jupyter_keyvault.store import SQLiteBackend, Vault
+    from jupyter_keyvault.store.tokens import TokenStore
+    from jupyter_keyvault.testing.live_server import JupyterServer
+
+    key = bench_peers.KEY
+    upstream = subprocess.Popen([sys.executable, "-m", "jupyter_keyvault.testing.fake_upstream", "--port",
+                                 str(free_port()), "--key", key, "--chunk-interval", "0.02", "--n-chunks", "10"],
+                                stdout=subprocess.PIPE, text=True)
+    upstream_url = upstream.stdout.readline().strip()  # type: ignore[union-attr]
+
+    def server(enabled: bool) -> JupyterServer:
+        s = JupyterServer(f"--KeyVault.provider_base_urls=openai={upstream_url}/v1", "--KeyVault.owner=bench",
+                          "--ServerApp.log_level=WARN",
+                          config={"ServerApp": {"jpserver_extensions": {"jupyter_keyvault": enabled}}})
+        s.port = free_port()
+        s.url = f"http://127.0.0.1:{s.port}"
+        s.args = [f"--port={s.port}" if a.startswith("--port=") else a for a in s.args]
+        if not enabled:
+            s.ready_path = "/api/status"
+        return s
+
+    ours, bare = server(True), server(False)
+    vault = Vault(SQLiteBackend(ours.vault_path), env={"KEYVAULT_MASTER_KEY": ours.master_key})
+    vault.set("bench", "OPENAI_API_KEY", key, provider="openai")
+    token, _ = TokenStore(vault).create("bench", "bench", ["OPENAI_API_KEY"], 86400)
+    vault.close()
+    readings: list[tuple[str, dict, dict, str]] = []
+    try:
+        ours.start()
+        bare.start()
+        time.sleep(3)
+        readings.append(("idle, 3 s after start", memory(bare.proc.pid), memory(ours.proc.pid), ""))
+
+        proxy = ours.url + "/keyvault/proxy/openai/v1/chat/completions"
+        ours_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        bare_url, bare_headers = bare.url + "/api/contents", bare.headers
+        e1 = asyncio.run(sequential(proxy, args.requests, ours_headers, SMALL_BODY))
+        e2 = asyncio.run(sequential(bare_url, args.requests, bare_headers, None))
+        readings.append((f"after {args.requests} sequential requests", memory(bare.proc.pid), memory(ours.proc.pid),
+                         f"{e2} / {e1} errors"))
+        for n in (100, 500):
+            e1 = asyncio.run(concurrent(proxy, n, ours_headers, STREAM_BODY, 10))
+            e2 = asyncio.run(concurrent(bare_url, n, bare_headers, None, 0))
+            time.sleep(1)
+            readings.append((f"after {n} concurrent streams", memory(bare.proc.pid), memory(ours.proc.pid),
+                             f"{e2} / {e1} errors"))
+        if args.settle:
+            time.sleep(args.settle)
+            readings.append((f"{args.settle:g} s later", memory(bare.proc.pid), memory(ours.proc.pid), ""))
+    finally:
+        ours.stop()
+        bare.stop()
+        upstream.terminate()
+        upstream.wait(10)
+
+    print("| when | bare jupyter server | with jupyter-keyvault | difference | (anonymous / file-backed) | |")
+    print("|---|---|---|---|---|---|")
+    for when, b, o, note in readings:
+        print(f"| {when} | {b['rss']:.1f} MiB | {o['rss']:.1f} MiB | **+{o['rss'] - b['rss']:.1f} MiB** | "
+              f"+{o['anon'] - b['anon']:.1f} / +{o['file'] - b['file']:.1f} MiB | {note} |")
+    last = readings[-1][2]["rss"]
+    idle_bare = readings[0][1]["rss"]
+    worst = max(o["rss"] - b["rss"] for _, b, o, _ in readings)
+    print(f"\nlargest difference, same step: +{worst:.1f} MiB -> {'met' if worst <= 20 else 'NOT met'} (goal <= 20 MiB); "
+          f"ours at the end minus the bare server idle: +{last - idle_bare:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
