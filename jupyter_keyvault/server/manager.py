@@ -16,9 +16,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from traitlets.config import LoggingConfigurable
 
 from .. import envguard, providers
@@ -36,6 +35,9 @@ from ..vaults import AccessTokens, ServerVault, Upstream
 from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
 from .uses import CredentialUses, UseLog
+
+if TYPE_CHECKING:
+    import aiohttp  # imported by web.relay when the first request goes upstream
 
 SCRUBBER_REBUILD_QUIET = 0.25  # seconds without a write before the scrubber builds what changed
 SCRUBBER_REBUILD_MAX_WAIT = 2.0  # ... or this long after the first write of a burst
