@@ -1,4 +1,5 @@
-"""What a finished proxied request leaves in the server's memory: nothing of itself.
+"""What a finished proxied request leaves in the server's memory: nothing of itself; and what callers
+can make the server keep: bounded.
 
 Real pieces: pytest-jupyter's in-process server with the extension, a vault access token, the local
 FakeUpstream streaming answers, concurrent clients so the proxy's pool keeps several upstream
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import secrets
 
 import httpx2
 import pytest
 
+from jupyter_keyvault.ratelimit import RateLimiter
 from jupyter_keyvault.server.proxy import ProxyHandler
 from jupyter_keyvault.testing.pytest_plugin import VALID_OPENAI_KEY
 from jupyter_keyvault.web.relay import BodyStream
@@ -63,3 +66,45 @@ async def test_given_streams_and_requests_proxied_concurrently_when_they_have_fi
     assert pooled_upstream_connections() >= 2  # the pool holds connections these requests opened
     assert alive(ProxyHandler) == 0
     assert alive(BodyStream) == 0
+
+
+async def test_given_a_flood_of_forged_tokens_when_each_is_refused_then_the_failure_limiter_keeps_a_bounded_number_of_keys(
+        jp_serverapp, http_server, jp_http_port, jp_base_url, http):
+    # Every forged token has its own id, and failures are limited per id: one bucket per id ever seen
+    # grew the server's memory with every request anyone on the network could send (the route is public).
+    kv = jp_serverapp.web_app.settings["keyvault_manager"]
+    kv.token_failure_limiter.max_keys = 16
+    url = f"http://localhost:{jp_http_port}{jp_base_url}keyvault/proxy/openai/v1/models"
+    statuses = set()
+    for _ in range(60):
+        forged = f"kvt1_{secrets.token_hex(16)}_{secrets.token_hex(32)}"
+        statuses.add((await http.get(url, headers={"Authorization": f"Bearer {forged}"})).status_code)
+
+    assert statuses == {401}
+    assert len(kv.token_failure_limiter) <= 16
+    assert len(kv._token_blocked_until) <= 16
+
+
+def test_given_a_limiter_at_its_bound_when_a_flood_of_new_keys_comes_then_it_stays_bounded_and_a_hot_key_stays_limited():
+    now = [0.0]
+    limiter = RateLimiter(60, burst=2, clock=lambda: now[0], max_keys=8)
+    assert limiter.take("hammering") == 0 and limiter.take("hammering") == 0
+    assert limiter.take("hammering") > 0  # empty: limited
+    for i in range(20):  # a flood of fresh keys, 0.8 s in all: the hot key's next token is 1 s away
+        now[0] += 0.04
+        limiter.take(f"flood-{i}")
+        assert len(limiter) <= 8
+        assert limiter.take("hammering") > 0
+    now[0] = 1.1
+    assert limiter.take("hammering") == 0  # refilled on time, as without the flood
+    assert limiter.take("hammering") > 0
+
+
+def test_given_keys_that_have_refilled_when_the_bound_is_reached_then_they_are_dropped_first():
+    now = [0.0]
+    limiter = RateLimiter(60, burst=1, clock=lambda: now[0], max_keys=4)
+    for i in range(4):
+        limiter.take(f"old-{i}")
+    now[0] = 10.0  # every old bucket is full again: the same as no bucket
+    limiter.take("new")
+    assert len(limiter) == 1

@@ -296,6 +296,11 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
                                     actor="token", detail=f"from {client}")
             wait = self.token_failure_limiter.take(client)
             if wait:
+                if len(self._token_blocked_until) >= self.token_failure_limiter.max_keys:  # keys come from callers
+                    now = time.monotonic()
+                    self._token_blocked_until = {k: t for k, t in self._token_blocked_until.items() if t > now}
+                    if len(self._token_blocked_until) >= self.token_failure_limiter.max_keys:
+                        self._token_blocked_until.clear()  # a flood of forged ids: each would be new anyway
                 self._token_blocked_until[client] = time.monotonic() + wait
                 raise RateLimited("too many failed token attempts", wait) from None
             if isinstance(exc, TokenRefused):
