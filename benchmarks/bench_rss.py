@@ -11,12 +11,16 @@ RSS (and its anonymous and file-backed parts, from /proc/<pid>/smaps_rollup) is 
   bare server gets the same number of concurrent connections, each a `GET /api/contents`;
 - after `--settle` seconds (the proxy's idle upstream connections expire after 60 s).
 
+Next to them, bench_peers' bare tornado hop (a tornado handler relaying with a pooled aiohttp client,
+no jupyter_server) under the same requests: what any relay hosted by tornado keeps of a burst.
+
     python benchmarks/bench_rss.py [--requests 300] [--settle 65] [--ports 9600-9699]
     python benchmarks/bench_rss.py --imports   # what loading the extension imports, and what each costs
 
 Our package's bytecode is compiled first, as `pip install` does: from a source checkout with stale
-`.pyc` files (or PYTHONDONTWRITEBYTECODE set) every start compiles ~60 modules again, which leaves
-about 4 MiB more in the server that a real installation never has.
+`.pyc` files and PYTHONDONTWRITEBYTECODE set, every import compiles the modules again. That moved
+the in-process attribution (`--imports`: scrub.py's compile alone left ~5 MiB) though not, measured,
+a whole server's RSS.
 
 The figure the issue asks for (#16: growth over a bare jupyter server <= 20 MiB) is ours minus bare
 at each step; "ours after load minus bare idle" is printed too, as bench_peers.py reports it.
@@ -160,45 +164,60 @@ def main() -> None:
     vault.set("bench", "OPENAI_API_KEY", key, provider="openai")
     token, _ = TokenStore(vault).create("bench", "bench", ["OPENAI_API_KEY"], 86400)
     vault.close()
-    readings: list[tuple[str, dict, dict, str]] = []
+    hop_port = free_port()  # what any relay hosted by tornado keeps: bench_peers' bare tornado hop
+    hop = subprocess.Popen([sys.executable, str(Path(bench_peers.__file__)), "--tornado-proxy", str(hop_port),
+                            upstream_url], stdout=subprocess.PIPE, text=True)
+    hop.stdout.readline()  # type: ignore[union-attr]
+    readings: list[tuple[str, dict, dict, dict, str]] = []
+
+    def read(when: str, note: str = "") -> None:
+        readings.append((when, memory(bare.proc.pid), memory(ours.proc.pid), memory(hop.pid), note))
+
     try:
         ours.start()
         bare.start()
+        bench_peers.wait_http(f"http://127.0.0.1:{hop_port}/v1/models", 30, hop)
         time.sleep(3)
-        readings.append(("idle, 3 s after start", memory(bare.proc.pid), memory(ours.proc.pid), ""))
+        read("idle, 3 s after start")
 
         proxy = ours.url + "/keyvault/proxy/openai/v1/chat/completions"
         ours_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         bare_url, bare_headers = bare.url + "/api/contents", bare.headers
+        hop_url, hop_headers = f"http://127.0.0.1:{hop_port}/v1/chat/completions", {"Content-Type": "application/json"}
         e1 = asyncio.run(sequential(proxy, args.requests, ours_headers, SMALL_BODY))
         e2 = asyncio.run(sequential(bare_url, args.requests, bare_headers, None))
-        readings.append((f"after {args.requests} sequential requests", memory(bare.proc.pid), memory(ours.proc.pid),
-                         f"{e2} / {e1} errors"))
+        e3 = asyncio.run(sequential(hop_url, args.requests, hop_headers, SMALL_BODY))
+        read(f"after {args.requests} sequential requests", f"{e2} / {e1} / {e3}")
         for n in (100, 500):
             e1 = asyncio.run(concurrent(proxy, n, ours_headers, STREAM_BODY, 10))
             e2 = asyncio.run(concurrent(bare_url, n, bare_headers, None, 0))
+            e3 = asyncio.run(concurrent(hop_url, n, hop_headers, STREAM_BODY, 10))
             time.sleep(1)
-            readings.append((f"after {n} concurrent streams", memory(bare.proc.pid), memory(ours.proc.pid),
-                             f"{e2} / {e1} errors"))
+            read(f"after {n} concurrent streams", f"{e2} / {e1} / {e3}")
         if args.settle:
             time.sleep(args.settle)
-            readings.append((f"{args.settle:g} s later", memory(bare.proc.pid), memory(ours.proc.pid), ""))
+            read(f"{args.settle:g} s later")
     finally:
         ours.stop()
         bare.stop()
-        upstream.terminate()
-        upstream.wait(10)
+        for proc in (hop, upstream):
+            proc.terminate()
+            proc.wait(10)
 
-    print("| when | bare jupyter server | with jupyter-keyvault | difference | (anonymous / file-backed) | |")
-    print("|---|---|---|---|---|---|")
-    for when, b, o, note in readings:
+    print("| when | bare jupyter server | with jupyter-keyvault | difference | (anonymous / file-backed) "
+          "| bare tornado hop (growth since idle) | errors: bare / ours / hop |")
+    print("|---|---|---|---|---|---|---|")
+    hop_idle = readings[0][3]["rss"]
+    for when, b, o, h, note in readings:
         print(f"| {when} | {b['rss']:.1f} MiB | {o['rss']:.1f} MiB | **+{o['rss'] - b['rss']:.1f} MiB** | "
-              f"+{o['anon'] - b['anon']:.1f} / +{o['file'] - b['file']:.1f} MiB | {note} |")
-    last = readings[-1][2]["rss"]
-    idle_bare = readings[0][1]["rss"]
-    worst = max(o["rss"] - b["rss"] for _, b, o, _ in readings)
-    print(f"\nlargest difference, same step: +{worst:.1f} MiB -> {'met' if worst <= 20 else 'NOT met'} (goal <= 20 MiB); "
-          f"ours at the end minus the bare server idle: +{last - idle_bare:.1f} MiB")
+              f"+{o['anon'] - b['anon']:.1f} / +{o['file'] - b['file']:.1f} MiB | {h['rss']:.1f} MiB "
+              f"(+{h['rss'] - hop_idle:.1f}) | {note} |")
+    idle_bare, idle_ours = readings[0][1]["rss"], readings[0][2]["rss"]
+    worst = max(o["rss"] - b["rss"] for _, b, o, _, _ in readings)
+    print(f"\nlargest difference, same step: +{worst:.1f} MiB -> {'met' if worst <= 20 else 'NOT met'} "
+          f"(goal <= 20 MiB); ours at the end minus the bare server idle: +{readings[-1][2]['rss'] - idle_bare:.1f} MiB; "
+          f"growth since idle at the end: bare +{readings[-1][1]['rss'] - idle_bare:.1f}, "
+          f"ours +{readings[-1][2]['rss'] - idle_ours:.1f}, tornado hop +{readings[-1][3]['rss'] - hop_idle:.1f} MiB")
 
 
 if __name__ == "__main__":

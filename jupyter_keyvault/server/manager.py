@@ -165,6 +165,8 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         except (NotFound, InvalidInput):
             metadata = {}  # env-sourced or missing: resolution reports it
         if generation == self._generation:
+            if len(self._metadata) >= 1024:  # names come from callers (missing ones are cached too): bounded
+                self._metadata.clear()
             self._metadata[name] = (now + self.resolve_cache_seconds, metadata)
         return metadata
 
