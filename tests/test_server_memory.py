@@ -108,3 +108,33 @@ def test_given_keys_that_have_refilled_when_the_bound_is_reached_then_they_are_d
     now[0] = 10.0  # every old bucket is full again: the same as no bucket
     limiter.take("new")
     assert len(limiter) == 1
+
+
+async def test_given_a_cold_token_cache_when_a_burst_of_requests_presents_one_token_then_the_vault_verifies_it_once(
+        jp_serverapp, jp_fetch, http_server, jp_http_port, jp_base_url, http, monkeypatch):
+    # Each request of a burst used to read, decrypt and hash the token in its own worker thread.
+    await jp_fetch("keyvault", "api", "credentials", "OPENAI_API_KEY", method="PUT",
+                   body=json.dumps({"value": VALID_OPENAI_KEY, "provider": "openai"}))
+    token = json.loads((await jp_fetch("keyvault", "api", "tokens", method="POST", body=json.dumps(
+        {"name": "burst", "credentials": ["OPENAI_API_KEY"]}))).body)["token"]
+    kv = jp_serverapp.web_app.settings["keyvault_manager"]
+    kv.forget_tokens()
+    verifications = []
+    original = kv.tokens.verify
+
+    def counted(*args, **kwargs):
+        verifications.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kv.tokens, "verify", counted)
+    url = f"http://localhost:{jp_http_port}{jp_base_url}keyvault/proxy/openai/v1/models"
+    forged = f"kvt1_{secrets.token_hex(16)}_{secrets.token_hex(32)}"
+
+    replies = await asyncio.gather(*(http.get(url, headers={"Authorization": f"Bearer {token}"})
+                                     for _ in range(CONCURRENT)))
+    refused = await http.get(url, headers={"Authorization": f"Bearer {forged}"})
+
+    assert [r.status_code for r in replies] == [200] * CONCURRENT
+    assert refused.status_code == 401  # a refusal is still each request's own
+    assert len(verifications) == 2
+    assert kv._verifying == {}

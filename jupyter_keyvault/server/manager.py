@@ -79,6 +79,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self._upstreams: dict[tuple[str, str], tuple[float, Upstream]] = {}
         self._metadata: dict[str, tuple[float, dict]] = {}
         self._verified_tokens: dict[bytes, tuple[float, Any]] = {}  # sha256(token) -> (until, TokenInfo)
+        self._verifying: dict[tuple[bytes, str], tuple[int, asyncio.Future]] = {}  # in flight: (generation, answer)
         # Bumped by every write through this server: a vault read that began before a write must not
         # put what it read into a cache the write has just emptied.
         self._generation = 0
@@ -288,7 +289,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         try:
             if kernel_bound:
                 return self.kernel_tokens.verify(token, None if default_scope else credential, self.kernel_alive)
-            info = await asyncio.to_thread(self.tokens.verify, self.owner, token, credential)
+            info = await self._verify_once(digest, token, credential, generation)
         except TokenScopeError:
             await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "denied",
                                     actor="token", detail="out of scope")
@@ -314,6 +315,28 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
             lifetime = min(self.resolve_cache_seconds, (info.expires_at or 0) - time.time())
             self._verified_tokens[digest] = (time.monotonic() + lifetime, info)
         return info
+
+    async def _verify_once(self, digest: bytes, token: str, credential: str, generation: int):
+        """One vault verification for the concurrent requests that present the same token for the same
+        credential: a burst on a cold cache read, decrypted and hashed the token once per request, each
+        in a worker thread. A request joins only a verification started since the last revocation; each
+        still handles a refusal itself (audit, failure limit), and a joiner's use is counted as a cached
+        one is. Shielded: a leader whose client leaves does not cancel the others' answer."""
+        key = (digest, credential)
+        flight = self._verifying.get(key)
+        if flight is not None and flight[0] == generation:
+            info = await asyncio.shield(flight[1])
+            self.uses.token(info.id)
+            return info
+        future = asyncio.ensure_future(asyncio.to_thread(self.tokens.verify, self.owner, token, credential))
+        self._verifying[key] = (generation, future)
+
+        def landed(done: asyncio.Future) -> None:
+            if self._verifying.get(key, (0, None))[1] is done:
+                del self._verifying[key]
+
+        future.add_done_callback(landed)
+        return await asyncio.shield(future)
 
     def forget_tokens(self) -> None:
         """A token was created or revoked through this server: verify every token afresh."""
