@@ -278,8 +278,11 @@ def main() -> None:
         args.rounds, args.stream_rounds = 30, 5
     concurrency = (100,) if args.quick else (100, 500)
 
+    import compileall
+
     import openai
 
+    import jupyter_keyvault
     from jupyter_keyvault.kernel.auth import KernelAuth
     from jupyter_keyvault.kernel.clients import _proxy_http_client
     from jupyter_keyvault.kernel.identity import KernelIdentity
@@ -288,6 +291,9 @@ def main() -> None:
     from jupyter_keyvault.store.tokens import TokenStore
     from jupyter_keyvault.testing.live_server import JupyterServer
 
+    # As `pip install` does, so every server imports our modules as an installed one would (from a
+    # checkout with stale .pyc files and PYTHONDONTWRITEBYTECODE, each start compiles them again).
+    compileall.compile_dir(Path(jupyter_keyvault.__file__).parent, quiet=1)
     procs: list[subprocess.Popen] = []
     skipped: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="kv-peers-"))

@@ -156,3 +156,39 @@ def test_given_a_check_that_should_fail_when_a_cycle_is_planted_then_the_walker_
         ROOT = saved
     assert "jupyter_keyvault.store.b" in deps["jupyter_keyvault.store.a"]
     assert "jupyter_keyvault.store.a" in deps["jupyter_keyvault.store.b"]
+
+
+# Never needed by a local-mode server's load: the hub service and its client, the SQL store, the
+# kernel side, test tools; and what jupyter_keyvault.lazy defers to first use.
+NOT_IN_SERVER_LOAD = ("jupyter_keyvault.hub", "jupyter_keyvault.vaults.hub", "jupyter_keyvault.kernel",
+                      "jupyter_keyvault.testing", "jupyter_keyvault.store.sql", "sqlalchemy", "authlib", "openai",
+                      "anthropic", "ipywidgets", "schemathesis", "hypothesis", "jupyterhub")
+
+
+def test_given_a_local_server_when_the_extension_loads_then_what_it_needs_only_later_is_not_imported(tmp_path):
+    """The extension's load in a real ServerApp (settings, handlers, the vault opened): the modules
+    kept lazy for the server's memory (benchmarks/bench_rss.py) stay out of the process."""
+    import base64
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from jupyter_keyvault.lazy import LAZY_IN_SERVER
+
+    code = f"""
+import json, sys
+from jupyter_server.serverapp import ServerApp
+app = ServerApp(jpserver_extensions={{"jupyter_keyvault": True}}, root_dir={str(tmp_path)!r})
+app.config.KeyVault.vault_path = {str(tmp_path / "vault.db")!r}
+app.initialize(argv=[], find_extensions=False, new_httpserver=False)
+assert "keyvault_manager" in app.web_app.settings, "the extension did not load"
+print(json.dumps(sorted(sys.modules)))
+"""
+    env = {**os.environ, "KEYVAULT_MASTER_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "jupyter_keyvault.server.proxy" in loaded  # the proxy's handlers are registered all the same
+    for name in (*LAZY_IN_SERVER, *NOT_IN_SERVER_LOAD):
+        assert [m for m in loaded if m == name or m.startswith(name + ".")] == [], name

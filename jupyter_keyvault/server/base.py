@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
+from jupyter_server.base.call_context import CallContext
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
@@ -29,6 +30,27 @@ class ManagerMixin:
     @property
     def kv(self) -> KeyVaultManager:
         return self.settings["keyvault_manager"]  # type: ignore[attr-defined]
+
+    def on_finish(self) -> None:
+        super().on_finish()  # type: ignore[misc]
+        release_call_context(self)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()  # type: ignore[misc]
+        release_call_context(self)
+
+
+def release_call_context(handler: object) -> None:
+    """Drop a finished request's handler from jupyter_server's CallContext.
+
+    Everything created while a request runs keeps the context it was created in: a pooled upstream
+    connection's socket callbacks, its timers. That context holds CallContext's map, and the map the
+    handler, so each idle pooled connection kept a finished request whole (handler, request, streams,
+    relay task: about 10 KiB) until the connection closed, 60 s or more later. The map is the one this
+    request set (CallContext.set copies it), shared only with what the request started."""
+    names = CallContext._name_value_map.get(None)
+    if names is not None and names.get(CallContext.JUPYTER_HANDLER) is handler:
+        del names[CallContext.JUPYTER_HANDLER]
 
 
 class JSONMixin(BoundedBodyMixin):

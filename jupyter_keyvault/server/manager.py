@@ -11,14 +11,14 @@ import asyncio
 import atexit
 import collections
 import fnmatch
+import gc
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from traitlets.config import LoggingConfigurable
 
 from .. import envguard, providers
@@ -37,6 +37,9 @@ from ..vaults import AccessTokens, ServerVault, Upstream
 from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
 from .uses import CredentialUses, UseLog
+
+if TYPE_CHECKING:
+    import aiohttp  # imported by web.relay when the first request goes upstream
 
 SCRUBBER_REBUILD_QUIET = 0.25  # seconds without a write before the scrubber builds what changed
 SCRUBBER_REBUILD_MAX_WAIT = 2.0  # ... or this long after the first write of a burst
@@ -283,6 +286,11 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
                                     actor="token", detail=f"from {client}")
             wait = self.token_failure_limiter.take(client)
             if wait:
+                if len(self._token_blocked_until) >= self.token_failure_limiter.max_keys:  # keys come from callers
+                    now = time.monotonic()
+                    self._token_blocked_until = {k: t for k, t in self._token_blocked_until.items() if t > now}
+                    if len(self._token_blocked_until) >= self.token_failure_limiter.max_keys:
+                        self._token_blocked_until.clear()  # a flood of forged ids: each would be new anyway
                 self._token_blocked_until[client] = time.monotonic() + wait
                 raise RateLimited("too many failed token attempts", wait) from None
             if isinstance(exc, TokenRefused):
@@ -307,7 +315,12 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
     async def http_session(self) -> aiohttp.ClientSession:
         """One pooled keep-alive client for every upstream (created on the server's loop)."""
         if self._http is None or self._http.closed:
+            first = self._http is None
             self._http = upstream_session(self.proxy_read_timeout, self.proxy_max_connections)
+            if first and self.freeze_startup_heap:
+                # aiohttp was imported just now (lazily, see web/relay.py): its modules join the frozen
+                # startup heap, or full collections would walk them again.
+                gc.freeze()
         return self._http
 
     # -- notebooks

@@ -23,6 +23,7 @@ def free_port() -> int:
 
 class JupyterServer:
     module = "jupyter_server"  # what `python -m` runs
+    ready_path = "/keyvault/api/status"  # answered once the server (and the extension) is up
 
     def __init__(self, *extra_args: str, env: dict | None = None, master_key: str | None = None,
                  config: dict | None = None):
@@ -65,7 +66,7 @@ class JupyterServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"jupyter server exited: {self.log_path.read_text()[-2000:]}")
             try:
-                req = urllib.request.Request(self.url + "/keyvault/api/status", headers=self.headers)
+                req = urllib.request.Request(self.url + self.ready_path, headers=self.headers)
                 with urllib.request.urlopen(req, timeout=2):
                     return self
             except OSError:

@@ -8,14 +8,19 @@ read whole, so the injected value and anything key-shaped can be redacted from t
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Protocol
 
-import aiohttp
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..lazy import LazyModule
 from .headers import relayed_response_headers
 from .redact import InjectedValueRedactor, decoder_for
+
+if TYPE_CHECKING:
+    import aiohttp
+else:
+    aiohttp = LazyModule("aiohttp")  # imported by the first relay: a server that never proxies never loads it
 
 MAX_ERROR_BODY = 256 * 1024
 
