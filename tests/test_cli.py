@@ -375,8 +375,10 @@ def run_in_pty(cli: Cli, args: list[str], steps: list[tuple[bytes, object]], tim
             if pending and pending[0][0] in output[searched:]:
                 wait_for, action = pending.pop(0)
                 searched = output.index(wait_for, searched) + len(wait_for)
+                # Let getpass finish setting up the terminal, as a person's reaction time does: a SIGINT
+                # sent the instant the prompt appeared was once (of hundreds of runs) never acted on.
+                time.sleep(0.05)
                 if isinstance(action, bytes):
-                    time.sleep(0.05)  # let getpass finish setting up the terminal
                     os.write(master, action)
                 else:
                     proc.send_signal(action)
