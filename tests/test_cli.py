@@ -354,6 +354,10 @@ def test_given_a_passphrase_when_status_then_the_source_is_passphrase_and_strong
 # --------------------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_in_pty(cli: Cli, args: list[str], steps: list[tuple[bytes, object]], timeout: float = 30.0):
     """Run the CLI with stdin/stdout/stderr on a pseudo-terminal.
 
@@ -361,8 +365,10 @@ def run_in_pty(cli: Cli, args: list[str], steps: list[tuple[bytes, object]], tim
     type, or a signal number to deliver. Returns (exit code, everything the terminal showed).
     """
     master, slave = os.openpty()
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a script)
+    # inherits SIGINT ignored, which the CLI would inherit too and never act on.
     proc = subprocess.Popen(CLI + args, stdin=slave, stdout=slave, stderr=slave, env=cli.env, cwd=cli.root,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     os.close(slave)
     output = bytearray()
     searched = 0
@@ -375,9 +381,7 @@ def run_in_pty(cli: Cli, args: list[str], steps: list[tuple[bytes, object]], tim
             if pending and pending[0][0] in output[searched:]:
                 wait_for, action = pending.pop(0)
                 searched = output.index(wait_for, searched) + len(wait_for)
-                # Let getpass finish setting up the terminal, as a person's reaction time does: a SIGINT
-                # sent the instant the prompt appeared was once (of hundreds of runs) never acted on.
-                time.sleep(0.05)
+                time.sleep(0.05)  # let getpass finish setting up the terminal, as a person's reaction time does
                 if isinstance(action, bytes):
                     os.write(master, action)
                 else:
