@@ -104,7 +104,8 @@ class IsolationPolicy:
 
 def kernel_temp_root(env: Mapping[str, str]) -> str:
     """The directory a process with `env` writes temp files to first, as Python's tempfile picks it."""
-    return next((env[name] for name in ("TMPDIR", "TEMP", "TMP") if env.get(name)), "/tmp")  # noqa: S108
+    default = SHARED_TEMP_DIRS[0]  # names where a process writes; nothing is created here
+    return next((env[name] for name in ("TMPDIR", "TEMP", "TMP") if env.get(name)), default)
 
 
 def _real(path: str | os.PathLike) -> str:
