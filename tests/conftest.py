@@ -68,6 +68,46 @@ def rest(server_url, jp_serverapp):
     return call
 
 
+@pytest.fixture
+def http(jp_asyncio_loop):
+    """An async HTTP client for the test server's proxy routes (no Jupyter token of its own)."""
+    import httpx2
+
+    client = httpx2.AsyncClient(timeout=30)
+    yield client
+    jp_asyncio_loop.run_until_complete(client.aclose())
+
+
+@pytest.fixture
+def proxy_token(jp_fetch):
+    """Store VALID_OPENAI_KEY as OPENAI_API_KEY through the REST API and return a new vault access
+    token (kvt1) for it."""
+    import json
+
+    from jupyter_keyvault.testing.pytest_plugin import VALID_OPENAI_KEY
+
+    async def create(token_name: str = "ci") -> str:
+        await jp_fetch("keyvault", "api", "credentials", "OPENAI_API_KEY", method="PUT",
+                       body=json.dumps({"value": VALID_OPENAI_KEY, "provider": "openai"}))
+        created = await jp_fetch("keyvault", "api", "tokens", method="POST", body=json.dumps(
+            {"name": token_name, "credentials": ["OPENAI_API_KEY"]}))
+        return json.loads(created.body)["token"]
+
+    return create
+
+
+@pytest.fixture(params=["automaton", "regex"])
+def engine(request, monkeypatch):
+    """Run a scrubber test on the compiled Aho–Corasick engine and on the regex fallback."""
+    from jupyter_keyvault import scrub
+
+    if request.param == "regex":
+        monkeypatch.setattr(scrub, "ahocorasick_rs", None)
+    else:  # a dependency (pyproject.toml): missing, the compiled engine's tests fail rather than skip
+        assert scrub.ahocorasick_rs is not None, "ahocorasick-rs is a dependency (pyproject.toml)"
+    return request.param
+
+
 # scripts/test.sh installs chromium, PostgreSQL and configurable-http-proxy, so there a skip for a
 # missing real part would hide an unproven "Must show": KEYVAULT_STRICT_SKIPS=1 turns it into a failure.
 _EXPECTED_SKIP_REASONS = ("root reads through permission bits", "external server")

@@ -126,13 +126,6 @@ def sdk(proxy_url):
 
 
 @pytest.fixture
-def http(jp_asyncio_loop):
-    client = httpx2.AsyncClient(timeout=30)
-    yield client
-    jp_asyncio_loop.run_until_complete(client.aclose())
-
-
-@pytest.fixture
 def raw_http(jp_asyncio_loop):
     """tornado's client: sends the URL path byte for byte (no `..` or `%2e` normalisation)."""
     client = AsyncHTTPClient(force_instance=True)

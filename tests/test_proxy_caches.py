@@ -51,13 +51,6 @@ def proxy_url(http_server, jp_http_port, jp_base_url) -> str:
 
 
 @pytest.fixture
-def http(jp_asyncio_loop):
-    client = httpx2.AsyncClient(timeout=30)
-    yield client
-    jp_asyncio_loop.run_until_complete(client.aclose())
-
-
-@pytest.fixture
 def store(jp_fetch):
     async def put(name: str, value: str):
         response = await jp_fetch("keyvault", "api", "credentials", name, method="PUT",

@@ -11,11 +11,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx2
 import pytest
 
 from jupyter_keyvault.kernel_auth import make_credential
-from jupyter_keyvault.testing.pytest_plugin import VALID_OPENAI_KEY
 
 CANARY = "c00k1e-canary-" + secrets.token_hex(8)
 
@@ -53,19 +51,9 @@ def keyvault_config(keyvault_config, cookie_upstream):
                                                       "openai": cookie_upstream[0]}}
 
 
-@pytest.fixture
-def http(jp_asyncio_loop):
-    client = httpx2.AsyncClient(timeout=30)
-    yield client
-    jp_asyncio_loop.run_until_complete(client.aclose())
-
-
 async def test_given_an_upstream_that_sets_a_cookie_when_another_caller_uses_the_proxy_then_the_cookie_is_not_sent(
-        jp_serverapp, jp_fetch, http_server, jp_http_port, jp_base_url, http, cookie_upstream):
-    await jp_fetch("keyvault", "api", "credentials", "OPENAI_API_KEY", method="PUT",
-                   body=json.dumps({"value": VALID_OPENAI_KEY, "provider": "openai"}))
-    token = json.loads((await jp_fetch("keyvault", "api", "tokens", method="POST", body=json.dumps(
-        {"name": "ci", "credentials": ["OPENAI_API_KEY"]}))).body)["token"]
+        jp_serverapp, proxy_token, http_server, jp_http_port, jp_base_url, http, cookie_upstream):
+    token = await proxy_token()
     km = jp_serverapp.kernel_manager
     kid = await km.start_kernel()
     try:

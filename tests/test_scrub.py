@@ -105,16 +105,6 @@ NEAR_MISSES = {
 }
 
 
-@pytest.fixture(params=["automaton", "regex"])
-def engine(request, monkeypatch):
-    """Run a test on the Aho–Corasick engine and on the fallback without ahocorasick-rs."""
-    if request.param == "regex":
-        monkeypatch.setattr(scrub, "ahocorasick_rs", None)
-    elif scrub.ahocorasick_rs is None:
-        pytest.skip("ahocorasick-rs is not installed")
-    return request.param
-
-
 def new_scrubber(**kw) -> Scrubber:
     return Scrubber(**kw)
 
@@ -293,8 +283,7 @@ def test_given_a_long_repetitive_text_when_scrubbing_then_every_occurrence_is_fo
 
 
 def test_given_the_automaton_and_the_regex_fallback_when_scrubbing_then_they_agree(monkeypatch):
-    if scrub.ahocorasick_rs is None:
-        pytest.skip("ahocorasick-rs is not installed")
+    assert scrub.ahocorasick_rs is not None, "ahocorasick-rs is a dependency (pyproject.toml)"
     rng = random.Random(11)
     values = [(rand(rng, rng.choice([ALNUM, HEX, "ab"]), rng.randint(8, 40)), f"V{i}") for i in range(80)]
     text = "".join(rng.choice([rng.choice(values)[0], rand(rng, ALNUM + " -_", rng.randint(1, 30)), "ab" * 5])
@@ -314,8 +303,7 @@ def test_given_the_automaton_and_the_regex_fallback_when_scrubbing_then_they_agr
 
 
 def test_given_many_adds_when_scrubbing_then_the_automaton_is_built_once(monkeypatch):
-    if scrub.ahocorasick_rs is None:
-        pytest.skip("ahocorasick-rs is not installed")
+    assert scrub.ahocorasick_rs is not None, "ahocorasick-rs is a dependency (pyproject.toml)"
     builds = []
     original = scrub._Engine.__init__
 
@@ -524,8 +512,7 @@ def test_property_streamed_output_equals_one_shot_and_hides_every_secret(case):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streamed_texts())
 def test_property_the_regex_fallback_agrees_with_the_automaton(case):
-    if scrub.ahocorasick_rs is None:
-        pytest.skip("ahocorasick-rs is not installed")
+    assert scrub.ahocorasick_rs is not None, "ahocorasick-rs is a dependency (pyproject.toml)"
     text, _ = case
     fast = _property_scrubber()
     saved = scrub.ahocorasick_rs

@@ -111,12 +111,9 @@ def test_given_keys_that_have_refilled_when_the_bound_is_reached_then_they_are_d
 
 
 async def test_given_a_cold_token_cache_when_a_burst_of_requests_presents_one_token_then_the_vault_verifies_it_once(
-        jp_serverapp, jp_fetch, http_server, jp_http_port, jp_base_url, http, monkeypatch):
+        jp_serverapp, proxy_token, http_server, jp_http_port, jp_base_url, http, monkeypatch):
     # Each request of a burst used to read, decrypt and hash the token in its own worker thread.
-    await jp_fetch("keyvault", "api", "credentials", "OPENAI_API_KEY", method="PUT",
-                   body=json.dumps({"value": VALID_OPENAI_KEY, "provider": "openai"}))
-    token = json.loads((await jp_fetch("keyvault", "api", "tokens", method="POST", body=json.dumps(
-        {"name": "burst", "credentials": ["OPENAI_API_KEY"]}))).body)["token"]
+    token = await proxy_token("burst")
     kv = jp_serverapp.web_app.settings["keyvault_manager"]
     kv.forget_tokens()
     verifications = []
