@@ -93,6 +93,18 @@ async def test_given_custom_and_sdk_headers_when_proxied_then_each_arrives_upstr
     assert b"accept-encoding: identity" in raw.lower()
 
 
+async def test_given_an_upstream_that_allows_any_origin_then_no_web_page_may_read_a_proxied_answer(
+        jp_fetch, server_url, hostile):
+    # The proxy is for kernels and token holders, never for pages: a page that got a request through
+    # (with a token it was given) must not be able to read the answer, whatever the upstream allows.
+    token = await token_for(jp_fetch, "OPENAI_API_KEY", KEY, "openai")
+    async with httpx2.AsyncClient() as client:
+        resp = await client.get(server_url + "keyvault/proxy/openai/v1/echo/cors",
+                                headers={"Authorization": f"Bearer {token}", "Origin": "https://evil.example"})
+    assert resp.status_code == 200, resp.text
+    assert [name for name in resp.headers if name.lower().startswith("access-control-")] == []
+
+
 async def test_given_the_servers_own_credentials_on_a_request_then_none_reach_a_hostile_upstream(
         jp_fetch, server_url, hostile, jp_serverapp):
     token = await token_for(jp_fetch, "OPENAI_API_KEY", KEY, "openai")

@@ -62,6 +62,12 @@ class _Echo(tornado.web.RequestHandler):
             self.set_header("Content-Type", "application/json")
             self.set_header("Content-Encoding", "gzip")
             self.finish(gzip.compress(json.dumps({"you_sent": key}).encode()))
+        elif channel == "cors":  # as real provider APIs do for their browser SDKs
+            self.set_header("Content-Type", "application/json")
+            self.set_header("Access-Control-Allow-Origin", "*")
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Access-Control-Expose-Headers", "X-Request-Id")
+            self.finish(json.dumps({"ok": True}))
         elif channel == "error":
             self.set_status(400)
             self.set_header("Content-Type", "application/json")

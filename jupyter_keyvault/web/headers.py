@@ -82,8 +82,14 @@ def upstream_request_headers(incoming: Iterable[tuple[str, str]], *, injected: M
     return out
 
 
+# An upstream's CORS grants are for its own browser SDKs: relayed, they would let any web page read
+# answers the proxy gives (kernels and token holders are its callers, never pages).
+DROPPED_RESPONSE_PREFIXES = ("access-control-",)
+
+
 def relayed_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in upstream if k.lower() not in DROP_RESPONSE_HEADERS]
+    return [(k, v) for k, v in upstream
+            if k.lower() not in DROP_RESPONSE_HEADERS and not k.lower().startswith(DROPPED_RESPONSE_PREFIXES)]
 
 
 def ascii_header_value(text: str) -> str:
