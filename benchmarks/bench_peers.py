@@ -4,8 +4,10 @@ One run, every path against the same fake OpenAI upstream (a separate process on
 
 - direct: the openai SDK straight to the upstream;
 - keyvault (kernel): the proxy with a kernel credential (kvk1), signed per request by the same
-  `KernelAuth` that `keyvault.openai()` uses in a kernel;
-- keyvault (token): the proxy with a vault access token (kvt1) as the SDK's api_key;
+  `KernelAuth` that `keyvault.openai()` uses in a kernel, on the loopback lane kernels are given
+  (server/lane.py) and on the Jupyter server's URL (where kernels go with the lane off, or remote);
+- keyvault (token): the proxy with a vault access token (kvt1) as the SDK's api_key, on the Jupyter
+  server's URL (a tool outside holding a token) and on the lane (`keyvault.env` in a kernel);
 - floor: a bare aiohttp reverse proxy written for this benchmark (`--floor-proxy`), the least a
   Python hop costs;
 - bare tornado proxy: the same hop in a plain tornado handler (`--tornado-proxy`), what any proxy
@@ -306,9 +308,9 @@ def main() -> None:
     upstream = start([sys.executable, "-m", "jupyter_keyvault.testing.fake_upstream", "--port", str(free_port()), "--key", KEY,
                       "--chunk-interval", "0.02", "--n-chunks", "10"], stdout=subprocess.PIPE, text=True)
     upstream_url = upstream.stdout.readline().strip()
-    kv_port = free_port()
+    kv_port, lane_port = free_port(), free_port()
     server = JupyterServer(f"--KeyVault.provider_base_urls=openai={upstream_url}/v1", "--KeyVault.owner=bench",
-                           "--ServerApp.log_level=WARN")
+                           "--ServerApp.log_level=WARN", f"--KeyVault.loopback_proxy_port={lane_port}")
     server.port, server.url = kv_port, f"http://127.0.0.1:{kv_port}"
     server.args = [f"--port={kv_port}" if a.startswith("--port=") else a for a in server.args]
     vault = Vault(SQLiteBackend(server.vault_path), env={"KEYVAULT_MASTER_KEY": server.master_key})
@@ -325,6 +327,7 @@ def main() -> None:
         session_key = json.loads(conn_file.read_text())["key"].encode()
         identity = KernelIdentity(server.url, kernel_id, session_key)
         proxy_url = server.url + "/keyvault/proxy/openai/v1"
+        lane_url = f"http://127.0.0.1:{lane_port}/keyvault/proxy/openai/v1"
 
         def sdk(base_url: str, api_key: str, **kw) -> openai.OpenAI:
             return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, **kw)
@@ -335,12 +338,13 @@ def main() -> None:
 
         paths.append(Path_("direct", upstream_url + "/v1", sdk(upstream_url + "/v1", KEY),
                            lambda: {"Authorization": f"Bearer {KEY}"}))
-        paths.append(Path_("keyvault, kernel (kvk1)", proxy_url,
-                           sdk(proxy_url, "placeholder",
-                               http_client=_proxy_http_client(openai, KernelAuth(identity), False)),
-                           kernel_headers, server.proc.pid))
-        paths.append(Path_("keyvault, token (kvt1)", proxy_url, sdk(proxy_url, token),
-                           lambda: {"Authorization": f"Bearer {token}"}, server.proc.pid))
+        for label, url in (("loopback lane", lane_url), ("Jupyter URL", proxy_url)):
+            paths.append(Path_(f"keyvault, kernel (kvk1), {label}", url,
+                               sdk(url, "placeholder",
+                                   http_client=_proxy_http_client(openai, KernelAuth(identity), False)),
+                               kernel_headers, server.proc.pid))
+            paths.append(Path_(f"keyvault, token (kvt1), {label}", url, sdk(url, token),
+                               lambda: {"Authorization": f"Bearer {token}"}, server.proc.pid))
 
         floor_port = free_port()
         floor = start([sys.executable, __file__, "--floor-proxy", str(floor_port), upstream_url],

@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=65, help="seconds to wait before the last reading (0: skip)")
     ap.add_argument("--ports", default="9600-9699", help="port range for the servers this benchmark starts")
     ap.add_argument("--imports", action="store_true", help="only attribute the extension's imports")
+    ap.add_argument("--front", choices=("lane", "jupyter"), default="lane",
+                    help="where our proxy is called: the loopback lane kernels use, or the Jupyter server's URL")
     args = ap.parse_args()
     import jupyter_keyvault
 
@@ -148,9 +150,11 @@ def main() -> None:
                                 stdout=subprocess.PIPE, text=True)
     upstream_url = upstream.stdout.readline().strip()  # type: ignore[union-attr]
 
+    lane_port = free_port()
+
     def server(enabled: bool) -> JupyterServer:
         s = JupyterServer(f"--KeyVault.provider_base_urls=openai={upstream_url}/v1", "--KeyVault.owner=bench",
-                          "--ServerApp.log_level=WARN",
+                          "--ServerApp.log_level=WARN", *([f"--KeyVault.loopback_proxy_port={lane_port}"] if enabled else []),
                           config={"ServerApp": {"jpserver_extensions": {"jupyter_keyvault": enabled}}})
         s.port = free_port()
         s.url = f"http://127.0.0.1:{s.port}"
@@ -180,7 +184,9 @@ def main() -> None:
         time.sleep(3)
         read("idle, 3 s after start")
 
-        proxy = ours.url + "/keyvault/proxy/openai/v1/chat/completions"
+        front = f"http://127.0.0.1:{lane_port}" if args.front == "lane" else ours.url
+        proxy = front + "/keyvault/proxy/openai/v1/chat/completions"
+        print(f"our proxy called at {proxy}")
         ours_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         bare_url, bare_headers = bare.url + "/api/contents", bare.headers
         hop_url, hop_headers = f"http://127.0.0.1:{hop_port}/v1/chat/completions", {"Content-Type": "application/json"}

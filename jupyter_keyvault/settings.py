@@ -32,7 +32,7 @@ DEFAULT_SECRET_ENV_PATTERNS = [
     "AWS_SESSION_TOKEN",
 ]
 # What kernels must keep to find the vault (matches the KEYVAULT_* pattern above).
-KERNEL_ENV_ALLOWLIST = ["KEYVAULT_SERVER_URL", "KEYVAULT_KERNEL_MODE", "KEYVAULT_PREVIOUS_PYTHONSTARTUP"]
+KERNEL_ENV_ALLOWLIST = ["KEYVAULT_SERVER_URL", "KEYVAULT_PROXY_URL", "KEYVAULT_KERNEL_MODE", "KEYVAULT_PREVIOUS_PYTHONSTARTUP"]
 
 
 def default_owner() -> str:
@@ -297,6 +297,15 @@ class KeyVault(Configurable):
 
     server_url = Unicode(
         "", help="URL kernels use to reach this server's vault (default: the server's own connection URL)."
+    ).tag(config=True)
+    loopback_proxy = Bool(
+        True, help="Serve the provider proxy to this server's kernels on a listener of its own on 127.0.0.1 "
+        "(aiohttp): the same checks and relay as the proxy on the server's URL, at about half the added "
+        "latency and memory per stream. Kernels learn its URL from KEYVAULT_PROXY_URL. Not used when "
+        "server_url is set (kernels elsewhere than this host could not reach it).",
+    ).tag(config=True)
+    loopback_proxy_port = Int(
+        0, help="Port of the loopback proxy on 127.0.0.1 (0: any free port, chosen at start)."
     ).tag(config=True)
 
     # -- credential lifetimes (docs/lifetimes.md)

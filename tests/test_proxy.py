@@ -106,9 +106,10 @@ def server_url(http_server, jp_http_port, jp_base_url) -> str:
     return f"http://localhost:{jp_http_port}{jp_base_url}"
 
 
-@pytest.fixture
-def proxy_url(server_url) -> str:
-    return server_url + PROXY
+@pytest.fixture(params=["jupyter", "loopback"])
+def proxy_url(request, server_url, loopback_url) -> str:
+    """The proxy on both its fronts: the Jupyter server's URL and the loopback lane kernels are given."""
+    return (server_url if request.param == "jupyter" else loopback_url) + PROXY
 
 
 @pytest.fixture

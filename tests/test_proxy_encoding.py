@@ -18,6 +18,12 @@ from jupyter_keyvault.testing.pytest_plugin import VALID_OPENAI_KEY
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
+
+@pytest.fixture(params=["jupyter", "loopback"])
+def server_url(request, server_url, loopback_url):
+    """Each test on both fronts of the proxy: the Jupyter server's URL and the loopback lane's."""
+    return server_url if request.param == "jupyter" else loopback_url
+
 @pytest.fixture
 def gzip_upstream():
     server = FakeUpstream(valid_keys=(VALID_OPENAI_KEY,), gzip=True, chunk_interval=0.1, n_chunks=5).start()

@@ -29,6 +29,12 @@ ANTHROPIC_KEY = "sk-ant-HEADERPOLICY" + secrets.token_hex(20)
 CANARY = "HDRCANARY" + secrets.token_hex(12)
 
 
+
+@pytest.fixture(params=["jupyter", "loopback"])
+def server_url(request, server_url, loopback_url):
+    """Each test on both fronts of the proxy: the Jupyter server's URL and the loopback lane's."""
+    return server_url if request.param == "jupyter" else loopback_url
+
 @pytest.fixture
 def hostile():
     upstream = HostileUpstream().start()
@@ -190,7 +196,8 @@ async def test_given_a_client_without_an_anthropic_version_then_the_provider_def
 
 
 async def test_given_a_kernel_when_it_tests_a_name_not_stored_then_a_clear_404_never_a_500(
-        server_url, jp_serverapp):
+        http_server_client, jp_serverapp):
+    server_url = jp_serverapp.connection_url  # the kernel API is served on the Jupyter URL only
     km = jp_serverapp.kernel_manager
     kernel_id = await km.start_kernel()
     try:

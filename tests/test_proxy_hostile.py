@@ -16,6 +16,12 @@ KEY = "sk-proj-HOSTILECANARY" + secrets.token_hex(20)
 HF_TOKEN = "hf_HOSTILECANARY" + secrets.token_hex(16)
 
 
+
+@pytest.fixture(params=["jupyter", "loopback"])
+def server_url(request, server_url, loopback_url):
+    """Each test on both fronts of the proxy: the Jupyter server's URL and the loopback lane's."""
+    return server_url if request.param == "jupyter" else loopback_url
+
 @pytest.fixture
 def hostile():
     upstream = HostileUpstream().start()

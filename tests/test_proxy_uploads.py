@@ -41,6 +41,12 @@ def sdk(server_url: str, token: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(api_key=token, base_url=server_url + "keyvault/proxy/openai/v1", max_retries=0)
 
 
+
+@pytest.fixture(params=["jupyter", "loopback"])
+def server_url(request, server_url, loopback_url):
+    """Each test on both fronts of the proxy: the Jupyter server's URL and the loopback lane's."""
+    return server_url if request.param == "jupyter" else loopback_url
+
 @pytest.mark.keyvault(proxy_max_body_size=CAP)
 async def test_given_an_upload_under_the_cap_when_sent_then_the_upstream_gets_every_byte_intact(
         jp_fetch, server_url, fake_upstream):

@@ -96,6 +96,7 @@ def _proxy_client(backend, provider, name, sdk, cls, asynchronous: bool, kw: dic
         return cls(api_key=PLACEHOLDER_KEY, azure_endpoint=backend.proxy_root(provider), http_client=http_client, **kw)
     if provider.sdk == "openai":
         cls = _signed(cls)
+        kw.setdefault("websocket_base_url", backend.proxy_url(provider, websocket=True))
     return cls(api_key=PLACEHOLDER_KEY, base_url=backend.proxy_url(provider), http_client=http_client, **kw)
 
 

@@ -25,6 +25,7 @@ from .. import kernel_auth
 
 SCHEME = kernel_auth.SCHEME
 SERVER_URL_ENV = "KEYVAULT_SERVER_URL"
+PROXY_URL_ENV = "KEYVAULT_PROXY_URL"  # the server's loopback proxy, when it has one (server/lane.py)
 CREDENTIAL_HEADER = "X-KeyVault-Credential"
 _KERNEL_FILE = re.compile(r"^kernel-(?P<id>[A-Za-z0-9_-]+)\.json$")
 
@@ -36,28 +37,35 @@ class KernelIdentity:
     server_url: str
     kernel_id: str
     session_key: bytes = field(repr=False)
+    proxy_base_url: str = ""  # where provider proxy requests go, when not to server_url
 
     def __post_init__(self):
         if not _KERNEL_FILE.match(f"kernel-{self.kernel_id}.json"):
             raise ValueError("kernel id must be letters, digits, '-' or '_'")
         object.__setattr__(self, "server_url", normalise_server_url(self.server_url))
+        if self.proxy_base_url:
+            object.__setattr__(self, "proxy_base_url", normalise_server_url(self.proxy_base_url, PROXY_URL_ENV))
 
     def url(self, path: str, *segments: str) -> str:
         """`<server>/<path>/<segments…>`: `path` is a fixed path of ours, each segment is percent-encoded."""
         return join_url(self.server_url, path, *segments)
 
+    def proxy_url(self, path: str, *segments: str) -> str:
+        """As `url`, on the loopback proxy when the server has one."""
+        return join_url(self.proxy_base_url or self.server_url, path, *segments)
+
     def __reduce__(self):
         raise TypeError("a kernel identity holds the session key and cannot be pickled")
 
 
-def normalise_server_url(url: str) -> str:
+def normalise_server_url(url: str, variable: str = SERVER_URL_ENV) -> str:
     """Keep the URL as given (percent-encoding included); make sure it ends with one '/'."""
     url = (url or "").strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{SERVER_URL_ENV} is not an http(s) URL: {url!r}")
+        raise ValueError(f"{variable} is not an http(s) URL: {url!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{SERVER_URL_ENV} must not contain credentials, a query or a fragment")
+        raise ValueError(f"{variable} must not contain credentials, a query or a fragment")
     return url.rstrip("/") + "/"
 
 
@@ -154,6 +162,6 @@ def detect_identity(environ=None) -> tuple[KernelIdentity | None, str]:
     if not key:
         return None, "this kernel has no session key (started without message signing)"
     try:
-        return KernelIdentity(url, match.group("id"), key), ""
+        return KernelIdentity(url, match.group("id"), key, (environ.get(PROXY_URL_ENV) or "").strip()), ""
     except ValueError as exc:
         return None, str(exc)

@@ -50,12 +50,17 @@ class RemoteBackend:
         return f"RemoteBackend(server_url={self.identity.server_url!r}, kernel_id={self.identity.kernel_id!r})"
 
     # -- URLs and auth for the SDK clients
-    def proxy_url(self, provider) -> str:
-        return self.identity.url(PROXY, provider.id, *provider.proxy_prefix.split("/"))
+    def proxy_url(self, provider, *, websocket: bool = False) -> str:
+        """Where an SDK sends a provider's API calls (the loopback proxy, when the server has one); the
+        Realtime websocket (`websocket=True`: a ws:// URL) always goes to the server's URL."""
+        if websocket:
+            url = self.identity.url(PROXY, provider.id, *provider.proxy_prefix.split("/"))
+            return "ws" + url[len("http"):]  # http -> ws, https -> wss
+        return self.identity.proxy_url(PROXY, provider.id, *provider.proxy_prefix.split("/"))
 
     def proxy_root(self, provider) -> str:
         """The proxy URL without the provider's path prefix (Azure's SDK adds `/openai` itself)."""
-        return self.identity.url(PROXY, provider.id)
+        return self.identity.proxy_url(PROXY, provider.id)
 
     def auth(self, credential_name: str | None = None):
         from .auth import KernelAuth

@@ -31,6 +31,7 @@ class KeyVaultApp(ExtensionApp):
     extension_url = "/keyvault/api/status"
     load_other_extensions = True
     _unwrappable: dict[str, str]  # kernelspec name -> why kernel isolation cannot start it
+    _lane = None  # the loopback proxy (server/lane.py), when on
 
     def initialize_settings(self):
         env_snapshot = dict(os.environ)  # read before the secrets are removed from it below
@@ -52,12 +53,29 @@ class KeyVaultApp(ExtensionApp):
         self.log.info("jupyter-keyvault %s: vault at %s, master key from %s", __version__, status["location"],
                       status["protection"]["source"])
         self.settings["keyvault_manager"] = manager
+        self._open_loopback_lane(manager)
         self._guard_kernel_env(manager)
         self._install_output_filters(manager)
         server.io_loop.call_later(0, partial(asyncio.ensure_future, self._settle(manager)))
         if manager.jupyter_ai_secrets:  # once every extension (jupyter-ai's among them) has set its settings
             server.io_loop.call_later(0, jupyter_ai.install, server.web_app.settings, manager, self.log)
         server.io_loop.call_later(0, partial(asyncio.ensure_future, manager.start_lifetimes()))
+
+    def _open_loopback_lane(self, manager: KeyVaultManager) -> None:
+        """Bind the loopback proxy now, so every kernel is told its URL (server/lane.py)."""
+        if not manager.loopback_proxy or manager.server_url:
+            return
+        from .lane import LoopbackLane
+
+        try:
+            self._lane = LoopbackLane(manager, self.serverapp.base_url, manager.loopback_proxy_port)
+        except OSError as exc:
+            self.log.warning("jupyter-keyvault: no loopback proxy (127.0.0.1:%d: %s); kernels use the server's URL",
+                             manager.loopback_proxy_port, exc)
+            return
+        manager.loopback_url = self._lane.url
+        self.serverapp.io_loop.call_later(0, self._lane.listen)
+        self.log.info("jupyter-keyvault: kernels reach the proxy at %s", self._lane.url)
 
     async def _settle(self, manager: KeyVaultManager) -> None:
         """Once running: teach the scrubber every stored value, then freeze the startup heap."""
@@ -184,6 +202,8 @@ class KeyVaultApp(ExtensionApp):
         # The provisioner's hooks are class-level: a later server in this process sets its own.
         KeyVaultIsolatedProvisioner.output_scrubber = None
         KeyVaultIsolatedProvisioner.policy_factory = None
+        if getattr(self, "_lane", None) is not None:
+            await self._lane.close()
         manager = getattr(self, "manager", None)
         if manager is not None:  # None when start-up failed: jupyter_server's own cleanup must still run
             await manager.close()

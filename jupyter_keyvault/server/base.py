@@ -147,6 +147,10 @@ class CallerMixin(ManagerMixin):
     def caller(self) -> str:
         return f"token:{self.token_id}" if self.token_id else f"kernel:{self.kernel_id}"
 
+    @property
+    def client_address(self) -> str | None:
+        return self.request.remote_ip  # type: ignore[attr-defined]
+
     def authenticate_kernel(self) -> None:
         from ..kernel_auth import KernelAuthError
 
@@ -167,7 +171,7 @@ class CallerMixin(ManagerMixin):
         if token is None:
             self.authenticate_kernel()
             return credential
-        client = self.request.remote_ip or "-"  # type: ignore[attr-defined]
+        client = self.client_address or "-"
         named = bool(self.request.headers.get(CREDENTIAL_HEADER, "").strip())  # type: ignore[attr-defined]
         try:
             info = await self.kv.verify_token(token, credential, client, default_scope=not named)

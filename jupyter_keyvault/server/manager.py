@@ -55,6 +55,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         self.kernel_manager = kernel_manager
         self.session_manager = session_manager
         self.connection_url = connection_url
+        self.loopback_url = ""  # the loopback lane's, once bound (server/lane.py)
         self.root_dir = root_dir or os.getcwd()
         env = dict(os.environ) if env is None else env
         self.scrubber = self.make_scrubber(build_on_scrub=False)
@@ -146,6 +147,9 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         clean = envguard.filtered_env(base, self.secret_env_patterns, self.credential_env_names(),
                                       KERNEL_ENV_ALLOWLIST)
         clean["KEYVAULT_SERVER_URL"] = self.server_url or self.connection_url
+        clean.pop("KEYVAULT_PROXY_URL", None)
+        if self.loopback_url:
+            clean["KEYVAULT_PROXY_URL"] = self.loopback_url
         if self.autoload:
             autoload = str(Path(__file__).parent.parent / "kernel" / "autoload.py")
             previous = base.get("PYTHONSTARTUP")

@@ -18,6 +18,7 @@ carries no CORS header, so no web page can read one).
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 from urllib.parse import urlsplit
 
 from jupyter_server.auth.decorator import allow_unauthenticated
@@ -32,7 +33,7 @@ from ..web.errors import error_message, http_errors, provider_error_body, set_re
 from ..web.headers import upstream_request_headers
 from ..web.paths import proxied_path, upstream_url
 from ..web.relay import RelayMixin, WebSocketRelayMixin
-from .base import CallerMixin
+from .base import CREDENTIAL_HEADER, CallerMixin
 
 
 @web.stream_request_body
@@ -79,20 +80,27 @@ class ProxyHandler(CallerMixin, RelayMixin, web.RequestHandler):
 
 class ProviderProxyHandler(ProxyHandler):
     async def check_and_start(self, provider_id: str, path: str = "") -> None:  # type: ignore[override]
-        provider = providers.PROVIDERS.get(provider_id)
-        if provider is None:
-            raise web.HTTPError(404, f"unknown provider {provider_id!r}; known: {', '.join(providers.PROVIDERS)}")
-        name = (self.request.headers.get("X-KeyVault-Credential") or provider.env_var or "").strip()
-        name = await self.authenticate_caller(name)  # a keyvault.env token names its own credential
-        rest = proxied_path(self.request.path, f"{self.base_url.rstrip('/')}/keyvault/proxy/{provider.id}/", provider)
-        if provider.needs_key:
-            # Authorise on metadata first: a denied notebook never causes a decryption or a "use".
-            await self.check_notebook_access(name)
-        with http_errors(missing=401):
-            upstream = await self.kv.upstream(provider, name, actor=self.caller)
-        headers = upstream_request_headers(self.request.headers.get_all(), injected=upstream.headers,
-                                           defaults=provider.default_headers)
-        await self.start_to(upstream.base_url, rest, headers, upstream.injected)
+        plan = await plan_provider_call(self, provider_id, self.request.path, self.request.headers.get_all())
+        await self.start_to(*plan)
+
+
+async def plan_provider_call(call: CallerMixin, provider_id: str, raw_path: str,
+                             incoming: Iterable[tuple[str, str]]) -> tuple[str, str, dict[str, str], str | None]:
+    """Every check of a provider proxy request, in order; then where it goes: (base URL, path under it,
+    headers, the injected value). Shared by the tornado handler and the loopback lane."""
+    provider = providers.PROVIDERS.get(provider_id)
+    if provider is None:
+        raise web.HTTPError(404, f"unknown provider {provider_id!r}; known: {', '.join(providers.PROVIDERS)}")
+    name = (call.request.headers.get(CREDENTIAL_HEADER) or provider.env_var or "").strip()  # type: ignore[attr-defined]
+    name = await call.authenticate_caller(name)  # a keyvault.env token names its own credential
+    rest = proxied_path(raw_path, f"{call.base_url.rstrip('/')}/keyvault/proxy/{provider.id}/", provider)  # type: ignore[attr-defined]
+    if provider.needs_key:
+        # Authorise on metadata first: a denied notebook never causes a decryption or a "use".
+        await call.check_notebook_access(name)
+    with http_errors(missing=401):
+        upstream = await call.kv.upstream(provider, name, actor=call.caller)
+    headers = upstream_request_headers(incoming, injected=upstream.headers, defaults=provider.default_headers)
+    return upstream.base_url, rest, headers, upstream.injected
 
 
 class OAuthProxyHandler(ProxyHandler):

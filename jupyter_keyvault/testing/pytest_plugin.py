@@ -134,11 +134,20 @@ def server_url(jp_serverapp, http_server_client, jp_http_port, jp_base_url):
 
 
 @pytest.fixture
-def server_kernel(server_url, jp_serverapp):
+def loopback_url(jp_serverapp) -> str:
+    """The in-process server's loopback proxy (server/lane.py): its base URL, as kernels are given it."""
+    url = jp_serverapp.web_app.settings["keyvault_manager"].loopback_url
+    assert url.startswith("http://127.0.0.1:"), url
+    return url
+
+
+@pytest.fixture
+def server_kernel(http_server_client, jp_http_port, jp_base_url, jp_serverapp):
     """Factory: start a notebook session through the server's REST API and drive it over its websocket.
     The server shuts its kernels down at teardown."""
     from .kernel_client import ServerKernel
 
+    server_url = f"http://localhost:{jp_http_port}{jp_base_url}"  # not `server_url`: modules may point it elsewhere
     async def start(path: str = "notebook.ipynb") -> ServerKernel:
         return await ServerKernel(server_url, jp_serverapp.identity_provider.token, path=path).start()
 

@@ -167,7 +167,7 @@ class RelayMixin:
             if length is not None:  # the body goes as it came: upstreams may need its length
                 headers = {**headers, "Content-Length": length}
         self._relay_task = asyncio.ensure_future(
-            _relay(handler, session, url, headers, data, injected, scrub, meter))
+            relay(TornadoSink(handler), handler.request.method, session, url, headers, data, injected, scrub, meter))
         self._relay_task.add_done_callback(self._relay_done)
 
     def _relay_done(self, _task: asyncio.Future) -> None:
@@ -195,18 +195,56 @@ def body_too_large(cap: int, setting: str) -> str:
     return f"request body is larger than this server's proxy limit of {cap} bytes ({setting})"
 
 
-async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-                 body: bytes | aiohttp.payload.Payload | None, injected: str | None, scrub: Callable[[str], str],
-                 meter_for: Callable[[str], UsageMeter] | None) -> int:
+class ResponseSink(Protocol):
+    """Where a relayed response goes: a tornado handler (TornadoSink) or an aiohttp response (the
+    loopback lane). The status and headers are set first; nothing is sent before the first write."""
+
+    @property
+    def headers_sent(self) -> bool: ...
+    def set_status(self, status: int, reason: str | None) -> None: ...
+    def add_header(self, name: str, value: str) -> None: ...
+    async def send(self, chunk: bytes) -> None: ...
+    async def finish(self, chunk: bytes | None) -> None: ...
+
+
+class TornadoSink:
+    def __init__(self, handler: web.RequestHandler):
+        self._handler = handler
+
+    @property
+    def headers_sent(self) -> bool:
+        return self._handler._headers_written
+
+    def set_status(self, status: int, reason: str | None) -> None:
+        self._handler.set_status(status, reason)
+
+    def add_header(self, name: str, value: str) -> None:
+        self._handler.add_header(name, value)
+
+    async def send(self, chunk: bytes) -> None:
+        handler = self._handler
+        if not handler._headers_written:  # small SSE writes must leave at once, not wait for Nagle's algorithm
+            handler.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
+        handler.write(chunk)
+        await handler.flush()
+
+    async def finish(self, chunk: bytes | None) -> None:
+        self._handler.finish(chunk)
+
+
+async def relay(sink: ResponseSink, method: str, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                body: bytes | aiohttp.payload.Payload | None, injected: str | None, scrub: Callable[[str], str],
+                meter_for: Callable[[str], UsageMeter] | None) -> int:
+    """Send the request upstream and the answer to `sink`; the tokens the meter counted.
+    Raises web.HTTPError(502) when the upstream cannot be reached before anything was sent."""
     # The value injected upstream never comes back: not in the status line, a header or the body.
     redactor = InjectedValueRedactor(injected) if injected else None
     try:
-        async with session.request(handler.request.method, url, data=body, headers=headers,
-                                   allow_redirects=False) as upstream:
+        async with session.request(method, url, data=body, headers=headers, allow_redirects=False) as upstream:
             reason = upstream.reason or None
-            handler.set_status(upstream.status, redactor.text(reason) if redactor and reason else reason)
+            sink.set_status(upstream.status, redactor.text(reason) if redactor and reason else reason)
             for name, value in relayed_response_headers(upstream.headers.items()):
-                handler.add_header(name, redactor.text(value) if redactor else value)
+                sink.add_header(name, redactor.text(value) if redactor else value)
             # Asked for identity, an upstream may compress anyway: relay decoded bytes (Content-Encoding is
             # not relayed), which the redactor can also read.
             decoder = decoder_for(upstream.headers.get("Content-Encoding"))
@@ -216,11 +254,10 @@ async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, ur
                 raw = decoder.decompress(raw, MAX_ERROR_BODY) if decoder else raw
                 if redactor:
                     raw = redactor.feed(raw) + redactor.flush()
-                handler.finish(scrub(raw.decode("utf-8", "replace")).encode("utf-8"))
+                await sink.finish(scrub(raw.decode("utf-8", "replace")).encode("utf-8"))
                 return 0
             meter = meter_for(upstream.headers.get("Content-Type", "")) if meter_for else None
-            # Small SSE writes must leave at once, not wait for Nagle's algorithm.
-            handler.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
+            chunk = b""
             async for chunk in upstream.content.iter_any():
                 if decoder:
                     chunk = decoder.decompress(chunk)
@@ -229,18 +266,19 @@ async def _relay(handler: web.RequestHandler, session: aiohttp.ClientSession, ur
                 if redactor:
                     chunk = redactor.feed(chunk)
                 if chunk:
-                    handler.write(chunk)
-                    if not upstream.content.at_eof():  # the last chunk leaves with finish(): one write
-                        await handler.flush()
+                    if upstream.content.at_eof():  # the last chunk leaves with the end: one write
+                        break
+                    await sink.send(chunk)
+                    chunk = b""
             rest = decoder.flush() if decoder else b""
             if redactor:
                 rest = redactor.feed(rest) + redactor.flush()
-            handler.finish(rest or None)
+            await sink.finish(chunk + rest if chunk else rest or None)
             return meter.finish() if meter is not None else 0
     except StreamClosedError:
         return 0
     except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
-        if handler._headers_written:
+        if sink.headers_sent:
             return 0
         raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
 
