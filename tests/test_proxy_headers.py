@@ -230,3 +230,18 @@ async def test_given_keyvault_anthropic_in_a_kernel_then_the_sdks_and_the_users_
     sdk_version = result.stdout.split("SDK_VERSION ")[1].split()[0]
     assert [r.headers["anthropic-version"] for r in fake_upstream.requests] == [sdk_version, "2099-01-01"]
     assert all(r.headers["x-api-key"] == ANTHROPIC_KEY for r in fake_upstream.requests)
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:{port}", "192.168.1.7:{port}", ""])
+async def test_given_a_page_that_rebinds_its_name_to_127_0_0_1_when_it_calls_the_proxy_then_403_and_nothing_upstream(
+        jp_fetch, server_url, hostile, host):
+    """DNS rebinding: a page on attacker.example whose name now resolves to 127.0.0.1 is same-origin with
+    the proxy to its browser, so it could read answers; the proxy answers only requests addressed to a
+    local name (jupyter_server's rule, c.ServerApp.allow_remote_access) or, on the lane, to its own."""
+    token = await token_for(jp_fetch, "OPENAI_API_KEY", KEY, "openai")
+    async with httpx2.AsyncClient() as client:
+        resp = await client.get(server_url + "keyvault/proxy/openai/v1/models", headers={
+            "Authorization": f"Bearer {token}", "Host": host.format(port=urlsplit(server_url).port)})
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"]["type"] == "keyvault_error" and "Host" in resp.json()["error"]["message"]
+    assert hostile.seen == []

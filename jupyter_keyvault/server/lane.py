@@ -53,7 +53,8 @@ class LoopbackLane:
         self._socket.setblocking(False)
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}{self.base_url}"
-        self._hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
+        self.port_host = f"127.0.0.1:{self.port}"
+        self._hosts = {self.port_host, f"localhost:{self.port}"}
         self._runner: web.AppRunner | None = None
         self._starting: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,7 +116,7 @@ class LoopbackLane:
 
     async def _proxy(self, request: web.Request, sink: AiohttpSink, body: CappedBody) -> None:
         if request.host not in self._hosts:
-            raise tornado_web.HTTPError(403, "the loopback proxy answers only requests to 127.0.0.1")
+            raise tornado_web.HTTPError(403, f"the loopback proxy answers only requests with Host {self.port_host}")
         raw_path = request.raw_path.partition("?")[0]
         match = self._route.match(raw_path)
         if match is None:

@@ -61,6 +61,11 @@ class ProxyHandler(CallerMixin, RelayMixin, web.RequestHandler):
         self.finish(provider_error_body(status_code, error_message(self, kwargs)))
 
     async def prepare(self):
+        # jupyter_server's DNS-rebinding rule, which a JupyterHandler applies in its own prepare():
+        # a page whose name was made to resolve here is refused (c.ServerApp.allow_remote_access).
+        if not JupyterHandler.check_host(self):  # type: ignore[arg-type]
+            raise web.HTTPError(403, f"requests with a non-local Host ({self.request.host}) are refused; "
+                                     "see c.ServerApp.allow_remote_access")
         await self.check_and_start(**self.path_kwargs)
 
     async def check_and_start(self, **path_kwargs: str) -> None:
