@@ -2,7 +2,8 @@
 
 A fake OpenAI-compatible upstream and a real `jupyter server` run as separate processes on
 127.0.0.1. This plain process uploads with the openai SDK and a vault access token (kvt1), from a
-file made up as it is read (so the client holds none of it), while the server's RSS is sampled
+file made up as it is read (so the client holds none of it), once to the Jupyter URL and once to
+the loopback lane kernels use, while the server's RSS is sampled
 from /proc every 10 ms. Then the same upload goes straight to the upstream, for comparison.
 
 Prints: the server's RSS before and at its peak (growth), when the upstream saw its first byte
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +43,12 @@ def last_upload(upstream_url: str) -> dict:
         return json.loads(resp.read())["uploads"][-1]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=200, help="upload size in MiB")
@@ -48,19 +56,24 @@ def main() -> None:
     upstream = subprocess.Popen([sys.executable, "-m", "jupyter_keyvault.testing.fake_upstream", "--port", "0",
                                  "--key", KEY], stdout=subprocess.PIPE, text=True)
     upstream_url = upstream.stdout.readline().strip()  # type: ignore[union-attr]
-    server = JupyterServer(config={"KeyVault": {"provider_base_urls": {"openai": upstream_url + "/v1"}}}).start()
+    lane_port = free_port()
+    server = JupyterServer(config={"KeyVault": {"provider_base_urls": {"openai": upstream_url + "/v1"},
+                                                "loopback_proxy_port": lane_port}}).start()
+    fronts = {"Jupyter URL": server.url, "loopback lane": f"http://127.0.0.1:{lane_port}"}
+    results = {}
     try:
         rest(server, "PUT", "/keyvault/api/credentials/OPENAI_API_KEY", {"value": KEY, "provider": "openai"})
         token = rest(server, "POST", "/keyvault/api/tokens", {"name": "bench", "credentials": ["OPENAI_API_KEY"]})
-        proxied = openai.OpenAI(api_key=token["token"], base_url=server.url + "/keyvault/proxy/openai/v1",
-                                max_retries=0, timeout=600)
-        proxied.files.create(file=("warm.bin", PatternFile(MB)), purpose="assistants")  # pools, imports, caches
-        source = PatternFile(size)
-        with RSSSampler(server.proc.pid) as rss:  # type: ignore[union-attr]
-            proxied_started = time.monotonic()
-            proxied.files.create(file=("big.bin", source), purpose="assistants")
-            proxied_s = time.monotonic() - proxied_started
-        seen = last_upload(upstream_url)
+        for front, url in fronts.items():
+            proxied = openai.OpenAI(api_key=token["token"], base_url=url + "/keyvault/proxy/openai/v1",
+                                    max_retries=0, timeout=600)
+            proxied.files.create(file=("warm.bin", PatternFile(MB)), purpose="assistants")  # pools, imports, caches
+            source = PatternFile(size)
+            with RSSSampler(server.proc.pid) as rss:  # type: ignore[union-attr]
+                proxied_started = time.monotonic()
+                proxied.files.create(file=("big.bin", source), purpose="assistants")
+                proxied_s = time.monotonic() - proxied_started
+            results[front] = (rss, last_upload(upstream_url), proxied_started, source, proxied_s)
         direct = openai.OpenAI(api_key=KEY, base_url=upstream_url + "/v1", max_retries=0, timeout=600)
         started = time.monotonic()
         direct.files.create(file=("big.bin", PatternFile(size)), purpose="assistants")
@@ -69,13 +82,15 @@ def main() -> None:
         server.stop()
         upstream.terminate()
     print(f"upload: {size // MB} MiB (openai SDK files.create, kvt1 token, real jupyter server)")
-    print(f"server RSS: {rss.baseline / MB:.1f} MiB before, {rss.peak / MB:.1f} MiB peak, "
-          f"growth {rss.growth / MB:.1f} MiB ({rss.samples} samples)")
-    print(f"upstream: {seen['bytes'] // MB} MiB in {seen['chunks']} chunks; first byte "
-          f"{seen['first_byte_at'] - proxied_started:.3f} s after the upload began, "
-          f"{source.finished_at - seen['first_byte_at']:.3f} s before the client read its last byte")
-    print(f"time: proxied {proxied_s:.2f} s ({size / MB / proxied_s:.0f} MiB/s), direct {direct_s:.2f} s "
-          f"({size / MB / direct_s:.0f} MiB/s), ratio {proxied_s / direct_s:.2f}")
+    for front, (rss, seen, proxied_started, source, proxied_s) in results.items():
+        print(f"{front}: server RSS {rss.baseline / MB:.1f} MiB before, {rss.peak / MB:.1f} MiB peak, "
+              f"growth {rss.growth / MB:.1f} MiB ({rss.samples} samples)")
+        print(f"  upstream: {seen['bytes'] // MB} MiB in {seen['chunks']} chunks; first byte "
+              f"{seen['first_byte_at'] - proxied_started:.3f} s after the upload began, "
+              f"{source.finished_at - seen['first_byte_at']:.3f} s before the client read its last byte")
+        print(f"  time: proxied {proxied_s:.2f} s ({size / MB / proxied_s:.0f} MiB/s), ratio to direct "
+              f"{proxied_s / direct_s:.2f}")
+    print(f"direct: {direct_s:.2f} s ({size / MB / direct_s:.0f} MiB/s)")
 
 
 if __name__ == "__main__":

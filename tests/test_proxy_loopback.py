@@ -105,3 +105,25 @@ async def test_given_the_loopback_proxy_turned_off_then_kernels_use_the_server_u
     manager = jp_serverapp.web_app.settings["keyvault_manager"]
     env = manager.kernel_env({"KEYVAULT_PROXY_URL": "http://127.0.0.1:1/planted/"})
     assert manager.loopback_url == "" and "KEYVAULT_PROXY_URL" not in env
+
+
+@pytest.fixture
+def taken_port():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def keyvault_config(keyvault_config, request):
+    if "taken_port" in request.fixturenames:
+        keyvault_config["loopback_proxy_port"] = request.getfixturevalue("taken_port")
+    return keyvault_config
+
+
+async def test_given_the_loopback_port_is_taken_then_the_server_starts_and_kernels_use_its_url(
+        taken_port, jp_serverapp):
+    manager = jp_serverapp.web_app.settings["keyvault_manager"]
+    assert manager.loopback_proxy_port == taken_port  # asked for, not available: no lane, and no failure
+    assert manager.loopback_url == "" and "KEYVAULT_PROXY_URL" not in manager.kernel_env({})
