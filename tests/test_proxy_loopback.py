@@ -35,13 +35,15 @@ async def test_given_a_kernel_when_it_uses_keyvault_openai_then_its_calls_go_thr
         "print('WS_URL', client.websocket_base_url)\n"
         "r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
         "print('REPLY', r.choices[0].message.content)\n"
+        "%keyvault status\n"
     )
     assert result.error is None, result.text
     assert f"PROXY_URL {loopback_url}" in result.stdout
     assert f"BASE_URL {loopback_url}keyvault/proxy/openai/v1/" in result.stdout
     # The Realtime websocket stays on the Jupyter URL (the lane serves HTTP only).
-    assert "WS_URL ws://" in result.stdout and urlsplit(loopback_url).netloc not in result.stdout.split("WS_URL")[1]
+    assert "WS_URL ws://" in result.stdout and urlsplit(loopback_url).netloc not in result.stdout.split("WS_URL")[1].split()[0]
     assert f"REPLY {REPLY_TEXT}" in result.stdout
+    assert f"proxy: {loopback_url} (the server's loopback lane)" in result.stdout
     assert fake_upstream.received_keys() == [canary] and canary not in result.text
 
 

@@ -176,6 +176,8 @@ def lifetime_label(item: dict) -> str:
 def _print_status(st: dict) -> None:
     if st.get("mode") == "server":
         print(f"mode: server ({st.get('server_url')}, kernel {st.get('kernel_id')})")
+        if st.get("proxy_url") and st.get("proxy_url") != st.get("server_url"):
+            print(f"proxy: {st.get('proxy_url')} (the server's loopback lane)")
     else:
         print(f"mode: local ({st.get('reason') or 'no Jupyter server'})")
         print(f"vault: {st.get('vault_path')}")

@@ -184,7 +184,8 @@ class RemoteBackend:
         self._request("DELETE", ("env-tokens", token_id))
 
     def status(self) -> dict:
-        base = {"mode": "server", "server_url": self.identity.server_url, "kernel_id": self.identity.kernel_id}
+        base = {"mode": "server", "server_url": self.identity.server_url, "kernel_id": self.identity.kernel_id,
+                "proxy_url": self.identity.proxy_base_url or self.identity.server_url}
         try:
             data = self._request("GET", ("status",)) or {}
         except KeyVaultError as exc:
