@@ -129,15 +129,22 @@ def serve_tornado_proxy(port: int, upstream: str) -> None:
 PORTS = range(9300, 9400)  # this benchmark's share of the machine's ports (--ports)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A port of PORTS nothing listens on and not given out before (a server may not bind its own yet)."""
     import socket
 
     for port in random.sample(PORTS, len(PORTS)):
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import urllib.request
 
 import openai
 
-from jupyter_keyvault.testing.live_server import JupyterServer
+from jupyter_keyvault.testing.live_server import JupyterServer, free_port
 from jupyter_keyvault.testing.uploads import PatternFile, RSSSampler
 
 KEY = "sk-proj-" + "UPL0D" * 8
@@ -41,12 +40,6 @@ def rest(server: JupyterServer, method: str, path: str, body: dict) -> dict:
 def last_upload(upstream_url: str) -> dict:
     with urllib.request.urlopen(upstream_url + "/_stats") as resp:
         return json.loads(resp.read())["uploads"][-1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
