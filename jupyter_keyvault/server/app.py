@@ -25,7 +25,8 @@ from .manager import KeyVaultManager
 
 
 class KeyVaultApp(ExtensionApp):
-    """Serves /keyvault/api/*, /keyvault/kernel/*, /keyvault/oauth/* and /keyvault/proxy/*."""
+    """Serves /keyvault/api/*, /keyvault/kernel/*, /keyvault/oauth/* and /keyvault/proxy/*, and the
+    provider proxy again on the loopback lane for this server's kernels (lane.py)."""
 
     name = "jupyter_keyvault"
     extension_url = "/keyvault/api/status"
