@@ -88,3 +88,21 @@ async def test_given_a_path_that_could_escape_after_more_decoding_then_400_and_n
     status, _, body = await fetch(server_url, path, token)
     assert status == 400 and "must stay under the provider's base URL" in body, (path, body)
     assert hostile.seen == []
+
+
+async def test_given_an_upstream_that_breaks_off_mid_answer_then_the_client_sees_it_broken_not_complete(
+        jp_fetch, server_url, hostile):
+    """An answer cut off upstream must not reach the client as a complete one (an SDK would show a
+    truncated completion as the whole): the proxy cuts its own answer off too."""
+    import httpx2
+
+    token = await token_for(jp_fetch, "OPENAI_API_KEY")
+    received = b""
+    async with httpx2.AsyncClient(timeout=10) as client:
+        with pytest.raises(httpx2.RemoteProtocolError):  # the body ended without its last chunk
+            async with client.stream("GET", server_url.rstrip("/") + "/keyvault/proxy/openai/v1/echo/cut",
+                                     headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status_code == 200
+                async for data in resp.aiter_bytes():
+                    received += data
+    assert b"half an answer" in received  # what came before the break was relayed as it came

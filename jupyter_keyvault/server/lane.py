@@ -193,6 +193,11 @@ class AiohttpSink:
             await self._response.write(chunk)
         await self._response.write_eof()
 
+    def abort(self) -> None:
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
 
 class CappedBody:
     """The request body on its way upstream as it arrives, never held whole; past `cap` bytes the

@@ -55,6 +55,12 @@ class _Echo(tornado.web.RequestHandler):
             self.write(key[half:] + '"}\n\n')
             await self.flush()
             self.finish("data: [DONE]\n\n")
+        elif channel == "cut":  # breaks off mid-answer: one event, then the connection drops, unterminated
+            self.set_header("Content-Type", "text/event-stream")
+            self.write('data: {"delta": "half an answer"}\n\n')
+            await self.flush()
+            await asyncio.sleep(0.05)
+            self.request.connection.stream.close()  # type: ignore[union-attr]
         elif channel == "escaped":
             self.set_header("Content-Type", "application/json")
             self.finish('{"you_sent": "' + escaped(key) + '"}')

@@ -205,6 +205,8 @@ class ResponseSink(Protocol):
     def add_header(self, name: str, value: str) -> None: ...
     async def send(self, chunk: bytes) -> None: ...
     async def finish(self, chunk: bytes | None) -> None: ...
+    def abort(self) -> None:
+        """Drop the client's connection: an answer broken off upstream must not end as if complete."""
 
 
 class TornadoSink:
@@ -230,6 +232,9 @@ class TornadoSink:
 
     async def finish(self, chunk: bytes | None) -> None:
         self._handler.finish(chunk)
+
+    def abort(self) -> None:
+        self._handler.request.connection.close()  # type: ignore[union-attr]
 
 
 async def relay(sink: ResponseSink, method: str, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
@@ -278,7 +283,8 @@ async def relay(sink: ResponseSink, method: str, session: aiohttp.ClientSession,
     except StreamClosedError:
         return 0
     except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
-        if sink.headers_sent:
+        if sink.headers_sent:  # broken off upstream (or the client left): the answer ends broken, not complete
+            sink.abort()
             return 0
         raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
 
