@@ -239,6 +239,34 @@ def test_given_the_hub_service_proxy_when_an_upstream_echoes_the_key_then_the_us
     assert "[REDACTED" in everything
 
 
+def test_given_the_hub_service_proxy_when_the_upstream_breaks_off_mid_answer_then_the_user_sees_it_broken(
+        hub, hub_backend, hostile):
+    """As on the server's proxy (test_proxy_hostile.py): a cut-off answer is not relayed as a complete one.
+    Straight to the service the connection drops after an error event; through JupyterHub's proxy
+    (configurable-http-proxy), which does not pass a dropped connection on, the error event arrives."""
+    import urllib.request
+    from http.client import IncompleteRead
+
+    stored = http("PUT", hub.service_url(SERVICE) + "api/credentials/GROQ_API_KEY", token=hub_backend.token,
+                  body={"value": GROQ_CANARY, "provider": "groq"})
+    assert stored.status in (201, 204), stored.text
+    direct = hub.services[0]["url"].rstrip("/") + f"/services/{SERVICE}/"
+    for base in (direct, hub.service_url(SERVICE)):
+        request = urllib.request.Request(base + "proxy/groq/v1/echo/cut",
+                                         headers={"Authorization": f"token {hub_backend.token}"})
+        received = b""
+        with urllib.request.urlopen(request, timeout=10) as resp:  # nosec B310 - the test's own service
+            assert resp.status == 200
+            while b'"keyvault_error"' not in received:
+                line = resp.readline()
+                assert line, received  # the answer must not end before the error event
+                received += line
+            if base == direct:  # straight to the service, the connection then drops: no clean end
+                with pytest.raises(IncompleteRead):
+                    resp.read()
+        assert b"half an answer" in received and b"event: error" in received, (base, received)
+
+
 def test_given_the_hub_service_proxy_when_a_key_of_another_provider_is_named_then_403(hub, hub_backend, hostile):
     service = hub.service_url(SERVICE)
     http("PUT", service + "api/credentials/GROQ_API_KEY", token=hub_backend.token,

@@ -5,6 +5,7 @@ after another round of decoding or as path parameters, are refused before anythi
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import pytest
@@ -106,3 +107,7 @@ async def test_given_an_upstream_that_breaks_off_mid_answer_then_the_client_sees
                 async for data in resp.aiter_bytes():
                     received += data
     assert b"half an answer" in received  # what came before the break was relayed as it came
+    # ... and then an error event, which the openai and anthropic SDKs raise on (behind JupyterHub's
+    # proxy, which does not pass a dropped connection on, it is what the client sees).
+    event = received.split(b"event: error\ndata: ", 1)[1].split(b"\n\n")[0]
+    assert json.loads(event)["error"]["type"] == "keyvault_error", received

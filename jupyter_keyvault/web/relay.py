@@ -14,6 +14,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..lazy import LazyModule
+from .errors import provider_error_body
 from .headers import relayed_response_headers
 from .redact import InjectedValueRedactor, decoder_for
 
@@ -244,6 +245,7 @@ async def relay(sink: ResponseSink, method: str, session: aiohttp.ClientSession,
     Raises web.HTTPError(502) when the upstream cannot be reached before anything was sent."""
     # The value injected upstream never comes back: not in the status line, a header or the body.
     redactor = InjectedValueRedactor(injected) if injected else None
+    event_stream = False
     try:
         async with session.request(method, url, data=body, headers=headers, allow_redirects=False) as upstream:
             reason = upstream.reason or None
@@ -262,6 +264,7 @@ async def relay(sink: ResponseSink, method: str, session: aiohttp.ClientSession,
                 await sink.finish(scrub(raw.decode("utf-8", "replace")).encode("utf-8"))
                 return 0
             meter = meter_for(upstream.headers.get("Content-Type", "")) if meter_for else None
+            event_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             chunk = b""
             async for chunk in upstream.content.iter_any():
                 if decoder:
@@ -284,9 +287,25 @@ async def relay(sink: ResponseSink, method: str, session: aiohttp.ClientSession,
         return 0
     except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
         if sink.headers_sent:  # broken off upstream (or the client left): the answer ends broken, not complete
-            sink.abort()
+            await _end_broken(sink, event_stream)
             return 0
         raise web.HTTPError(502, f"upstream unreachable: {exc.__class__.__name__}") from None
+
+
+BROKEN_STREAM_EVENT = ("\n\nevent: error\ndata: " + provider_error_body(
+    502, "the upstream broke off its answer; what came before this event is incomplete") + "\n\n").encode()
+
+
+async def _end_broken(sink: ResponseSink, event_stream: bool) -> None:
+    """An answer broken off after its headers went out: the connection is dropped, never ended as if
+    complete. An event stream gets a provider-shaped error event first, which the SDKs raise on, since
+    configurable-http-proxy (JupyterHub) does not pass a dropped connection on to its client."""
+    if event_stream:
+        try:
+            await sink.send(BROKEN_STREAM_EVENT)
+        except (OSError, StreamClosedError):
+            pass  # the client is gone too
+    sink.abort()
 
 
 class WebSocketRelayMixin:
