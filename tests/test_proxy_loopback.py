@@ -129,3 +129,20 @@ async def test_given_the_loopback_port_is_taken_then_the_server_starts_and_kerne
     manager = jp_serverapp.web_app.settings["keyvault_manager"]
     assert manager.loopback_proxy_port == taken_port  # asked for, not available: no lane, and no failure
     assert manager.loopback_url == "" and "KEYVAULT_PROXY_URL" not in manager.kernel_env({})
+
+
+async def test_given_a_failure_inside_the_lane_then_a_provider_shaped_500_and_the_log_has_it(
+        jp_serverapp, loopback_url, proxy_token, fake_upstream, monkeypatch, caplog):
+    token = await proxy_token()
+    manager = jp_serverapp.web_app.settings["keyvault_manager"]
+
+    async def broken_session():
+        raise RuntimeError("session factory broke")
+
+    monkeypatch.setattr(manager, "http_session", broken_session)
+    async with httpx2.AsyncClient() as http:
+        resp = await http.post(loopback_url + CHAT, json=BODY, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 500 and resp.json()["error"]["type"] == "keyvault_error", resp.text
+    assert "session factory broke" not in resp.text  # the cause goes to the log, not to the caller
+    assert "the loopback proxy failed on POST" in caplog.text and "session factory broke" in caplog.text
+    assert fake_upstream.requests == []

@@ -203,7 +203,7 @@ class KeyVaultApp(ExtensionApp):
         # The provisioner's hooks are class-level: a later server in this process sets its own.
         KeyVaultIsolatedProvisioner.output_scrubber = None
         KeyVaultIsolatedProvisioner.policy_factory = None
-        if getattr(self, "_lane", None) is not None:
+        if self._lane is not None:
             await self._lane.close()
         manager = getattr(self, "manager", None)
         if manager is not None:  # None when start-up failed: jupyter_server's own cleanup must still run

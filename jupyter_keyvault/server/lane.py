@@ -68,7 +68,7 @@ class LoopbackLane:
         self._loop.add_reader(self._socket.fileno(), self._first_connection)
 
     def _first_connection(self) -> None:
-        asyncio.get_event_loop().remove_reader(self._socket.fileno())
+        self._loop.remove_reader(self._socket.fileno())  # type: ignore[union-attr]
         self._starting = asyncio.ensure_future(self._serve())
 
     async def _serve(self) -> None:
@@ -99,21 +99,20 @@ class LoopbackLane:
         sink = AiohttpSink(request, response)
         body = CappedBody(request, self.manager.proxy_max_body_size)
         try:
-            try:
-                await self._proxy(request, sink, body)
-            except (tornado_web.HTTPError, asyncio.CancelledError):
-                raise
-            except Exception:  # noqa: BLE001 - a bug of ours: logged (scrubbed) by the server's log, answered as the proxy's 500
-                proxy_access_log().exception("the loopback proxy failed on %s %s", request.method, request.path)
-                raise tornado_web.HTTPError(500, "the proxy failed; see the Jupyter server's log") from None
+            await self._proxy(request, sink, body)
+            error = None
         except tornado_web.HTTPError as exc:
-            if sink.headers_sent:  # the answer had begun: cut it off rather than end it as if complete
+            error = exc
+        except Exception:  # noqa: BLE001 - a bug of ours: logged (scrubbed) by the server's log, answered as the proxy's 500
+            proxy_access_log().exception("the loopback proxy failed on %s %s", request.method, request.path)
+            error = tornado_web.HTTPError(500, "the proxy failed; see the Jupyter server's log")
+        if error is not None and not sink.headers_sent:
+            response = error_response(
+                tornado_web.HTTPError(413, body_too_large(body.cap, BODY_CAP_SETTING)) if body.over_cap else error)
+            if not await body.drained():
                 response.force_close()
-            else:
-                response = error_response(
-                    tornado_web.HTTPError(413, body_too_large(body.cap, BODY_CAP_SETTING)) if body.over_cap else exc)
-                if not await body.drained():
-                    response.force_close()
+        elif error is not None and not sink.finished:  # the answer had begun: cut it off, never end it as if complete
+            sink.abort()
         self._log(request, response.status, started)
         return response
 
@@ -169,6 +168,7 @@ class AiohttpSink:
     def __init__(self, request: BaseRequest, response: StreamResponse):
         self._request = request
         self._response = response
+        self.finished = False
 
     @property
     def headers_sent(self) -> bool:
@@ -192,6 +192,7 @@ class AiohttpSink:
         if chunk:
             await self._response.write(chunk)
         await self._response.write_eof()
+        self.finished = True
 
     def abort(self) -> None:
         transport = self._request.transport
