@@ -300,8 +300,8 @@ class KeyVault(Configurable):
     ).tag(config=True)
     loopback_proxy = Bool(
         True, help="Serve the provider proxy to this server's kernels on a listener of its own on 127.0.0.1 "
-        "(aiohttp): the same checks and relay as the proxy on the server's URL, at about half the added "
-        "latency and memory per stream. Kernels learn its URL from KEYVAULT_PROXY_URL. Not used when "
+        "(aiohttp): the same checks and relay as the proxy on the server's URL, at about a third less CPU "
+        "per request and a fifth less memory per open stream. Kernels learn its URL from KEYVAULT_PROXY_URL. Not used when "
         "server_url is set (kernels elsewhere than this host could not reach it).",
     ).tag(config=True)
     loopback_proxy_port = Int(

@@ -1,7 +1,7 @@
 """The loopback lane: the provider proxy served by aiohttp on 127.0.0.1, for this server's own kernels.
 
-tornado parses HTTP in Python, which costs a relay about half a millisecond per request and to the
-first chunk over an aiohttp hop, and keeps more per open stream. Kernels on this host reach the same
+tornado parses HTTP in Python, which costs a relay up to half a millisecond to the first chunk over
+an aiohttp hop, and keeps more per open stream. Kernels on this host reach the same
 proxy through this lane instead (their `KEYVAULT_PROXY_URL`); the Jupyter URL keeps serving it for
 everyone else (tokens held outside, the Realtime websocket, OAuth APIs).
 
