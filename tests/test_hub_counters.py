@@ -4,6 +4,7 @@ run on PostgreSQL (tests/test_hub_replicas.py runs them across processes)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -143,6 +144,25 @@ def test_tokens_not_yet_flushed_on_this_replica_already_count_against_the_token_
     with pytest.raises(QuotaExceeded, match=r"daily token quota reached for user dave \(120/100"):
         counters.admit([Subject("user", "user", "dave", Limits(tokens_per_day=100), pending)],
                        ("dave", "personal", "K"))
+
+
+def test_token_refusal_counts_the_database_and_this_replicas_unflushed_tokens_and_counts_nothing(store):
+    clock = Clock(time.time())  # the ledger writes to today's rows
+    counters = Counters(store, clock=clock)
+    ledger = UsageLedger(store, counters, lambda events: None)
+    shared = Subject("shared key", "shared", "COURSE", Limits(tokens_per_day=50))
+    counters.admit([user("dave", tokens_per_day=100), shared], ("dave", "shared", "COURSE"))
+    assert counters.token_refusal([user("dave", tokens_per_day=100), shared]) is None
+    ledger.add("dave", "shared", "COURSE", tokens=30)
+    ledger.flush()
+    assert counters.token_refusal([user("dave", tokens_per_day=100), shared]) is None
+    refusal = counters.token_refusal([user("dave", tokens_per_day=100),
+                                      Subject("shared key", "shared", "COURSE", Limits(tokens_per_day=50), 20)])
+    assert refusal is not None and "daily token quota reached for shared key COURSE (50/50" in str(refusal)
+    assert counters.token_refusal([user("dave")]) is None  # no token quota: nothing read
+    assert counters.today("user", "dave") == (1, 30)  # a check counts nothing
+    clock.now += 86400  # yesterday's tokens do not count today
+    assert counters.token_refusal([user("dave", tokens_per_day=10)]) is None
 
 
 def test_a_rate_limit_set_after_unlimited_use_starts_with_a_full_bucket(store):

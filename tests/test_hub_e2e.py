@@ -229,6 +229,62 @@ def test_a_daily_token_quota_refuses_the_request_after_the_one_that_used_it_up(k
     kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {})
 
 
+def test_a_realtime_session_counts_its_tokens_and_ends_when_they_use_up_the_daily_quota(kvhub):
+    """The attack: limits were checked at the handshake only, so one open Realtime session spent the
+    shared key's tokens without end. Each `response.done` now counts, and the session is closed
+    (1008, after an `error` event) once the quota is used up."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    start = kvhub.service("dave", "GET", "api/usage").json()["today"]["tokens"]
+    quota = start + 12  # a few responses: the fake upstream reports a growing count for each
+    assert kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {"tokens_per_day": quota}).status == 200
+    url = kvhub.hub.service_url(SERVICE).replace("http://", "ws://") + "proxy/openai/v1/realtime?model=gpt-realtime"
+    headers = {"Authorization": f"token {kvhub.hub.user_token('dave')}", "X-KeyVault-Credential": "COURSE_OPENAI"}
+
+    async def spend() -> tuple[list[int], list[dict], int | None]:
+        reported, errors = [], []
+        async with connect(url, additional_headers=headers) as ws:
+            try:
+                for _ in range(10):
+                    try:
+                        await ws.send(json.dumps({"type": "response.create"}))
+                    except ConnectionClosed:
+                        pass  # closed by the service: what it sent before the close is still read below
+                    while True:
+                        event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                        if event["type"] == "error":
+                            errors.append(event)
+                        elif event["type"] == "response.done":
+                            reported.append(event["response"]["usage"]["total_tokens"])
+                            break
+            except ConnectionClosed:
+                pass
+            return reported, errors, ws.close_code
+
+    reported, errors, close_code = asyncio.run(spend())
+    try:
+        # Every response until the quota was reached, and not one after.
+        assert sum(reported[:-1]) < quota - start <= sum(reported), reported
+        assert close_code == 1008, (close_code, reported)
+        assert len(errors) == 1 and "daily token quota reached for user dave" in errors[0]["error"]["message"], errors
+        assert kvhub.service("dave", "GET", "api/usage").json()["today"]["tokens"] == start + sum(reported)
+        # The quota now refuses the next HTTP request and the next session too.
+        refused = kvhub.service("dave", "POST", "proxy/openai/v1/chat/completions",
+                                {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                                headers={"X-KeyVault-Credential": "COURSE_OPENAI"})
+        assert refused.status == 429 and "daily token quota" in refused.text
+        audit = kvhub.service("carol", "GET", "api/admin/audit?limit=200").json()["events"]
+        assert any(e["actor"] == "dave" and e["outcome"] == "refused" and "realtime session closed" in e["detail"]
+                   for e in audit)
+    finally:
+        kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {})
+    for text in [json.dumps(e) for e in errors]:
+        assert SHARED_CANARY not in text
+
+
 def test_a_shared_key_rate_limit_per_minute_refuses_the_burst_beyond_it(kvhub):
     assert kvhub.service("carol", "PUT", "api/admin/limits/shared/COURSE_OPENAI", {"rate_per_minute": 2}).status == 200
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}

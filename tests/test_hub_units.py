@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from jupyter_keyvault.hub.db import HubStore, Limits, SchemaTooNew, schema_version
-from jupyter_keyvault.hub.usage import UsageMeter
+from jupyter_keyvault.hub.usage import UsageMeter, realtime_tokens
 
 
 def sse(*events) -> bytes:
@@ -48,6 +48,19 @@ def test_a_reply_without_usage_counts_zero_tokens_and_garbage_is_ignored():
     meter = UsageMeter("text/event-stream")
     meter.feed(b"data: {broken usage\n\n: comment\n\n")
     assert meter.finish() == 0
+
+
+def test_a_realtime_response_done_counts_its_usage_and_every_other_event_counts_zero():
+    done = {"type": "response.done", "response": {"id": "r", "usage": {"total_tokens": 42, "input_tokens": 30,
+                                                                       "output_tokens": 12}}}
+    assert realtime_tokens(json.dumps(done)) == 42
+    done["response"]["usage"] = {"input_tokens": 30, "output_tokens": 12}
+    assert realtime_tokens(json.dumps(done)) == 42
+    for other in ({"type": "response.output_text.delta", "delta": "usage"}, {"type": "response.done", "response": {}},
+                  {"type": "response.done", "response": {"usage": {"total_tokens": True}}},
+                  {"type": "response.done", "response": {"usage": {"total_tokens": -5}}}, ["response.done", "usage"]):
+        assert realtime_tokens(json.dumps(other)) == 0, other
+    assert realtime_tokens('{"type": "response.done", "usage"') == 0
 
 
 @pytest.fixture

@@ -126,10 +126,9 @@ class Counters:
             if row.day == day and lim.requests_per_day and row.requests >= lim.requests_per_day:
                 return QuotaExceeded(f"daily request quota reached for {who} ({row.requests}/{lim.requests_per_day} "
                                      "requests today); it resets at 00:00 UTC", seconds_to_midnight(now))
-            tokens = row.tokens + s.unflushed_tokens
-            if row.day == day and lim.tokens_per_day and tokens >= lim.tokens_per_day:
-                return QuotaExceeded(f"daily token quota reached for {who} ({tokens}/{lim.tokens_per_day} "
-                                     "tokens today); it resets at 00:00 UTC", seconds_to_midnight(now))
+            over_tokens = _token_refusal(s, row, day, now)
+            if over_tokens is not None:
+                return over_tokens
             if lim.rate_per_minute and row.rate_per_minute > 0:
                 elapsed = max(0.0, now - row.bucket_at)
                 level = min(row.burst, row.bucket + elapsed * lim.rate_per_minute / 60.0)
@@ -139,6 +138,24 @@ class Counters:
                                          f"retry in {max(1, math.ceil(wait))} s", wait)
         # Another replica moved the counters between the two statements: ask the client to retry.
         return QuotaExceeded("a limit was reached; retry in 1 s", 1.0)
+
+    def token_refusal(self, subjects: list[Subject]) -> QuotaExceeded | None:
+        """Why these subjects may not spend more tokens today (their daily token quota is used up), or
+        None. Counts nothing: for a session already admitted (Realtime), checked as it reports usage."""
+        limited = [s for s in subjects if s.limits.tokens_per_day]
+        if not limited:
+            return None
+        now = self.clock()
+        day = utc_day(now)
+        with self.store._connect() as conn:
+            state = {(r.kind, r.subject): r for r in conn.execute(sa.select(counters).where(
+                sa.tuple_(counters.c.kind, counters.c.subject).in_([(s.kind, s.name) for s in limited])))}
+        for s in limited:
+            row = state.get((s.kind, s.name))
+            refusal = _token_refusal(s, row, day, now) if row is not None else None
+            if refusal is not None:
+                return refusal
+        return None
 
     def add_tokens(self, conn: sa.Connection, kind: str, subject: str, day: str, tokens: int) -> None:
         """Tokens a finished response reported, counted against today's quota (from the flusher)."""
@@ -151,6 +168,15 @@ class Counters:
             row = conn.execute(sa.select(counters.c.requests, counters.c.tokens).where(
                 counters.c.kind == kind, counters.c.subject == subject, counters.c.day == day)).first()
         return (int(row.requests), int(row.tokens)) if row else (0, 0)
+
+
+def _token_refusal(s: Subject, row, day: str, now: float) -> QuotaExceeded | None:
+    """The daily token quota of `s`, given its counter row: what the database holds plus this replica's unflushed tokens."""
+    tokens = row.tokens + s.unflushed_tokens
+    if row.day == day and s.limits.tokens_per_day and tokens >= s.limits.tokens_per_day:
+        return QuotaExceeded(f"daily token quota reached for {s.label} {s.name} ({tokens}/{s.limits.tokens_per_day} "
+                             "tokens today); it resets at 00:00 UTC", seconds_to_midnight(now))
+    return None
 
 
 def seconds_to_midnight(now: float | None = None) -> float:

@@ -328,9 +328,8 @@ class KeyVaultHubService(Application):
                 or Limits(self.user_rate_per_minute or None, self.user_requests_per_day or None,
                           self.user_tokens_per_day or None))
 
-    def check_limits(self, username: str, source: str, credential: str) -> None:
-        """Raise QuotaExceeded (429) if this user, or the shared key, is over a limit; else count the
-        request in the database (committed before the request goes upstream)."""
+    def limit_subjects(self, username: str, source: str, credential: str) -> list[Subject]:
+        """Whose limits a use counts against: the user's, and the shared key's when one is used."""
         user_limits = self.user_limits(username)
         subjects = [Subject("user", "user", username, user_limits,
                             self.ledger.unflushed_tokens("user", username) if user_limits.tokens_per_day else 0)]
@@ -339,7 +338,22 @@ class KeyVaultHubService(Application):
             subjects.append(Subject("shared key", "shared", credential, shared_limits,
                                     self.ledger.unflushed_tokens("shared", credential)
                                     if shared_limits.tokens_per_day else 0))
-        self.counters.admit(subjects, (username, source, credential))
+        return subjects
+
+    def check_limits(self, username: str, source: str, credential: str) -> None:
+        """Raise QuotaExceeded (429) if this user, or the shared key, is over a limit; else count the
+        request in the database (committed before the request goes upstream)."""
+        self.counters.admit(self.limit_subjects(username, source, credential), (username, source, credential))
+
+    def spend_session_tokens(self, username: str, source: str, credential: str, tokens: int) -> QuotaExceeded | None:
+        """Tokens an admitted session (Realtime) reported: counted, then the reason it may not go on
+        (the daily token quota used up, audited as a refused use), or None."""
+        self.ledger.add(username, source, credential, tokens=tokens)
+        refusal = self.counters.token_refusal(self.limit_subjects(username, source, credential))
+        if refusal is not None:
+            owner = SHARED_OWNER if source == "shared" else personal_owner(username)
+            self.ledger.audit(owner, "use", credential, "refused", actor=username, detail=f"realtime session closed: {refusal}")
+        return refusal
 
     def base_url_for(self, provider: providers.Provider) -> str:
         # Only configuration decides where keys are sent (not the service's environment).

@@ -1,4 +1,4 @@
-"""Count the tokens a provider reports in its `usage` fields, JSON or streamed (SSE)."""
+"""Count the tokens a provider reports in its `usage` fields: JSON, streamed (SSE), or Realtime events."""
 
 from __future__ import annotations
 
@@ -72,3 +72,22 @@ class UsageMeter:
                 self._input = max(self._input, usage["input_tokens"])
             if isinstance(usage.get("output_tokens"), int):
                 self._output = max(self._output, usage["output_tokens"])
+
+
+def realtime_tokens(text: str) -> int:
+    """Tokens a Realtime API event reports: `response.done` carries its response's `usage`; 0 otherwise."""
+    if '"response.done"' not in text or '"usage"' not in text:
+        return 0
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return 0
+    response = event.get("response") if isinstance(event, dict) and event.get("type") == "response.done" else None
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        return 0
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+        return total
+    parts = [usage.get(k) for k in ("input_tokens", "output_tokens")]
+    return sum(p for p in parts if isinstance(p, int) and not isinstance(p, bool) and p > 0)

@@ -474,7 +474,7 @@ class _RealtimeHandler(tornado.websocket.WebSocketHandler):
 
     - the handshake needs a valid bearer key (else 401, as OpenAI answers);
     - on open: `session.created`; `response.create` → REPLY_TEXT as `response.output_text.delta`
-      events, then `response.done`;
+      events, then `response.done` with its `usage` (`realtime_usage`);
     - `keyvault.test.echo_key` → the key it was sent, back in a text frame (plain and as JSON \\u
       escapes) and in a binary frame: what a hostile upstream could do;
     - `keyvault.test.close` → closes with the event's `code` and `reason`;
@@ -516,7 +516,8 @@ class _RealtimeHandler(tornado.websocket.WebSocketHandler):
                                                      "response_id": "resp_1", "item_id": "item_1", "output_index": 0,
                                                      "content_index": 0, "delta": piece}))
             await self.write_message(json.dumps({"type": "response.done", "event_id": "event_done", "response": {
-                "id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}))
+                "id": "resp_1", "object": "realtime.response", "status": "completed", "output": [],
+                "usage": realtime_usage(self.session.messages)}}))
         elif kind == "keyvault.test.echo_key":
             await self.write_message(json.dumps({"type": "error", "event_id": "event_e", "error": {
                 "type": "invalid_request_error", "message": f"key {self.key} is not allowed"}}))
@@ -529,6 +530,13 @@ class _RealtimeHandler(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.session.close_code = self.close_code
+
+
+def realtime_usage(messages: list) -> dict:
+    """What OpenAI's `response.done` reports: the session's text so far as input, REPLY_TEXT as output."""
+    input_tokens = sum(_approx_tokens(m) for m in messages if isinstance(m, str))
+    output_tokens = _approx_tokens(REPLY_TEXT)
+    return {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens, "output_tokens": output_tokens}
 
 
 @dataclass

@@ -374,6 +374,7 @@ class WebSocketRelayMixin:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     text = self._redactor.text(msg.data) if self._redactor else msg.data
                     await handler.write_message(self._scrub(text))  # type: ignore[attr-defined]
+                    self.upstream_event(msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     data = self._redactor.feed(msg.data) + self._redactor.flush() if self._redactor else msg.data
                     await handler.write_message(data, binary=True)  # type: ignore[attr-defined]
@@ -390,6 +391,9 @@ class WebSocketRelayMixin:
         reason = self._scrub(self._redactor.text(reason) if self._redactor else reason)
         handler.close(_sendable_close_code(code),  # type: ignore[attr-defined]
                       reason.encode()[:120].decode("utf-8", "ignore"))
+
+    def upstream_event(self, text: str) -> None:
+        """A text frame from upstream, after it went to the client: for a handler that meters use."""
 
     def on_close(self) -> None:
         upstream = self.upstream_ws

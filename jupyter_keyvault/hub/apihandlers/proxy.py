@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from tornado import web
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ... import providers
 from ...store import InvalidInput
@@ -16,7 +16,7 @@ from ...web.errors import error_message, http_errors, provider_error_body, set_r
 from ...web.headers import upstream_request_headers
 from ...web.paths import proxied_url, upstream_url
 from ...web.relay import RelayMixin, WebSocketRelayMixin
-from ..usage import UsageMeter
+from ..usage import UsageMeter, realtime_tokens
 from .base import ServiceBase
 
 
@@ -111,7 +111,12 @@ def _with_usage_requested(body: bytes) -> bytes:
 
 class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
     """`{prefix}proxy/openai/v1/realtime`: the Realtime API websocket, the key chosen, limits enforced and
-    the use counted in the handshake (as for an HTTP request), before the upgrade."""
+    the use counted in the handshake (as for an HTTP request), before the upgrade. Then the tokens each
+    `response.done` reports count as they come, and a session that uses up a daily token quota is
+    closed (1008, after a Realtime `error` event): one session cannot spend past it."""
+
+    usage_key: tuple[str, str, str] = ("", "", "")  # (user, source, credential)
+    _quota_check: asyncio.Future | None = None
 
     def check_origin(self, origin: str) -> bool:
         return False  # single-user servers and SDKs send no Origin; a browser page has no business here
@@ -137,9 +142,30 @@ class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
         if choice is None:
             raise web.HTTPError(401, f"No API key configured for {name}: you have no personal key of that name and "
                                      f"no shared {provider.label} key is granted to you")
+        source, _, credential = choice
+        self.usage_key = (self.username, source, credential)
         headers = upstream_request_headers(self.request.headers.get_all(), injected=provider.auth_headers(resolved.value),
                                            defaults=provider.default_headers)
         url = upstream_url(base_url, "realtime", self.request.query)
         await self.connect_upstream(await self.kv.http_session(), url, headers, injected=resolved.value,
                                     scrub=self.kv.scrubber.scrub)
         await self.upgrade(*args, **kwargs)
+
+    def upstream_event(self, text: str) -> None:
+        tokens = realtime_tokens(text)
+        if tokens:
+            previous = self._quota_check
+            self._quota_check = asyncio.ensure_future(self._spend(tokens, previous))
+
+    async def _spend(self, tokens: int, previous: asyncio.Future | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # in the order reported
+        refusal = await asyncio.to_thread(self.kv.spend_session_tokens, *self.usage_key, tokens)
+        if refusal is None or self.ws_connection is None:
+            return
+        try:
+            await self.write_message(json.dumps({"type": "error", "event_id": "event_keyvault_quota", "error": {
+                "type": "rate_limit_exceeded", "code": "rate_limit_exceeded", "message": str(refusal)}}))
+        except WebSocketClosedError:
+            return
+        self.close(1008, "daily token quota reached")
