@@ -48,7 +48,8 @@ def release_call_context(handler: object) -> None:
     handler, so each idle pooled connection kept a finished request whole (handler, request, streams,
     relay task: about 10 KiB) until the connection closed, 60 s or more later. The map is the one this
     request set (CallContext.set copies it), shared only with what the request started."""
-    names = CallContext._name_value_map.get(None)
+    context_map = getattr(CallContext, "_name_value_map", None)  # private: a jupyter_server without it costs memory only
+    names = context_map.get(None) if context_map is not None else None
     if names is not None and names.get(CallContext.JUPYTER_HANDLER) is handler:
         del names[CallContext.JUPYTER_HANDLER]
 
