@@ -372,9 +372,9 @@ class WebSocketRelayMixin:
             while True:
                 msg = await upstream.receive()
                 if msg.type == aiohttp.WSMsgType.TEXT:
+                    self.upstream_event(msg.data)  # first: what was spent upstream counts even if the client is gone
                     text = self._redactor.text(msg.data) if self._redactor else msg.data
                     await handler.write_message(self._scrub(text))  # type: ignore[attr-defined]
-                    self.upstream_event(msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     data = self._redactor.feed(msg.data) + self._redactor.flush() if self._redactor else msg.data
                     await handler.write_message(data, binary=True)  # type: ignore[attr-defined]
@@ -393,7 +393,7 @@ class WebSocketRelayMixin:
                       reason.encode()[:120].decode("utf-8", "ignore"))
 
     def upstream_event(self, text: str) -> None:
-        """A text frame from upstream, after it went to the client: for a handler that meters use."""
+        """A text frame from upstream, as it arrives (before it goes to the client): for a handler that meters use."""
 
     def on_close(self) -> None:
         upstream = self.upstream_ws
