@@ -329,6 +329,41 @@ async def test_the_shared_canary_is_absent_from_every_user_visible_place(kvhub):
 
 
 # -- isolation
+def test_a_proxy_request_refused_before_its_body_leaves_the_next_request_to_that_server_unharmed(kvhub):
+    """The attack: anyone sends bob's server a proxy request it refuses before reading the body. tornado
+    closed that connection without saying so, JupyterHub's proxy reused it, and the next request
+    (bob's own, or anyone's) got JupyterHub's 503 page, a few times in 30. The refusal now says
+    `Connection: close`, on the service's proxy too."""
+    import http.client
+    from collections import Counter
+    from urllib.parse import urlsplit
+
+    def call(method: str, url: str, body: dict, token: str | None = None) -> int:
+        # http.client, not urllib: urllib asks for `Connection: close`, which JupyterHub's proxy passes
+        # on, so the connection it keeps to the server would never be reused; SDKs and browsers keep alive.
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            conn.request(method, parts.path, json.dumps(body), {"Content-Type": "application/json",
+                                                                **({"Authorization": f"token {token}"} if token else {})})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    kvhub.hub.start_server("bob")
+    bob = kvhub.hub.user_token("bob")
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    for proxy, credentials in ((kvhub.hub.user_url("bob") + "keyvault/proxy/openai/v1/chat/completions",
+                                kvhub.hub.user_url("bob") + "keyvault/api/credentials/NOTE"),
+                               (kvhub.hub.service_url(SERVICE) + "proxy/openai/v1/chat/completions",
+                                kvhub.hub.service_url(SERVICE) + "api/credentials/NOTE")):
+        outcomes = Counter()
+        for _ in range(60):
+            refused = call("POST", proxy, chat)  # no credential at all
+            outcomes[(refused, call("PUT", credentials, {"value": "not a key"}, bob))] += 1
+        assert set(outcomes) <= {(401, 201), (401, 204)}, (proxy, outcomes)
+
+
 def test_bob_can_never_list_read_test_use_delete_or_see_usage_of_alices_credentials(kvhub):
     assert kvhub.service("alice", "PUT", "api/credentials/ALICE_ONLY",
                          {"value": ALICE_KEY, "provider": "openai"}).status in (201, 204)

@@ -29,6 +29,7 @@ from tornado.websocket import WebSocketHandler
 
 from .. import providers
 from ..scrub import lowest_written_level
+from ..web.bodies import close_if_body_unread
 from ..web.errors import error_message, http_errors, provider_error_body, set_retry_after
 from ..web.headers import upstream_request_headers
 from ..web.paths import proxied_path, upstream_url
@@ -57,6 +58,7 @@ class ProxyHandler(CallerMixin, RelayMixin, web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs):
         set_retry_after(self, kwargs)
+        close_if_body_unread(self)  # a refusal comes before the body is read
         self.set_header("Content-Type", "application/json")
         self.finish(provider_error_body(status_code, error_message(self, kwargs)))
 

@@ -50,6 +50,15 @@ def json_object(raw: bytes | None, *, max_bytes: int, content_type: str | None,
     return body
 
 
+def close_if_body_unread(handler: Any) -> None:
+    """For an answer sent before the request body was read: tornado closes the connection after it,
+    so say so. A reverse proxy that reuses its connections (JupyterHub's) otherwise sends the next
+    request, anyone's, into the closed one and answers it with a 503."""
+    body_read = getattr(handler.request, "_body_future", None)
+    if body_read is not None and not body_read.done():
+        handler.set_header("Connection", "close")
+
+
 class BoundedBodyMixin:
     """For a `@web.stream_request_body` handler with a small JSON body: a body over the cap is never
     kept, and is refused with 413 once it has been read and dropped, so the client (which reads the
@@ -94,11 +103,7 @@ class BoundedBodyMixin:
                 self._answer_after_body(refusal)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # A reply before the body was read (a body far over the cap, a 405 for an unknown method):
-        # tornado closes the connection after it, so say so and no client or proxy reuses it.
-        body_read = getattr(self.request, "_body_future", None)  # type: ignore[attr-defined]
-        if body_read is not None and not body_read.done():
-            self.set_header("Connection", "close")  # type: ignore[attr-defined]
+        close_if_body_unread(self)  # a body far over the cap, a 405 for an unknown method
         super().write_error(status_code, **kwargs)  # type: ignore[misc]
 
     def data_received(self, chunk: bytes) -> None:

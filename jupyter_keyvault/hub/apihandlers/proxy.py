@@ -12,6 +12,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from ... import providers
 from ...store import InvalidInput
 from ...store.model import validate_name
+from ...web.bodies import close_if_body_unread
 from ...web.errors import error_message, http_errors, provider_error_body, set_retry_after
 from ...web.headers import upstream_request_headers
 from ...web.paths import proxied_url, upstream_url
@@ -35,6 +36,7 @@ class ProxyHandler(RelayMixin, ServiceBase):
 
     def write_error(self, status_code: int, **kwargs):
         set_retry_after(self, kwargs)
+        close_if_body_unread(self)  # a refusal comes before the body is read
         self.set_header("Content-Type", "application/json")
         self.finish(provider_error_body(status_code, error_message(self, kwargs)))
 
