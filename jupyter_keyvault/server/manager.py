@@ -36,7 +36,7 @@ from ..store.tokens import KernelTokens
 from ..vaults import AccessTokens, ServerVault, Upstream
 from ..vaults.unavailable import UnavailableVault
 from ..web.relay import upstream_session
-from .uses import CredentialUses, UseLog
+from .uses import CredentialUses, Refusals, UseLog
 
 if TYPE_CHECKING:
     import aiohttp  # imported by web.relay when the first request goes upstream
@@ -286,8 +286,7 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
                                     actor="token", detail="out of scope")
             raise
         except VaultError as exc:
-            await asyncio.to_thread(self.vault.audit, self.owner, "token_auth", credential, "refused",
-                                    actor="token", detail=f"from {client}")
+            self.uses.refusal(credential, client)  # audited in one row per second, not one each
             wait = self.token_failure_limiter.take(client)
             if wait:
                 if len(self._token_blocked_until) >= self.token_failure_limiter.max_keys:  # keys come from callers
@@ -308,12 +307,15 @@ class KeyVaultManager(KeyVault, LoggingConfigurable):
         """A token was created or revoked through this server: verify every token afresh."""
         self._verified_tokens.clear()
 
-    def _write_uses(self, credentials: CredentialUses, token_ids: set[str]) -> None:
+    def _write_uses(self, credentials: CredentialUses, token_ids: set[str], refusals: Refusals) -> None:
         """Blocking: the batch `self.uses` hands over once a second and at shutdown."""
         if credentials:
             self.vault.record_uses(self.owner, credentials)
         if token_ids:
             self.tokens.touch(self.owner, token_ids)
+        if refusals.count:
+            self.vault.audit(self.owner, "token_auth", refusals.credential, "refused", actor="token",
+                             detail=refusals.detail)
 
     # -- upstream HTTP
     async def http_session(self) -> aiohttp.ClientSession:

@@ -158,6 +158,7 @@ class AuditHandler(RestHandler):
             raise web.HTTPError(400, "limit must be between 1 and 1000")
         if before_id is not None and not 0 <= before_id <= MAX_EVENT_ID:  # SQLite ints are 64-bit (500 above)
             raise web.HTTPError(400, f"before must be between 0 and {MAX_EVENT_ID}")
+        await self.kv.uses.flush()  # the last second's uses and refusals are listed too
         events = await self.off_loop(self.kv.vault.audit_events, self.owner, limit, before_id)
         next_before = events[-1].id if len(events) == limit else None
         self.write_json({"events": [e.to_json() for e in events], "next_before": next_before})
