@@ -148,8 +148,9 @@ class UsageHandler(ServiceBase):
         await self.kv.flush()
         rows = await self.off_loop(self.kv.store.usage_rows, self.username)
         requests, tokens = await self.off_loop(self.kv.store.user_totals, self.username)
+        limits = await self.off_loop(self.kv.user_limits, self.username)  # a cache miss reads the database
         self.write_json({"user": self.username, "usage": rows, "today": {"requests": requests, "tokens": tokens},
-                         "limits": self.kv.user_limits(self.username).to_json(), "groups": ident["groups"]})
+                         "limits": limits.to_json(), "groups": ident["groups"]})
 
 
 class AuditHandler(ServiceBase):
