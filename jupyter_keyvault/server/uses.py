@@ -2,8 +2,8 @@
 
 A proxied request served from the decrypted-key cache only counts itself in memory; once a second
 a worker thread writes the counts (one audit row per credential and caller, saying how many
-requests it stands for, and the last-used times), and `close()` writes what is left, so a clean
-stop loses no use. A batch that cannot be written (disk full, locked) is kept for the next one.
+requests it stands for; one for all failed token attempts; the last-used times), and `close()`
+writes what is left, so a clean stop loses no use. A batch that cannot be written (disk full, locked) is kept for the next one.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ class Refusals:
     samples: list[tuple[str, str]] = field(default_factory=list)
     credential: str | None = None  # the one credential every attempt named, if only one was
 
-    def add(self, credential: str, client: str, count: int = 1) -> None:
+    def add(self, credential: str, client: str) -> None:
         self.credential = credential if self.count == 0 or self.credential == credential else None
-        self.count += count
+        self.count += 1
         if len(self.samples) < MAX_REFUSAL_SAMPLES:
             self.samples.append((credential[:64], client[:80]))
 
