@@ -266,8 +266,10 @@ def test_a_realtime_session_counts_its_tokens_and_ends_when_they_use_up_the_dail
 
     reported, errors, close_code = asyncio.run(spend())
     try:
-        # Every response until the quota was reached, and not one after.
+        # Every response until the quota was reached, and not one after: nothing the client sent after the
+        # response that reached it went upstream (it waited for the check, then was dropped).
         assert sum(reported[:-1]) < quota - start <= sum(reported), reported
+        assert len(kvhub.upstream.realtime[-1].messages) == len(reported), kvhub.upstream.realtime[-1].messages
         assert close_code == 1008, (close_code, reported)
         assert len(errors) == 1 and "daily token quota reached for user dave" in errors[0]["error"]["message"], errors
         assert kvhub.service("dave", "GET", "api/usage").json()["today"]["tokens"] == start + sum(reported)

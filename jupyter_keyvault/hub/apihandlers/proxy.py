@@ -119,6 +119,7 @@ class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
 
     usage_key: tuple[str, str, str] = ("", "", "")  # (user, source, credential)
     _quota_check: asyncio.Future | None = None
+    _over_quota = False
 
     def check_origin(self, origin: str) -> bool:
         return False  # single-user servers and SDKs send no Origin; a browser page has no business here
@@ -159,11 +160,22 @@ class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
             previous = self._quota_check
             self._quota_check = asyncio.ensure_future(self._spend(tokens, previous))
 
+    async def on_message(self, message: str | bytes) -> None:
+        # tornado reads the next message once this returns: while the tokens of a finished response are
+        # being checked, nothing the client sends after it goes upstream, and nothing once over the quota.
+        if self._quota_check is not None and not self._quota_check.done():
+            await asyncio.wait([self._quota_check])
+        if not self._over_quota:
+            await super().on_message(message)
+
     async def _spend(self, tokens: int, previous: asyncio.Future | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # in the order reported
         refusal = await asyncio.to_thread(self.kv.spend_session_tokens, *self.usage_key, tokens)
-        if refusal is None or self.ws_connection is None:
+        if refusal is None:
+            return
+        self._over_quota = True
+        if self.ws_connection is None:
             return
         try:
             await self.write_message(json.dumps({"type": "error", "event_id": "event_keyvault_quota", "error": {
