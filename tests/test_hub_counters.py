@@ -173,3 +173,28 @@ def test_a_rate_limit_set_after_unlimited_use_starts_with_a_full_bucket(store):
         counters.admit([user("dave", rate_per_minute=2)], ("dave", "personal", "K"))
     with pytest.raises(QuotaExceeded, match="rate limit of 2 requests/min"):
         counters.admit([user("dave", rate_per_minute=2)], ("dave", "personal", "K"))
+
+
+def test_refusals_of_one_user_are_one_audit_event_per_flush_that_says_how_many(store):
+    """A loop against a quota, or requests for names that do not exist, are not bounded by any limit:
+    each was an audit row, so one user could grow the service's audit table at will."""
+    written: list = []
+    ledger = UsageLedger(store, Counters(store), written.extend)
+    for i in range(500):
+        ledger.audit("user:erin", "use", f"NAME_{i}", "denied", actor="erin", detail="no key granted")
+    for _ in range(3):
+        ledger.audit("shared", "use", "COURSE", "refused", actor="dave", detail="daily request quota reached")
+    for _ in range(2):
+        ledger.audit("user:erin", "use", "OPENAI_API_KEY", "ok", actor="erin")  # uses: bounded by the limits
+    ledger.flush()
+    denied = [e for e in written if e.outcome == "denied"]
+    assert len(denied) == 1 and denied[0].target is None and denied[0].actor == "erin"
+    assert denied[0].detail == ("500 requests since the last write; named: NAME_0, NAME_1, NAME_2, NAME_3, NAME_4; "
+                                "first: no key granted")
+    refused = [e for e in written if e.outcome == "refused"]
+    assert len(refused) == 1 and refused[0].target == "COURSE" and refused[0].detail.startswith("3 requests")
+    assert len([e for e in written if e.outcome == "ok"]) == 2
+    written.clear()
+    ledger.audit("user:erin", "use", "X", "denied", actor="erin", detail="no key granted")
+    ledger.flush()  # a new interval starts its own count
+    assert [(e.target, e.detail) for e in written] == [("X", "no key granted")]

@@ -194,6 +194,27 @@ async def test_a_non_member_neither_sees_nor_can_use_the_shared_key(kvhub):
     assert resp.status == 401, resp.text
 
 
+def test_a_flood_of_refused_requests_is_counted_in_a_few_audit_rows_not_a_row_each(kvhub):
+    """The attack: erin, who has no key, sends 200 proxied requests for names that do not exist. No limit
+    applies to requests that are refused, and each was an audit row: one user grew the table at will."""
+    import concurrent.futures
+
+    def one(i: int) -> int:
+        return kvhub.service("erin", "POST", "proxy/openai/v1/chat/completions",
+                             {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                             headers={"X-KeyVault-Credential": f"NOPE_{i}"}).status
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(200))) == {401}
+    events = kvhub.service("carol", "GET", "api/admin/audit?limit=1000").json()["events"]
+    mine = [e for e in events if e["actor"] == "erin" and e["outcome"] == "denied" and "NOPE_" in (
+        e["target"] or "") + (e["detail"] or "")]
+    counted = sum(int(e["detail"].split(" requests since", 1)[0]) if " requests since" in (e["detail"] or "") else 1
+                  for e in mine)
+    assert counted == 200, mine[:3]
+    assert len(mine) <= 30, len(mine)  # one a second at most, for a flood that takes a few seconds
+
+
 async def test_a_member_over_the_daily_request_quota_is_refused_with_429_and_a_clear_message(kvhub):
     used = kvhub.service("dave", "GET", "api/usage").json()["today"]["requests"]
     resp = kvhub.service("carol", "PUT", "api/admin/limits/user/dave", {"requests_per_day": used + 1})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
 from ..store.model import AuditEvent
@@ -20,6 +21,29 @@ from .counters import Counters
 from .db import HubStore, utc_day
 
 MAX_QUEUED_EVENTS = 100_000  # use events kept through a database outage; the oldest go first beyond this
+REPEATED_OUTCOMES = frozenset({"denied", "refused"})  # not bounded by any limit: counted, not a row each
+MAX_TARGETS_NAMED = 5
+
+
+class _Repeats:
+    """The refusals of one (owner, actor, action, outcome) since the last flush: one event counts them."""
+
+    def __init__(self, event: AuditEvent):
+        self.event = event
+        self.count = 1
+        self.targets = [event.target] if event.target else []
+
+    def add(self, target: str | None) -> None:
+        self.count += 1
+        if target and target not in self.targets and len(self.targets) < MAX_TARGETS_NAMED:
+            self.targets.append(target)
+
+    def written(self) -> AuditEvent:
+        if self.count == 1:
+            return self.event
+        names = ", ".join(t[:64] for t in self.targets)
+        detail = f"{self.count} requests since the last write; named: {names}; first: {self.event.detail or ''}"
+        return replace(self.event, target=self.event.target if len(self.targets) <= 1 else None, detail=detail)
 
 
 class UsageLedger:
@@ -30,7 +54,8 @@ class UsageLedger:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._tokens: dict[tuple[str, str, str, str], int] = {}  # (day, user, source, credential) -> tokens
-        self._events: list[AuditEvent] = []
+        self._events: list[AuditEvent | _Repeats] = []
+        self._repeats: dict[tuple[str, str, str, str], _Repeats] = {}
 
     def add(self, user: str, source: str, credential: str, *, tokens: int) -> None:
         """Tokens a finished response reported (its request was counted at admission)."""
@@ -42,9 +67,21 @@ class UsageLedger:
 
     def audit(self, owner: str, action: str, target: str | None, outcome: str, *, actor: str,
               detail: str | None = None) -> None:
+        """Queue an event. Refusals (denied, refused) of one actor are one event per flush that says how
+        many there were: a user's loop against a quota, or requests for names that do not exist, must
+        not grow the audit table by a row each."""
         event = AuditEvent(None, time.time(), owner, actor, action, target, outcome, detail)
         with self._lock:
-            self._events.append(event)
+            if outcome not in REPEATED_OUTCOMES:
+                self._events.append(event)
+                return
+            key = (owner, actor, action, outcome)
+            repeats = self._repeats.get(key)
+            if repeats is not None:
+                repeats.add(target)
+                return
+            repeats = self._repeats[key] = _Repeats(event)
+            self._events.append(repeats)
 
     def unflushed_tokens(self, kind: str, subject: str) -> int:
         """Tokens of `kind` ("user"/"shared") `subject` today that the next flush will write."""
@@ -61,7 +98,8 @@ class UsageLedger:
         with self._flush_lock:
             with self._lock:
                 tokens, self._tokens = self._tokens, {}
-                events, self._events = self._events, []
+                events = [e.written() if isinstance(e, _Repeats) else e for e in self._events]
+                self._events, self._repeats = [], {}
             try:
                 if tokens:
                     self._write_tokens(tokens)
