@@ -3,7 +3,8 @@
 A proxied request served from the decrypted-key cache only counts itself in memory; once a second
 a worker thread writes the counts (one audit row per credential and caller, saying how many
 requests it stands for; one for all failed token attempts; the last-used times), and `close()`
-writes what is left, so a clean stop loses no use. A batch that cannot be written (disk full, locked) is kept for the next one.
+writes what is left, so a clean stop loses no use. A batch that cannot be written (disk full,
+locked) is kept for the next one.
 """
 
 from __future__ import annotations
