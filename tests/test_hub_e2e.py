@@ -198,6 +198,7 @@ def test_a_flood_of_refused_requests_is_counted_in_a_few_audit_rows_not_a_row_ea
     """The attack: erin, who has no key, sends 200 proxied requests for names that do not exist. No limit
     applies to requests that are refused, and each was an audit row: one user grew the table at will."""
     import concurrent.futures
+    import time
 
     def one(i: int) -> int:
         return kvhub.service("erin", "POST", "proxy/openai/v1/chat/completions",
@@ -208,13 +209,15 @@ def test_a_flood_of_refused_requests_is_counted_in_a_few_audit_rows_not_a_row_ea
         return kvhub.service("carol", "GET", "api/admin/audit?limit=1000").json()["events"]
 
     before = max((e["id"] for e in audit()), default=0)  # earlier tests' refusals are written, and left out
+    started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert set(pool.map(one, range(200))) == {401}
+    seconds = time.monotonic() - started
     mine = [e for e in audit() if e["id"] > before and e["actor"] == "erin" and e["outcome"] == "denied"]
     counted = sum(int(e["detail"].split(" requests since", 1)[0]) if " requests since" in (e["detail"] or "") else 1
                   for e in mine)
     assert counted == 200, mine[:3]
-    assert len(mine) <= 30, len(mine)  # one a second at most, for a flood that takes a few seconds
+    assert len(mine) <= seconds + 2, (len(mine), seconds)  # a row a second (flush_interval), not one each
 
 
 async def test_a_member_over_the_daily_request_quota_is_refused_with_429_and_a_clear_message(kvhub):

@@ -163,14 +163,16 @@ async def test_given_a_flood_of_forged_token_ids_then_each_second_is_one_audit_r
     """The attack: anyone who reaches the proxy (any hub user through JupyterHub's proxy, any local user
     on the loopback lane) sent forged tokens, each a new id the failure limit does not know, and each
     wrote its own audit row: the owner's audit log and disk grew at the attacker's pace."""
+    started = time.monotonic()
     async with httpx.AsyncClient(trust_env=False, timeout=30) as tool:
         replies = await asyncio.gather(*(
             tool.get(server_url + PROXY + "/models", headers={"Authorization": f"Bearer kvt1_{i:032x}_{'1' * 64}"})
             for i in range(300)))
+    seconds = time.monotonic() - started
     assert {r.status_code for r in replies} == {401} and fake_upstream.requests == []
     events = [e for e in (await rest("GET", "audit?limit=1000")).json()["events"] if e["action"] == "token_auth"]
     assert refused_attempts(events) == 300
-    assert 1 <= len(events) <= 5, len(events)  # the flood took a few seconds at most
+    assert 1 <= len(events) <= seconds + 2, (len(events), seconds)  # a row a second, not one each
     assert all(e["target"] == "OPENAI_API_KEY" and e["detail"].count(" from token:") == 5 for e in events[:1])
 
 
