@@ -48,3 +48,9 @@ def test_refusals_name_their_one_credential_and_keep_a_bounded_sample():
     assert refusals.count == 1000 and refusals.credential == "OPENAI_API_KEY"
     assert len(refusals.samples) == MAX_REFUSAL_SAMPLES and all(len(c) <= 80 for _, c in refusals.samples)
     assert refusals.detail.startswith("1000 failed attempt(s); first: OPENAI_API_KEY from address:xxx")
+
+
+def test_a_credential_name_from_the_callers_header_is_bounded_before_it_reaches_the_audit_log():
+    refusals = Refusals()
+    refusals.add("N" * 8000, "token:abc")  # not checked before the token is: any header value
+    assert refusals.credential == "N" * 64 and refusals.samples == [("N" * 64, "token:abc")]

@@ -74,10 +74,13 @@ class Counters:
                 return
         except _Refused:
             pass
+        raise self._refusal(subjects, self._rows(subjects), day, now)
+
+    def _rows(self, subjects: list[Subject]) -> dict:
+        """The counter rows of these subjects as they are now, by (kind, name)."""
         with self.store._connect() as conn:
-            state = {(r.kind, r.subject): r for r in conn.execute(sa.select(counters).where(
+            return {(r.kind, r.subject): r for r in conn.execute(sa.select(counters).where(
                 sa.tuple_(counters.c.kind, counters.c.subject).in_([(s.kind, s.name) for s in subjects])))}
-        raise self._refusal(subjects, state, day, now)
 
     def _statement(self):
         """The admission upsert of one counter row, built once (parameters: the row's columns)."""
@@ -147,9 +150,7 @@ class Counters:
             return None
         now = self.clock()
         day = utc_day(now)
-        with self.store._connect() as conn:
-            state = {(r.kind, r.subject): r for r in conn.execute(sa.select(counters).where(
-                sa.tuple_(counters.c.kind, counters.c.subject).in_([(s.kind, s.name) for s in limited])))}
+        state = self._rows(limited)
         for s in limited:
             row = state.get((s.kind, s.name))
             refusal = _token_refusal(s, row, day, now) if row is not None else None

@@ -255,7 +255,7 @@ def error_response(exc: tornado_web.HTTPError) -> Response:
 
     message = exc.log_message or httputil.responses.get(exc.status_code, "error")
     response = Response(status=exc.status_code, text=provider_error_body(exc.status_code, message),
-                            content_type="application/json")
+                        content_type="application/json")
     if isinstance(exc, TooManyRequests):
         response.headers["Retry-After"] = exc.retry_after
     return response

@@ -32,10 +32,11 @@ class Refusals:
     credential: str | None = None  # the one credential every attempt named, if only one was
 
     def add(self, credential: str, client: str) -> None:
+        credential = credential[:64]  # the caller's header, not yet checked: bounded in the audit log
         self.credential = credential if self.count == 0 or self.credential == credential else None
         self.count += 1
         if len(self.samples) < MAX_REFUSAL_SAMPLES:
-            self.samples.append((credential[:64], client[:80]))
+            self.samples.append((credential, client[:80]))
 
     def merge(self, other: Refusals) -> None:
         """Add a batch that could not be written back in (before newer attempts' samples)."""
