@@ -119,7 +119,7 @@ class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
 
     usage_key: tuple[str, str, str] = ("", "", "")  # (user, source, credential)
     _quota_check: asyncio.Future | None = None
-    _over_quota = False
+    _over_quota = False  # set once the session may send nothing more upstream
 
     def check_origin(self, origin: str) -> bool:
         return False  # single-user servers and SDKs send no Origin; a browser page has no business here
@@ -171,15 +171,25 @@ class RealtimeProxyHandler(WebSocketRelayMixin, WebSocketHandler, ServiceBase):
     async def _spend(self, tokens: int, previous: asyncio.Future | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # in the order reported
-        refusal = await asyncio.to_thread(self.kv.spend_session_tokens, *self.usage_key, tokens)
-        if refusal is None:
+        try:
+            refusal = await asyncio.to_thread(self.kv.spend_session_tokens, *self.usage_key, tokens)
+        except Exception as exc:  # noqa: BLE001 - the database is unreachable: closed, as an HTTP admission would be (503)
+            self.kv.log.warning("realtime session of %s closed: its usage could not be checked (%s)", self.usage_key[0],
+                                type(exc).__name__)  # the class only: a driver's message can quote its statement
+            await self._end("usage_unavailable", "the usage database cannot be reached; connect again later",
+                            1011, "usage could not be checked")
             return
+        if refusal is not None:
+            await self._end("rate_limit_exceeded", str(refusal), 1008, "daily token quota reached")
+
+    async def _end(self, code: str, message: str, close_code: int, reason: str) -> None:
+        """No more of this session goes upstream; the client gets a Realtime `error` event, then the close."""
         self._over_quota = True
         if self.ws_connection is None:
             return
         try:
             await self.write_message(json.dumps({"type": "error", "event_id": "event_keyvault_quota", "error": {
-                "type": "rate_limit_exceeded", "code": "rate_limit_exceeded", "message": str(refusal)}}))
+                "type": code, "code": code, "message": message}}))
         except WebSocketClosedError:
             return
-        self.close(1008, "daily token quota reached")
+        self.close(close_code, reason)
